@@ -27,13 +27,14 @@ train: install  ## train the default (S4D on generated mini-ListOps, CPU, a few 
 test: install  ## run the test suite (one thread, W&B off); ARGS= passes pytest options
 	OMP_NUM_THREADS=1 WANDB_MODE=disabled $(BIN)/python -m pytest $(ARGS)
 
-leaderboard: install  ## render leaderboard/LEADERBOARD.md and leaderboard/leaderboard.csv from leaderboard/runs
+leaderboard: install  ## render leaderboard/ (LEADERBOARD.md, index.html, CSV, Parquet) from leaderboard/runs
 	$(BIN)/lra leaderboard
 
-data: install  ## generate full ListOps (96K/2K/2K) under ./data/listops
+data: install  ## generate full ListOps (96K/2K/2K) under ./data/listops and tokenise it into its cache
+	$(BIN)/lra data generate listops
 	$(BIN)/lra data prepare listops
 
-bench: install  ## time one block of every model (fwd+bwd, B8 L1024 D128 N64, one thread) -> benchmarks/results/
+bench: install  ## time one block of every model (fwd+bwd, B8 L1024 D128 N64, one thread) -> benchmarks/results/; `lra bench kernels|train`: docs/performance.md
 	OMP_NUM_THREADS=1 $(BIN)/lra bench layers
 
 lint: install  ## check style with ruff (CI runs it after the tests)

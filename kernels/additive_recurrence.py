@@ -16,6 +16,11 @@ k'_t = exp(k_t - z_t) * g_t and per-channel log decay z_{t-1} - z_t <= 0:
 Every weight exp(k_s - z_t) (s <= t) and every decay lies in (0, 1], so nothing here
 overflows, whatever the size of the keys. Shapes: q, k, g (B, H, L, d_k), v (B, H, L, d_v).
 
+Here: PyTorch forms (step by step, quadratic, chunked, non-causal) and the dispatch, which runs
+the Triton kernels of lra.kernels.additive_recurrence_triton (same chunked form, forward and
+backward) on CUDA tensors of float32 / float16 / bfloat16, and these forms elsewhere
+(`LRA_KERNELS=reference|triton` forces one; see lra.kernels.dispatch).
+
     from lra.kernels.additive_recurrence import additive_recurrence
     o = additive_recurrence(q, k, v, mask, causal=True)   # (B, H, L, d_v)
 """
@@ -23,7 +28,7 @@ import math
 
 import torch
 
-from lra.kernels.dispatch import refuse_triton
+from lra.kernels.dispatch import forced, use_triton
 
 
 def causal_reference(q, k, v, gain=None):
@@ -125,15 +130,18 @@ def noncausal(q, k, v, mask=None, gain=None):
 
 
 def additive_recurrence(q, k, v, mask=None, causal=False, gain=None):
-    """Dispatch: the chunked causal form or the non-causal softmax form, in PyTorch.
+    """Dispatch: the chunked causal form or the non-causal softmax form, by Triton or PyTorch.
 
     mask (B, L) bool, True at real tokens, padding at the end: pads get key weight 0. In
     the causal form pads only follow real tokens, so they never reach them; their keys are
-    still set to weight 0. `LRA_KERNELS=triton` raises until a Triton kernel lands.
+    still set to weight 0. float64 stays in PyTorch unless Triton is forced (then the kernel
+    refuses it: it computes in float32).
     """
-    refuse_triton("the additive recurrence")
+    triton = use_triton("the additive recurrence", q) and (q.dtype != torch.float64 or forced() == "triton")
+    if triton:
+        from lra.kernels.additive_recurrence_triton import causal_triton, noncausal_triton
     if not causal:
-        return noncausal(q, k, v, mask, gain)
+        return (noncausal_triton if triton else noncausal)(q, k, v, mask, gain)
     if mask is not None:
         k = k.masked_fill(~mask[:, None, :, None], torch.finfo(k.dtype).min)
-    return causal_chunked(q, k, v, gain=gain)
+    return causal_triton(q, k, v, gain) if triton else causal_chunked(q, k, v, gain=gain)

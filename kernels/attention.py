@@ -15,7 +15,8 @@ block with scores s (L, b) updates them as
 FlashAttention-2 (Dao 2023) puts the query blocks in the outer, parallel loop and the key
 blocks in the inner one; with padding at the end, a row's key loop stops after
 ceil(n / b) blocks. Here the query blocks run together as one batched tensor, and rows are
-grouped by their number of key blocks so no block past a row's length is computed.
+grouped by their number of key blocks so no block past a row's length is computed; the Triton
+kernels of `lra.kernels.attention_triton` run the same loops, one program per block.
 A row with no key (n = 0) gets zeros, in every path, forward and backward.
 
     import torch
@@ -26,7 +27,7 @@ A row with no key (n = 0) gets zeros, in every path, forward and backward.
 import torch
 from torch.nn import functional as F
 
-from lra.kernels.dispatch import forced, refuse_triton
+from lra.kernels.dispatch import forced, use_triton
 
 
 def _key_lengths(lengths, q):
@@ -116,14 +117,22 @@ def sdpa_attention(q, k, v, lengths=None, causal=False, dropout_p=0.0):
     return o * (n > 0)[:, None, None, None]  # (B, h, L, d)
 
 
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def attention(q, k, v, lengths=None, causal=False, block_size=64, dropout_p=0.0):
     """Dispatch: softmax attention over each row's first `lengths` keys, (B, heads, L, d) -> same.
 
-    SDPA with a boolean mask on every device for now; the Triton FlashAttention kernel (on CUDA)
-    lands with the kernels issue. `LRA_KERNELS=reference` runs `blockwise_attention`, the
-    algorithm that kernel implements; `LRA_KERNELS=triton` raises until the kernel exists.
+    CUDA tensors go to the Triton FlashAttention kernels (`attention_triton.flash_attention`, which
+    picks its own tiles; block_size is the reference's), other devices to SDPA with a boolean mask.
+    `LRA_KERNELS=reference` runs `blockwise_attention`, the algorithm those kernels implement;
+    `LRA_KERNELS=triton` forces the kernels (on a CPU under TRITON_INTERPRET=1, else an error).
+    The kernels have no dropout and take fp16, bf16 and fp32: with dropout_p > 0, or float64, SDPA
+    runs, even under `LRA_KERNELS=triton`.
     """
-    refuse_triton("attention")
     if forced() == "reference":
         return blockwise_attention(q, k, v, lengths, causal, block_size, dropout_p)
+    if dropout_p == 0 and q.dtype in TRITON_DTYPES and use_triton("attention", q):
+        from lra.kernels.attention_triton import flash_attention  # imports triton: only where it runs
+        return flash_attention(q, k, v, lengths, causal)
     return sdpa_attention(q, k, v, lengths, causal, dropout_p)

@@ -18,14 +18,15 @@ autograd keeps nothing of size (H, N, K).
 
     cauchy_reference(v, z, w)   the plain sum, chunked over z (the math; the test oracle)
     cauchy_conj(v, z, w)        the conjugate-pair sum, fast and memory-lean (what S4 uses)
-    cauchy(v, z, w, conj)       the dispatch a model calls
+    cauchy(v, z, w, conj)       the dispatch a model calls: the Triton kernels of lra.kernels.cauchy_triton
+                                (forward and backward, both sums) or the two above (lra.kernels.dispatch)
 
     from lra.kernels.cauchy import cauchy
     r = cauchy(v, z, w, conj=True)   # (..., H, N/2) complex, (K,) complex, (H, N/2) complex -> (..., H, K)
 """
 import torch
 
-from lra.kernels.dispatch import refuse_triton
+from lra.kernels.dispatch import use_triton
 
 
 def cauchy_reference(v, z, w, chunk=256):
@@ -129,9 +130,11 @@ def cauchy_conj(v, z, w, chunk=1024):
 def cauchy(v, z, w, conj=False):
     """Dispatch for the Cauchy product `sum_n v[..., h, n] / (z[k] - w[h, n])`.
 
-    conj=True adds each mode's conjugate (v -> conj(v), w -> conj(w)) by the paired form.
-    Always PyTorch for now; a Triton path lands with the kernels issue. `LRA_KERNELS=triton`
-    raises until then, so a forced choice never silently falls back.
+    conj=True adds each mode's conjugate (v -> conj(v), w -> conj(w)). The Triton kernels for CUDA
+    tensors (or wherever `LRA_KERNELS=triton` forces them and they can run; z then gets no gradient),
+    else `cauchy_conj` or `cauchy_reference`; see lra.kernels.dispatch.
     """
-    refuse_triton("the S4 Cauchy product")
+    if use_triton("the S4 Cauchy product", w):
+        from lra.kernels.cauchy_triton import cauchy_triton
+        return cauchy_triton(v, z, w, conj)
     return cauchy_conj(v, z, w) if conj else cauchy_reference(v, z, w)

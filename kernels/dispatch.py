@@ -1,9 +1,12 @@
 """How a kernel family's dispatch picks its implementation.
 
 `LRA_KERNELS=reference` forces the PyTorch reference, `LRA_KERNELS=triton` the Triton kernel
-(an error where none exists or it cannot run, never a silent fallback); unset, each
-dispatch picks by device. An unknown value is an error, so a typo cannot pass unnoticed.
+(an error where it cannot run, never a silent fallback); unset, each dispatch takes Triton for
+CUDA tensors when Triton is installed and the reference elsewhere. An unknown value is an error,
+so a typo cannot pass unnoticed. On a CPU, Triton runs only under its interpreter
+(`TRITON_INTERPRET=1`, set before Triton is imported), which is how the tests check the kernels.
 """
+import importlib.util
 import os
 
 CHOICES = ("reference", "triton")
@@ -18,6 +21,33 @@ def forced():
         raise ValueError(f"LRA_KERNELS={value!r} is not known; set it to reference or triton, "
                          "or unset it to pick by device")
     return value
+
+
+def interpreting():
+    """Whether Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
+
+
+def triton_installed():
+    return importlib.util.find_spec("triton") is not None
+
+
+def use_triton(family, tensor):
+    """Whether `family`'s dispatch should run its Triton kernel on `tensor`'s device.
+
+    Raises when `LRA_KERNELS=triton` forces a kernel that cannot run here, saying why.
+    """
+    choice = forced()
+    if choice == "reference":
+        return False
+    runnable = triton_installed() and (tensor.is_cuda or interpreting())
+    if choice == "triton" and not runnable:
+        why = ("Triton is not installed (pip install triton, Linux x86_64)" if not triton_installed()
+               else f"the tensors are on {tensor.device.type}, and Triton runs on CUDA or, on a CPU, "
+                    "only under TRITON_INTERPRET=1")
+        raise RuntimeError(f"LRA_KERNELS=triton asks for the Triton kernel of {family}, but {why}; "
+                           "unset LRA_KERNELS or set LRA_KERNELS=reference.")
+    return runnable and (choice == "triton" or tensor.is_cuda)
 
 
 def refuse_triton(family):

@@ -12,8 +12,6 @@ zero in `u`, so it adds nothing to real positions.
 """
 import torch
 
-from lra.kernels.dispatch import refuse_triton
-
 
 def fftconv_reference(u, k, D):
     """u (B, H, L), k (c, H, L), D (H,) -> y (B, H, L); c = 2 adds the backward kernel k[1]."""
@@ -25,6 +23,9 @@ def fftconv_reference(u, k, D):
 
 
 def fftconv(u, k, D):
-    """Dispatch: torch's FFTs everywhere for now (a fused kernel only where it beats cuFFT)."""
-    refuse_triton("the FFT long convolution")
+    """Dispatch: torch's FFTs (cuFFT on a GPU) on every device and under every `LRA_KERNELS`.
+
+    A fused Triton convolution is worth having only where it beats cuFFT; until one does, the
+    S4 and S4D layers run their Triton kernel generation followed by this.
+    """
     return fftconv_reference(u, k, D)

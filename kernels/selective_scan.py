@@ -13,6 +13,9 @@ x, dt (batch, D, L); A (D, N); B, C (batch, N, L); D (D,); y (batch, D, L).
     from lra.kernels.selective_scan import selective_scan
     y = selective_scan(x, dt, A, B, C, D)   # (b, D, L)
 
+The dispatch runs the Triton kernel of `selective_scan_triton` on CUDA tensors (a parallel scan over
+chunks of the length, states in registers) and `selective_scan_chunked` elsewhere.
+
 Why no parallel form on the PyTorch path: every (b, d, n) has its own decay exp(dt_t A_n), so
 the chunk-local "masked decay matrix" is (b, D, N, T, T), T times the work of the recurrence,
 and the cumsum trick h_t = e^{S_t} sum_s e^{-S_s} u_s (S = cumsum dt A) overflows in float32
@@ -24,7 +27,7 @@ in-place ops, and writes its own backward so that nothing of size (b, D, N, L) i
 import torch
 from torch.autograd.function import once_differentiable
 
-from lra.kernels.dispatch import refuse_triton
+from lra.kernels.dispatch import use_triton
 
 
 def selective_scan_step(x_t, dt_t, A, B_t, C_t, D, h):
@@ -122,8 +125,10 @@ def selective_scan_chunked(x, dt, A, B, C, D, chunk=32):
 def selective_scan(x, dt, A, B, C, D):
     """Dispatch for the selective scan: h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t, y_t = C_t h_t + D x_t.
 
-    The chunked PyTorch path everywhere for now; a Triton path lands with the kernels issue.
-    `LRA_KERNELS=triton` raises until then, so a forced choice never silently falls back.
+    The Triton kernel (`lra.kernels.selective_scan_triton`) on CUDA tensors or where `LRA_KERNELS=triton`
+    forces it; the chunked PyTorch path elsewhere (see `lra.kernels.dispatch`).
     """
-    refuse_triton("the selective scan")
+    if use_triton("the selective scan", x):
+        from lra.kernels.selective_scan_triton import selective_scan_triton  # Triton is imported only here
+        return selective_scan_triton(x, dt, A, B, C, D)
     return selective_scan_chunked(x, dt, A, B, C, D)

@@ -9,6 +9,9 @@ factor 2 Re counts each complex mode together with its conjugate (S4D keeps N/2 
 the N state dimensions). In matrix form K = 2 Re (C~ @ V) with the Vandermonde matrix
 V[n, l] = exp(dtA[n])**l.
 
+`vandermonde_reference` is the PyTorch version (and the test oracle); the Triton kernels, forward
+and backward, live in lra.kernels.vandermonde_triton; `vandermonde` picks one (lra.kernels.dispatch).
+
     from lra.kernels.vandermonde import vandermonde
     K = vandermonde(C_tilde, dtA, L=1024)   # (..., H, N/2) complex, (H, N/2) complex -> (..., H, L)
 """
@@ -16,7 +19,7 @@ import math
 
 import torch
 
-from lra.kernels.dispatch import refuse_triton
+from lra.kernels.dispatch import use_triton
 
 
 def vandermonde_reference(C_tilde, dtA, L):
@@ -44,8 +47,10 @@ def vandermonde_reference(C_tilde, dtA, L):
 def vandermonde(C_tilde, dtA, L):
     """Dispatch for the S4D kernel: `K[..., h, l] = 2 Re sum_n C~[..., h, n] exp(dtA[h, n] l)`.
 
-    Always the PyTorch reference for now; a Triton path lands with the kernels issue.
-    `LRA_KERNELS=triton` raises until then, so a forced choice never silently falls back.
+    The Triton kernels for CUDA tensors (or wherever `LRA_KERNELS=triton` forces them and they can
+    run), the PyTorch reference otherwise; see lra.kernels.dispatch.
     """
-    refuse_triton("the S4D Vandermonde product")
+    if use_triton("the S4D Vandermonde product", dtA):
+        from lra.kernels.vandermonde_triton import vandermonde_triton
+        return vandermonde_triton(C_tilde, dtA, L)
     return vandermonde_reference(C_tilde, dtA, L)

@@ -3,10 +3,18 @@
     lra train [overrides]           one run (Hydra overrides: model=transformer seed=3 optim.lr=3e-3)
     lra train -m model=s4d,transformer seed=0,1,2   a sweep, one job per combination
     lra sweep smoke [overrides]     a preset sweep from conf/sweep/ (every model on mini-ListOps)
+    lra sweep --resume smoke        the same sweep again: completed jobs skipped, interrupted ones continued
+    lra pretrain [overrides]        self-pretraining on the task's training inputs; then lra train init_from=RUN
     lra list                        registered models, tasks and experiments, and where each comes from
-    lra leaderboard                 render leaderboard/LEADERBOARD.md and leaderboard.csv
-    lra data prepare listops        generate ListOps (or pathfinder, pathx) in the released format
+    lra leaderboard                 render leaderboard/: LEADERBOARD.md, CSV, Parquet and index.html
+    lra leaderboard --task listops  print a subset (also --model, --since, --tag); writes only with --out
+    lra data generate listops       generate ListOps (or pathfinder, pathx) in the released format
+    lra data prepare listops        read and tokenise a task's files once into its Arrow cache
+    lra data info listops           sizes, lengths, label balance and sources of a prepared task
     lra bench layers                forward+backward time and memory of each model's block, as JSON
+    lra bench kernels               each kernel at the LRA task shapes against SDPA, FlexAttention, mambapy, fla
+    lra bench train                 one training step of each model, Triton kernels against the references
+    lra bench data                  our ListOps and Pathfinder generators against slow references of the originals
     lra doctor                      list result files the leaderboard cannot use, and why
 
 Bad input ends with one paragraph and exit status 2; `--debug` shows the traceback.
@@ -14,6 +22,7 @@ Bad input ends with one paragraph and exit status 2; `--debug` shows the traceba
 import argparse
 import os
 import sys
+from datetime import date
 from pathlib import Path
 
 from lra import registry
@@ -51,7 +60,7 @@ def _train_job(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from lra import checks, train
+    from lra import checks, pretrain
 
     hydra = HydraConfig.get()
     overrides = list(hydra.overrides.task)
@@ -59,7 +68,7 @@ def _train_job(cfg):
     try:
         groups = [o for o in overrides if (checks.split_override(o) or ("",))[0] in checks.GROUPS]
         checks.check_values(cfg, compose("config", overrides=groups), overrides)
-        record = train.run(cfg, hydra.runtime.output_dir)
+        record = pretrain.run_stage(cfg, hydra.runtime.output_dir)  # stage: train, pretrain or both
     except USER_ERRORS as err:
         if DEBUG:
             raise
@@ -72,7 +81,7 @@ def _train_job(cfg):
             raise
         print(f"lra: job {hydra.job.num} failed: {type(err).__name__}: {err}", file=sys.stderr)
         return None
-    report(record)
+    (pretrain.report if record.get("kind") == "pretrain" else report)(record)
     return record
 
 
@@ -105,7 +114,7 @@ def train_command(argv):
     if not {"-m", "--multirun", "--help", "-h", "--cfg", "-c", "--info"} & set(argv):
         _precompose(overrides)
     resume = [o.partition("=")[2] for o in overrides if o.startswith("resume=")]
-    if resume:
+    if resume and resume[0] != "auto":
         if not (Path(resume[0]) / "run.json").is_file():
             raise UserError(f"cannot resume {resume[0]!r}: it is not a run folder (no run.json). "
                             "Run folders are under runs/<date>/; pass one as resume=<folder>.")
@@ -115,14 +124,22 @@ def train_command(argv):
     main(_train_job)()
 
 
+def pretrain_command(argv):
+    """`lra pretrain [overrides]`: `lra train stage=pretrain` (lra/pretrain.py, docs/pretraining.md)."""
+    train_command(["stage=pretrain", *argv])
+
+
 def sweep_command(argv):
     """`lra sweep NAME [overrides]`: the preset conf/sweep/NAME.yaml, one job per combination."""
     from lra.plugins import config_options
 
+    resume = [a for a in argv if a == "--resume"]
+    argv = [a for a in argv if a != "--resume"]
     if not argv or argv[0].startswith("-") or "=" in argv[0]:
         raise UserError("lra sweep needs a preset name; available: "
-                        f"{', '.join(config_options('sweep'))}. Example: `lra sweep smoke seed=0,1`.")
-    train_command([f"sweep={argv[0]}", *argv[1:]])
+                        f"{', '.join(config_options('sweep'))}. Example: `lra sweep smoke seed=0,1`; "
+                        "`lra sweep --resume smoke` skips its completed jobs and continues the rest.")
+    train_command(["--multirun", f"sweep={argv[0]}", *argv[1:], *(["resume=auto"] if resume else [])])
 
 
 def _parameter_count(name, d_model):
@@ -179,26 +196,63 @@ def doctor_command(args):
 
 
 def bench_command(args):
-    from lra.bench import bench_layers
+    if args.what == "data":
+        from lra.bench import bench_data
 
-    bench_layers(args.models, out_dir=args.out, batch=args.batch, length=args.length,
-                 d_model=args.d_model, d_state=args.d_state, repeats=args.repeats,
-                 threads=args.threads, device=args.device)
+        tasks = args.tasks or ["listops", "pathfinder", "pathx"]
+        if not set(tasks) <= {"listops", "pathfinder", "pathx"} or (args.n is not None and args.n < 1):
+            raise UserError(f"lra bench data times the generators of listops, pathfinder and pathx (not "
+                            f"{', '.join(sorted(set(tasks) - {'listops', 'pathfinder', 'pathx'})) or 'those'}) "
+                            f"for --n N >= 1 Pathfinder images; got --tasks {' '.join(tasks)} --n {args.n}.")
+        bench_data(n=args.n or 1000, tasks=tasks, out_dir=args.out)
+        return
+    if args.what == "layers":
+        from lra.bench import bench_layers
+
+        bench_layers(args.models, out_dir=args.out, batch=args.batch or 8, length=args.length,
+                     d_model=args.d_model or 128, d_state=args.d_state, repeats=args.repeats or 3,
+                     threads=args.threads, device=args.device or "cpu")
+        return
+    from lra import bench_kernels, bench_train
+
+    if args.scale is not None and not 0 < args.scale <= 1:
+        raise UserError(f"--scale {args.scale} must be in (0, 1]: it shrinks each batch and length.")
+    common = dict(tasks=args.tasks, scale=args.scale, device=args.device, repeats=args.repeats,
+                  interpret=args.interpret, threads=args.threads, out_dir=args.out)
+    if args.what == "kernels":
+        bench_kernels.bench_kernels(args.cases, **common)
+    else:
+        bench_train.bench_train(args.models, d_model=args.d_model, n_layers=args.n_layers, batch=args.batch,
+                                **common)
 
 
 def leaderboard_command(args):
+    """Render the leaderboard. A filtered one is printed, and written only where --out says, so a
+    subset never replaces the full leaderboard by accident."""
     from lra import leaderboard
 
     published = Path(args.published)
     if not published.is_file():
         raise UserError(f"no published numbers at {published}; run from the repository root or "
                         "pass --published PATH (the repository ships leaderboard/published.csv).")
-    rendered = leaderboard.render(args.runs, args.out, published, avg_tasks=args.avg_tasks)
-    print(f"wrote {rendered.markdown} and {rendered.csv}"
+    filters = leaderboard.Filters(tuple(args.task or ()), tuple(args.model or ()), args.since, tuple(args.tag or ()))
+    if filters.given() and args.out is None:
+        print(leaderboard.build(args.runs, published, args.avg_tasks, filters).markdown, end="")
+        return
+    rendered = leaderboard.render(args.runs, args.out or "leaderboard", published, args.avg_tasks, filters)
+    print(f"wrote {rendered.markdown}, {rendered.csv}, {rendered.parquet} and {rendered.html}"
           + (f"; skipped {len(rendered.skipped)} unusable result files" if rendered.skipped else ""))
 
 
-def data_command(args):
+def _day(text):
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def generate_command(args):
+    """`lra data generate listops|pathfinder|pathx`: write the released format with our generators."""
     root = Path(args.data_dir or os.environ.get("LRA_DATA", "data"))
     if args.task == "listops":
         from lra.generators.listops import prepare_listops
@@ -209,16 +263,83 @@ def data_command(args):
     else:
         from lra.generators.pathfinder import prepare_pathfinder
 
-        out = prepare_pathfinder(root / "pathfinder", resolution=32 if args.task == "pathfinder" else 128,
+        if args.task == "pathx" and args.resolution not in (None, 128):
+            raise UserError(f"Path-X is the 128 px Pathfinder; for {args.resolution} px use "
+                            f"`lra data generate pathfinder --resolution {args.resolution}`.")
+        resolution = args.resolution or (32 if args.task == "pathfinder" else 128)
+        out = prepare_pathfinder(root / "pathfinder", resolution=resolution,
                                  n=args.n_images, seed=args.seed, workers=args.workers)
-    print(f"wrote {out}; train with `lra train task={args.task}`"
-          + (f" data_dir={root}" if args.data_dir else ""))
+    where = f" --data-dir {root}" if args.data_dir else ""
+    if args.task == "pathfinder" and args.resolution not in (None, 32):
+        where = f" task.resolution={args.resolution}{where}"
+    print(f"wrote {out}; tokenise it once with `lra data prepare {args.task}{where}` (or let "
+          f"`lra train task={args.task}` do it on first use)")
+
+
+def _task_data(args):
+    """The data module of `lra data prepare|info TASK [overrides]`, built as `lra train` builds it."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    from lra import checks, plugins
+
+    plugins.register()
+    rest = argparse.ArgumentParser(prog=f"lra data {args.action}", add_help=False)
+    rest.add_argument("--data-dir", default=args.data_dir)
+    known, task_overrides = rest.parse_known_args(args.overrides)  # options may follow the overrides
+    overrides = [f"task={args.task}", *task_overrides]
+    checks.check_choices(overrides)
+    try:
+        with initialize_config_module("lra.conf", version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+    except HydraException as err:
+        raise UserError(f"bad override: {str(err).strip().splitlines()[0]} Give task options as "
+                        f"task.key=value (`lra train task={args.task} --cfg job` lists them).") from err
+    options = {k: v for k, v in cfg.task.items() if k != "name"}
+    try:
+        return registry.task(cfg.task.name)(data_dir=known.data_dir or cfg.data_dir, seed=cfg.seed, **options)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"task {args.task!r} rejected its options: {err}") from err
+
+
+def prepare_command(args):
+    """`lra data prepare TASK`: build the task's Arrow cache, or say that it is already there."""
+    from lra.tasks import cache
+
+    data = _task_data(args)
+    files = data.sources()
+    if files is None:
+        print(f"{args.task} is generated in memory when a run starts (it reads no files): "
+              "there is nothing to prepare.")
+        return
+    folder, manifest, splits, built = cache.prepare(data, files)
+    sizes = ", ".join(f"{split} {len(ds):,}" for split, ds in splits.items())
+    state = f"built in {manifest['build_seconds']:.1f} s" if built else "already prepared, nothing to do"
+    print(f"{args.task}: {sizes} examples in {folder} ({state})")
+
+
+def info_command(args):
+    """`lra data info TASK`: the prepared task's sizes, lengths, label balance and sources."""
+    from lra.tasks import cache
+
+    print(cache.info(_task_data(args)))
+
+
+def data_command(args):
+    {"generate": generate_command, "prepare": prepare_command, "info": info_command}[args.action](args)
+
+
+def _bench_cases():
+    from lra.bench_kernels import CASES  # imports nothing heavy
+
+    return CASES
 
 
 def parser():
     p = argparse.ArgumentParser(prog="lra", usage=USAGE, add_help=True)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="one run, or a sweep with -m (Hydra overrides; `lra train --help`)")
+    sub.add_parser("pretrain", help="self-pretraining on the task's training inputs (`lra pretrain --help`)")
     sub.add_parser("sweep", help="a preset sweep from conf/sweep/ (`lra sweep smoke`)")
     ls = sub.add_parser("list", help="registered models, tasks and experiments")
     ls.add_argument("what", nargs="?", choices=["models", "tasks", "experiments"])
@@ -226,34 +347,62 @@ def parser():
     ls.add_argument("--d-model", type=int, default=128, help="width for --params")
     doctor = sub.add_parser("doctor", help="list result files the leaderboard cannot use")
     doctor.add_argument("--runs", default="leaderboard/runs", help="folder of result files")
-    bench = sub.add_parser("bench", help="time layers (forward+backward) against anchors")
-    bench.add_argument("what", choices=["layers"])
-    bench.add_argument("--models", nargs="*", help="default: every registered model")
-    bench.add_argument("--batch", type=int, default=8)
-    bench.add_argument("--length", type=int, default=1024)
-    bench.add_argument("--d-model", type=int, default=128)
-    bench.add_argument("--d-state", type=int, default=64)
-    bench.add_argument("--repeats", type=int, default=3)
-    bench.add_argument("--threads", type=int, default=1)
-    bench.add_argument("--device", default="cpu")
+    bench = sub.add_parser("bench", help="time layers, kernels or training steps against anchors")
+    bench.add_argument("what", choices=["layers", "kernels", "train", "data"],
+                       help="layers: one block per model; kernels: each kernel at the LRA task shapes; "
+                            "train: one optimizer step per model and task; data: the generators")
+    bench.add_argument("--models", nargs="*", help="layers, train: default every registered model")
+    bench.add_argument("--batch", type=int, help="layers: default 8; train: default the experiment's, scaled")
+    bench.add_argument("--length", type=int, default=1024, help="layers")
+    bench.add_argument("--d-model", type=int, help="layers: default 128; train: default the experiment's")
+    bench.add_argument("--d-state", type=int, default=64, help="layers")
+    bench.add_argument("--n-layers", type=int, help="train: default the experiment's (1 on a CPU)")
+    bench.add_argument("--cases", nargs="+", metavar="CASE", choices=list(_bench_cases()),
+                       help=f"kernels: default all of {', '.join(_bench_cases())}")
+    bench.add_argument("--tasks", nargs="+", metavar="TASK",
+                       choices=["listops", "text", "retrieval", "image", "pathfinder", "pathx"],
+                       help="kernels, train: default listops text retrieval image pathfinder pathx; "
+                            "data: default listops pathfinder pathx (128 px)")
+    bench.add_argument("--n", type=int, help="data: Pathfinder 32 px images from ours (default 1000); the "
+                                             "others scale with it (lra.bench.data_sizes)")
+    bench.add_argument("--scale", type=float, help="kernels, train: shrink batch and length by this factor "
+                                                   "(default 1 on a GPU, 1/16 on a CPU)")
+    bench.add_argument("--interpret", action="store_true",
+                       help="kernels, train: on a CPU, time Triton too, in its interpreter (slow: tiny shapes)")
+    bench.add_argument("--repeats", type=int, help="timed calls after the warm-up (default 3; 10-20 on a GPU)")
+    bench.add_argument("--threads", type=int, default=1, help="CPU threads")
+    bench.add_argument("--device", help="cpu or cuda (layers: default cpu; kernels, train: cuda when there is one)")
     bench.add_argument("--out", default="benchmarks/results")
     lb = sub.add_parser("leaderboard", help="render the leaderboard")
     lb.add_argument("--runs", default="leaderboard/runs", help="folder of result files")
-    lb.add_argument("--out", default="leaderboard", help="where LEADERBOARD.md and the CSV go")
+    lb.add_argument("--out", help="where the files go (default: leaderboard; with a filter: print only)")
     lb.add_argument("--published", default="leaderboard/published.csv")
     lb.add_argument("--avg-tasks", type=int, choices=[6, 5], default=6,
                     help="6: failed Path-X counts as 50 (S4-era rule); 5: Path-X left out (LRA paper)")
-    data = sub.add_parser("data", help="prepare a data set")
+    lb.add_argument("--task", nargs="+", metavar="T", help="only runs on these tasks")
+    lb.add_argument("--model", nargs="+", metavar="M", help="only runs (and published rows) of these models")
+    lb.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="only runs that ended on or after this day")
+    lb.add_argument("--tag", nargs="+", metavar="TAG", help="only runs carrying every one of these tags")
+    data = sub.add_parser("data", help="generate, prepare (cache) or describe a task's data")
     data_sub = data.add_subparsers(dest="action", required=True)
-    prep = data_sub.add_parser("prepare", help="generate or convert a task's data")
-    prep.add_argument("task", choices=["listops", "pathfinder", "pathx"])
-    prep.add_argument("--data-dir", help="data root (default: $LRA_DATA or ./data)")
-    prep.add_argument("--seed", type=int, default=0)
-    prep.add_argument("--n-train", type=int, default=96_000, help="listops")
-    prep.add_argument("--n-val", type=int, default=2_000, help="listops")
-    prep.add_argument("--n-test", type=int, default=2_000, help="listops")
-    prep.add_argument("--n-images", type=int, default=200_000, help="pathfinder, pathx (80/10/10 split)")
-    prep.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    gen = data_sub.add_parser("generate", help="write ListOps or Pathfinder files with our generators")
+    gen.add_argument("task", choices=["listops", "pathfinder", "pathx"])
+    gen.add_argument("--data-dir", help="data root (default: $LRA_DATA or ./data)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--n-train", type=int, default=96_000, help="listops")
+    gen.add_argument("--n-val", type=int, default=2_000, help="listops")
+    gen.add_argument("--n-test", type=int, default=2_000, help="listops")
+    gen.add_argument("--n", "--n-images", dest="n_images", type=int, default=200_000,
+                     help="pathfinder, pathx: images (80/10/10 split)")
+    gen.add_argument("--resolution", type=int, choices=[32, 64, 128, 256],
+                     help="pathfinder: 32 (default), 64, 128 or 256 px; pathx is 128")
+    gen.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    for action, what in (("prepare", "read and tokenise a task's files once into its Arrow cache"),
+                         ("info", "sizes, lengths, label balance and sources of a prepared task")):
+        cmd = data_sub.add_parser(action, help=what)
+        cmd.add_argument("task", help="a registered task (`lra list tasks`)")
+        cmd.add_argument("overrides", nargs=argparse.REMAINDER, help="task options, e.g. task.max_len=1000")
+        cmd.add_argument("--data-dir", help="data root (default: $LRA_DATA or ./data)")
     return p
 
 
@@ -262,16 +411,18 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    if not argv or argv[0] not in ("train", "sweep", "list", "leaderboard", "data", "bench", "doctor", "-h", "--help"):
+    if not argv or argv[0] not in ("train", "sweep", "list", "leaderboard", "data", "bench", "doctor", "pretrain",
+                                   "-h", "--help"):
         if argv and not argv[0].startswith("-"):
             print(f"lra: error: unknown command {argv[0]!r}; available: train, sweep, "
-                  "list, leaderboard, data, bench, doctor. See `lra --help`.", file=sys.stderr)
+                  "list, leaderboard, data, bench, doctor, pretrain. See `lra --help`.", file=sys.stderr)
             raise SystemExit(2) from None
     commands = {"list": list_command, "leaderboard": leaderboard_command, "data": data_command,
                 "bench": bench_command, "doctor": doctor_command}
     try:
-        if argv and argv[0] in ("train", "sweep"):
-            (train_command if argv[0] == "train" else sweep_command)(argv[1:])
+        hydra_commands = {"train": train_command, "sweep": sweep_command, "pretrain": pretrain_command}
+        if argv and argv[0] in hydra_commands:
+            hydra_commands[argv[0]](argv[1:])
         else:
             args = parser().parse_args(argv)
             commands[args.command](args)

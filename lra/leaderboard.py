@@ -1,55 +1,117 @@
-"""The leaderboard: our runs beside the published numbers, as Markdown and CSV.
+"""The leaderboard: our runs beside the published numbers, as Markdown, CSV, Parquet and HTML.
 
     render("leaderboard/runs", "leaderboard", "leaderboard/published.csv")
+    build("leaderboard/runs", filters=Filters(tasks=("listops",))).markdown   # a subset, nothing written
 
-Inputs: every `**/*.json` under runs_dir is one result record (DESIGN.md §3); only
-status "completed" with the whole test set evaluated counts (debug runs are left out).
-A file that is not a JSON object, lacks a field or has a wrong type (test_acc must be a
-number in [0, 1]), or repeats a run_id, is skipped with a warning naming it.
-published.csv is wide, one row per paper (model, variant):
-LRA accuracies in %, `avg` and its `avg_rule`, sCIFAR / SC35 / SC10 where the same
-row has them, `pretraining`, `source` (LRA) and `source_other` (the rest); an empty
-`pathx` means Path-X failed (shown as ✗).
+Inputs: every `**/*.json` under runs_dir is one result record (DESIGN.md §3). Rows come from
+records of kind "train" with status "completed" and the whole test set evaluated (debug runs
+are left out); records of other kinds (self-pretraining runs) are read but are not rows. A
+file that is not a JSON object, lacks a field or has a wrong type (test_acc must be a number
+in [0, 1]), or repeats a run_id, is skipped with a warning naming it.
+published.csv is wide, one row per paper (model, variant): LRA accuracies in %, `avg` and its
+`avg_rule`, sCIFAR / SC35 / SC10 where the same row has them, `pretraining`, `source` (LRA) and
+`source_other` (the rest); an empty `pathx` means Path-X failed (shown as ✗).
+
+A cell averages the runs of one (model, recipe, pretraining, task, data fingerprint, checkpoint
+selection): runs on other data, or tested on a checkpoint chosen another way, never share one.
+Where a task has several fingerprints, the newest data fills the row and older data gets rows
+of its own. A cell is flagged ⚑ when its backbone is more than 10% larger than the reference:
+LRA (Tay et al. 2021, Appendix C) compares models at unchanged size, and since S4 the size
+compared at is S4's in its published recipe (state-spaces/s4 configs; REFERENCE_PARAMS holds
+those backbones counted on our S4, as conf/experiment/s4/*.yaml say). A self-pretrained run's
+compute is its own device-hours plus the `protocol.pretrain_device_hours` its record cites.
 
 Outputs, each written atomically (temp file in out_dir, then os.replace):
-LEADERBOARD.md has one row per our (model, recipe, pretraining), `mean ± sample std
-(n=runs)` per task in %, a gap row to the best published row of the same model and
-pretraining, that model's published rows, and efficiency columns. leaderboard.csv is
-long: one row per (kind, model, entry, pretraining, task), kind "ours" (entry =
-recipe) or "published" (entry = variant), accuracies in %, task "avg" included.
+LEADERBOARD.md has one row per our (model, recipe, pretraining) with its data, checkpoint and
+`mean ± sample std (n=runs)` per task in %, a gap row to the best published row of the same
+model and pretraining, that model's published rows, and efficiency columns. leaderboard.csv and
+leaderboard.parquet hold the same long table: one row per (kind, model, entry, pretraining,
+task, data_fingerprint, selection), kind "ours" (entry = recipe) or "published" (entry =
+variant), accuracies in %, task "avg" included. index.html is the table, sortable, with plots
+(lra/leaderboard_html.py).
 """
 from __future__ import annotations
 
 import html
 import json
 import math
-import os
-import tempfile
 import warnings
+from datetime import date, datetime
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
-from lra.results import SCHEMA
+from lra.errors import UserError
+from lra.results import SCHEMA, write_atomic
 
 LRA = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval",
        "image": "Image", "pathfinder": "Pathfinder", "pathx": "Path-X"}
 OTHER = {"scifar": "sCIFAR", "sc35": "SC35", "sc10": "SC10"}
 RULES = {6: "the S4-era rule: mean of the six LRA tasks, a failed Path-X counted as 50 (chance)",
          5: "the LRA paper's rule: mean of the five LRA tasks other than Path-X"}
+# Backbone parameters of S4 in its published recipe per task (conf/experiment/s4/<task>.yaml).
+REFERENCE_PARAMS = {"listops": 826_368, "text": 826_880, "retrieval": 826_880, "image": 4_147_200,
+                    "pathfinder": 1_287_680, "pathx": 1_287_680, "scifar": 4_147_200,
+                    "sc10": 447_232, "sc35": 447_232}
+BUDGET = 1.10  # flag a backbone more than 10% above the reference
+INFO = ["Training", "Data", "Checkpoint"]
 EFFICIENCY = ["Params", "Tokens/s", "Peak MB", "Device-h", "Device"]
 KEY = ["model", "entry", "pretraining"]
+CELL = [*KEY, "task", "data_fingerprint", "selection"]
+
+
+class Filters(NamedTuple):
+    """Which runs to show: any of `tasks`, any of `models`, finished on or after `since`, every tag."""
+    tasks: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    since: date | None = None
+    tags: tuple[str, ...] = ()
+
+    def given(self) -> bool:
+        return bool(self.tasks or self.models or self.since or self.tags)
+
+    def keep(self, rec: dict) -> bool:
+        day = _day(rec.get("ended_at") or rec.get("started_at"))
+        return ((not self.tasks or rec["task"] in self.tasks) and (not self.models or rec["model"] in self.models)
+                and (self.since is None or (day is not None and day >= self.since))
+                and set(self.tags) <= set(rec.get("tags") or ()))
+
+    def describe(self) -> str:
+        parts = [f"task {', '.join(self.tasks)}" if self.tasks else "",
+                 f"model {', '.join(self.models)}" if self.models else "",
+                 f"finished since {self.since}" if self.since else "",
+                 f"tagged {', '.join(self.tags)}" if self.tags else ""]
+        return "; ".join(p for p in parts if p)
+
+
+EVERYTHING = Filters()
+
+
+class Board(NamedTuple):
+    markdown: str
+    long: pd.DataFrame  # the CSV / Parquet table
+    html: str
+    skipped: list[tuple[Path, str]]  # (file, reason)
 
 
 class Rendered(NamedTuple):
     markdown: Path
     csv: Path
-    skipped: list[tuple[Path, str]]  # (file, reason)
+    parquet: Path
+    html: Path
+    skipped: list[tuple[Path, str]]
 
 
 def _num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _day(text) -> date | None:
+    try:
+        return datetime.fromisoformat(str(text)).date()
+    except ValueError:
+        return None
 
 
 def _problem(rec) -> str | None:
@@ -58,28 +120,42 @@ def _problem(rec) -> str | None:
         return "not a JSON object"
     if not isinstance(rec.get("schema", SCHEMA), int) or rec.get("schema", SCHEMA) > SCHEMA:
         return f"schema {rec.get('schema')!r} is newer than this harness reads ({SCHEMA}); upgrade lra-harness"
-    for field in ("run_id", "model", "task", "status"):
+    if not isinstance(rec.get("run_id"), str):
+        return "'run_id' missing or not a string"
+    if not isinstance(rec.get("kind", "train"), str):
+        return "'kind' is not a string"
+    if rec.get("kind", "train") != "train":  # a self-pretraining run, say: read, never a row
+        return None
+    for field in ("model", "task", "status"):
         if not isinstance(rec.get(field), str):
             return f"{field!r} missing or not a string"
     if not isinstance(rec.get("seed"), int) or isinstance(rec["seed"], bool):
         return "'seed' missing or not an integer"
     protocol = rec.get("protocol") or {}
     if not isinstance(protocol, dict) or not all(
-            isinstance(protocol.get(k, ""), str) for k in ("recipe", "pretraining")):
+            isinstance(protocol.get(k) or "", str) for k in ("recipe", "pretraining", "data_fingerprint", "selection")):
         return "'protocol' is not an object of strings"
+    if protocol.get("pretrain_device_hours") is not None and not _num(protocol["pretrain_device_hours"]):
+        return "'protocol.pretrain_device_hours' is not a number"
+    tags = rec.get("tags") or []
+    if not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        return "'tags' is not a list of strings"
     if rec["status"] != "completed":
         return None
     metrics = rec.get("metrics")
     if not (isinstance(metrics, dict) and _num(metrics.get("test_acc")) and 0 <= metrics["test_acc"] <= 1):
         return "'metrics.test_acc' missing or not a fraction in [0, 1]"
-    for field in ("params", "throughput_tokens_per_s", "peak_memory_mb", "device_hours"):
+    history = metrics.get("history") or []
+    if not (isinstance(history, list) and all(isinstance(h, dict) for h in history)):
+        return "'metrics.history' is not a list of objects"
+    for field in ("params", "backbone_params", "throughput_tokens_per_s", "peak_memory_mb", "device_hours"):
         if rec.get(field) is not None and not _num(rec[field]):
             return f"{field!r} is not a number"
     return None
 
 
 def load_runs(runs_dir) -> tuple[list[dict], list[tuple[Path, str]]]:
-    """All usable records under runs_dir (any status) and the skipped files."""
+    """All usable records under runs_dir (any kind, any status) and the skipped files."""
     runs, skipped, seen = [], [], {}
     for path in sorted(Path(runs_dir).glob("**/*.json")):
         try:
@@ -98,28 +174,55 @@ def load_runs(runs_dir) -> tuple[list[dict], list[tuple[Path, str]]]:
     return runs, skipped
 
 
+def short_selection(text) -> str:
+    """'checkpoint with the best val_acc; the test split evaluated once on it' -> 'best val_acc'."""
+    return str(text or "").split(";")[0].removeprefix("checkpoint with the ").strip()
+
+
+def _run_row(r: dict) -> dict:
+    protocol = r.get("protocol") or {}
+    pretraining = protocol.get("pretraining") or "scratch"
+    before = protocol.get("pretrain_device_hours") if pretraining == "self-pretrained" else None
+    own = [h for h in (r.get("device_hours"), before) if h is not None]
+    return {"model": r["model"], "entry": protocol.get("recipe") or "default", "pretraining": pretraining,
+            "task": r["task"], "data_fingerprint": protocol.get("data_fingerprint") or "",
+            "selection": short_selection(protocol.get("selection")), "acc": 100 * r["metrics"]["test_acc"],
+            "params": r.get("params"), "backbone_params": r.get("backbone_params"),
+            "tokens_per_s": r.get("throughput_tokens_per_s"), "peak_memory_mb": r.get("peak_memory_mb"),
+            "device_hours": sum(own) if own else None, "pretrain_device_hours": before,
+            "device": str(r.get("device") or ""), "ended": str(r.get("ended_at") or r.get("started_at") or ""),
+            "run_id": r["run_id"], "val_acc": r["metrics"].get("val_acc"),
+            "history": r["metrics"].get("history") or []}
+
+
 def _runs_frame(records: list[dict]) -> pd.DataFrame:
-    rows = [{"model": r["model"], "entry": (r.get("protocol") or {}).get("recipe", "default"),
-             "pretraining": (r.get("protocol") or {}).get("pretraining", "scratch"),
-             "task": r["task"], "acc": 100 * r["metrics"]["test_acc"], "params": r.get("params"),
-             "tokens_per_s": r.get("throughput_tokens_per_s"), "peak_memory_mb": r.get("peak_memory_mb"),
-             "device_hours": r.get("device_hours"), "device": str(r.get("device") or "")}
-            for r in records]
-    cols = [*KEY, "task", "acc", "params", "tokens_per_s", "peak_memory_mb", "device_hours", "device"]
-    return pd.DataFrame(rows, columns=cols).astype({c: float for c in cols[4:9]})
+    numbers = ["acc", "params", "backbone_params", "tokens_per_s", "peak_memory_mb", "device_hours",
+               "pretrain_device_hours", "val_acc"]
+    cols = [*CELL, *numbers, "device", "ended", "run_id", "history"]
+    return pd.DataFrame([_run_row(r) for r in records], columns=cols).astype({c: float for c in numbers})
 
 
 def _ours(runs: pd.DataFrame, avg_tasks: int) -> pd.DataFrame:
-    """mean/std/n and efficiency per (model, recipe, pretraining, task), plus an avg row where complete."""
-    stats = runs.groupby([*KEY, "task"]).agg(
+    """Statistics per cell, its data_rank (0: the task's newest data), and an avg row where complete."""
+    stats = runs.groupby(CELL).agg(
         mean=("acc", "mean"), std=("acc", "std"), n=("acc", "size"), params=("params", "max"),
-        tokens_per_s=("tokens_per_s", "mean"), peak_memory_mb=("peak_memory_mb", "max"),
-        device_hours=("device_hours", lambda s: s.sum(min_count=1))).reset_index()
+        backbone_params=("backbone_params", "max"), tokens_per_s=("tokens_per_s", "mean"),
+        peak_memory_mb=("peak_memory_mb", "max"), device_hours=("device_hours", lambda s: s.sum(min_count=1)),
+        pretrain_device_hours=("pretrain_device_hours", lambda s: s.sum(min_count=1)),
+        latest_ended_at=("ended", "max")).reset_index()
+    stats = stats.sort_values("latest_ended_at", ascending=False, kind="stable")
+    stats["data_rank"] = stats.groupby([*KEY, "task"]).cumcount()
+    stats = stats.sort_index()
+    stats["reference_params"] = stats.task.map(REFERENCE_PARAMS)
+    known = stats.backbone_params.notna() & stats.reference_params.notna()
+    stats["over_budget"] = (stats.backbone_params > BUDGET * stats.reference_params).where(known)
     needed = list(LRA)[:avg_tasks]
-    avgs = [{**dict(zip(KEY, key)), "task": "avg", "note": f"{avg_tasks} tasks",
+    newest = stats[stats.data_rank == 0]
+    avgs = [{**dict(zip(KEY, key)), "task": "avg", "data_rank": 0, "note": f"{avg_tasks} tasks",
              "mean": g.set_index("task").loc[needed, "mean"].mean()}
-            for key, g in stats.groupby(KEY) if set(needed) <= set(g.task)]
-    return pd.concat([stats, pd.DataFrame(avgs, columns=[*KEY, "task", "mean", "note"])], ignore_index=True)
+            for key, g in newest.groupby(KEY) if set(needed) <= set(g.task)]
+    return pd.concat([stats, pd.DataFrame(avgs, columns=[*KEY, "task", "data_rank", "mean", "note"])],
+                     ignore_index=True)
 
 
 def _published(published_csv) -> pd.DataFrame:
@@ -145,11 +248,17 @@ def _esc(text) -> str:
     return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
-def _si(x: float) -> str:
+def si(x: float) -> str:
+    """1234567 -> 1.23M: three significant digits and a K, M or G."""
     for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(x) >= size:
             return f"{x / size:.3g}{unit}"
     return f"{x:.3g}"
+
+
+def _flagged(cell: dict) -> bool:
+    """Whether a cell's backbone is over the parameter budget (NA: unknown, not flagged)."""
+    return bool(pd.notna(cell.get("over_budget")) and cell["over_budget"])
 
 
 def _acc(row: dict, avg_tasks: int) -> str:
@@ -158,124 +267,175 @@ def _acc(row: dict, avg_tasks: int) -> str:
             return "✗"
         other_rule = row["task"] == "avg" and not row["note"].startswith(f"{avg_tasks} ")
         return str(row["mean"]) + ("†" if other_rule else "")
+    flag = " ⚑" if _flagged(row) else ""
     if row["task"] == "avg" or row["n"] == 1:
-        return f"{row['mean']:.1f}" + ("" if row["task"] == "avg" else " (n=1)")
-    return f"{row['mean']:.1f} ± {row['std']:.1f} (n={row['n']})"
+        return f"{row['mean']:.1f}" + ("" if row["task"] == "avg" else " (n=1)") + flag
+    return f"{row['mean']:.1f} ± {row['std']:.1f} (n={row['n']})" + flag
 
 
-def _efficiency(g: pd.DataFrame) -> dict:
+def _efficiency(g: pd.DataFrame, over_budget: bool) -> dict:
     params = g["params"].dropna()
-    lo, hi = (_si(params.min()), _si(params.max())) if len(params) else ("", "")
-    return {"Params": lo if lo == hi else f"{lo}–{hi}",
-            "Tokens/s": _si(g["tokens_per_s"].mean()) if g["tokens_per_s"].notna().any() else "",
+    lo, hi = (si(params.min()), si(params.max())) if len(params) else ("", "")
+    hours, before = g["device_hours"].sum(min_count=1), g["pretrain_device_hours"].sum(min_count=1)
+    return {"Params": (lo if lo == hi else f"{lo}–{hi}") + (" ⚑" if over_budget else ""),
+            "Tokens/s": si(g["tokens_per_s"].mean()) if g["tokens_per_s"].notna().any() else "",
             "Peak MB": f"{g['peak_memory_mb'].max():.0f}" if g["peak_memory_mb"].notna().any() else "",
-            "Device-h": f"{g['device_hours'].sum():.3g}" if g["device_hours"].notna().any() else "",
-            "Device": _esc(", ".join(sorted(set(g["device"]) - {""})))}
+            "Device-h": ("" if pd.isna(hours) else f"{hours:.3g}")
+            + ("" if pd.isna(before) else f" (incl. {before:.3g} pretraining)"),
+            "Device": ", ".join(sorted(set(g["device"]) - {""}))}
 
 
-def _table(long: pd.DataFrame, runs: pd.DataFrame, avg_tasks: int) -> pd.DataFrame:
-    """The Markdown table: models we ran first; per model our rows (each with a gap row), then published."""
+def _heads(long: pd.DataFrame, tasks=()) -> dict[str, str]:
     extras = sorted(set(long.task) - {*LRA, *OTHER, "avg"})
-    heads = {**LRA, "avg": "Avg", **OTHER, **{t: f"{_esc(t)} (extra)" for t in extras}}
+    heads = {**LRA, "avg": "Avg", **OTHER, **{t: f"{t} (extra)" for t in extras}}
+    return {t: h for t, h in heads.items() if not tasks or t in tasks}
+
+
+def _table(long: pd.DataFrame, runs: pd.DataFrame, avg_tasks: int, tasks=()) -> pd.DataFrame:
+    """The leaderboard as text cells (not yet escaped). Models we ran first; per model our rows
+    (each with its gap row), then the published ones. `_group` ties a gap row to its row."""
+    heads = _heads(long, tasks)
     order = {m: i for i, m in enumerate(dict.fromkeys(long.model[long.kind == "published"]))}
     ours = set(runs.model)
     rows = []
     for model in sorted(set(long.model), key=lambda m: (m not in ours, order.get(m, len(order)), m)):
-        for kind in ("ours", "published"):
-            sub = long[(long.model == model) & (long.kind == kind)]
-            for (entry, pretraining), g in sub.groupby(["entry", "pretraining"], sort=kind == "ours"):
-                cells = {r["task"]: r for r in g.to_dict("records")}
-                label = (f"ours: {entry}, {pretraining}" if kind == "ours"
-                         else f"published: {entry} — {'; '.join(dict.fromkeys(g.source))}")
-                row = {"Model": _esc(model), "Entry": _esc(label)}
-                row.update({h: _acc(cells[t], avg_tasks) for t, h in heads.items() if t in cells})
-                if kind == "published":
-                    rows.append(row)
-                    continue
-                mine = runs[(runs.model == model) & (runs.entry == entry) & (runs.pretraining == pretraining)]
-                rows.append({**row, **_efficiency(mine)})
-                gaps = {heads[t]: f"{c['gap']:+.1f}".replace("-", "−") + f" vs {_esc(c['published_variant'])}"
-                        for t, c in cells.items() if pd.notna(c["gap"])}
-                if gaps:
-                    rows.append({"Model": _esc(model), "Entry": "gap to best published", **gaps})
-    return pd.DataFrame(rows, columns=["Model", "Entry", *heads.values(), *EFFICIENCY], dtype=object).fillna("")
+        mine = long[(long.model == model) & (long.kind == "ours")]
+        for (entry, pretraining, rank), g in mine.groupby(["entry", "pretraining", "data_rank"]):
+            cells = {r["task"]: r for r in g.to_dict("records") if r["task"] in heads}
+            if not cells:
+                continue
+            tested = runs[(runs.model == model) & (runs.entry == entry) & (runs.pretraining == pretraining)].merge(
+                g[["task", "data_fingerprint", "selection"]], on=["task", "data_fingerprint", "selection"])
+            row = {"_group": len(rows), "Model": model, "Training": pretraining,
+                   "Entry": f"ours: {entry}" + (f" (older data #{rank})" if rank else ""),
+                   "Data": " ".join(f"{t}:{cells[t]['data_fingerprint'][:8]}" for t in heads
+                                    if t in cells and cells[t]["data_fingerprint"]),
+                   "Checkpoint": "; ".join(sorted({c["selection"] for c in cells.values() if c["selection"]}))}
+            row.update({h: _acc(cells[t], avg_tasks) for t, h in heads.items() if t in cells})
+            rows.append({**row, **_efficiency(tested, any(map(_flagged, cells.values())))})
+            gaps = {heads[t]: f"{c['gap']:+.1f}".replace("-", "−") + f" vs {c['published_variant']}"
+                    for t, c in cells.items() if pd.notna(c["gap"])}
+            if gaps:
+                rows.append({"_group": row["_group"], "Model": model, "Entry": "gap to best published", **gaps})
+        published = long[(long.model == model) & (long.kind == "published") & long.task.isin(list(heads))]
+        for (entry, pretraining), g in published.groupby(["entry", "pretraining"], sort=False):
+            cells = {r["task"]: r for r in g.to_dict("records")}
+            rows.append({"_group": len(rows), "Model": model, "Training": pretraining,
+                         "Entry": f"published: {entry} — {'; '.join(dict.fromkeys(g.source))}",
+                         **{h: _acc(cells[t], avg_tasks) for t, h in heads.items() if t in cells}})
+    columns = ["_group", "Model", "Entry", *INFO, *heads.values(), *EFFICIENCY]
+    return pd.DataFrame(rows, columns=columns, dtype=object).fillna("")
 
 
-def _long(runs: pd.DataFrame, published_csv, avg_tasks: int) -> pd.DataFrame:
+def _long(runs: pd.DataFrame, published: pd.DataFrame, avg_tasks: int) -> pd.DataFrame:
     """Ours and published in one long frame, ours joined to the best published row of its model."""
     ours = _ours(runs, avg_tasks).assign(kind="ours")
-    published = _published(published_csv).assign(kind="published")
     best = (published[(published.task != "avg") & published["mean"].notna()].sort_values("mean")
             .groupby(["model", "pretraining", "task"]).last()[["mean", "entry"]]
             .rename(columns={"mean": "published_best", "entry": "published_variant"}))
     ours = ours.join(best, on=["model", "pretraining", "task"])
     ours["gap"] = ours["mean"] - ours["published_best"]
-    columns = ["kind", *KEY, "task", "mean", "std", "n", "published_best", "published_variant", "gap",
-               "params", "tokens_per_s", "peak_memory_mb", "device_hours", "note", "source"]
-    return pd.concat([ours, published], ignore_index=True).astype({"n": "Int64"}).reindex(columns=columns)
+    columns = ["kind", *CELL, "data_rank", "mean", "std", "n", "published_best", "published_variant", "gap",
+               "params", "backbone_params", "reference_params", "over_budget", "tokens_per_s", "peak_memory_mb",
+               "device_hours", "pretrain_device_hours", "latest_ended_at", "note", "source"]
+    both = pd.concat([ours, published.assign(kind="published")], ignore_index=True).reindex(columns=columns)
+    both[["data_fingerprint", "selection"]] = both[["data_fingerprint", "selection"]].fillna("")
+    numbers = {c: float for c in ["mean", "std", "published_best", "gap", "params", "backbone_params",
+                                  "reference_params", "tokens_per_s", "peak_memory_mb", "device_hours",
+                                  "pretrain_device_hours"]}
+    return both.astype({**numbers, "n": "Int64", "data_rank": "Int64", "over_budget": "boolean"}).round(4)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _notes(avg_tasks: int) -> list[str]:
+    """The legend under the table."""
+    other = 5 if avg_tasks == 6 else 6
+    return [
+        f"Avg (ours): {RULES[avg_tasks]}; shown only when all {avg_tasks} have completed runs on their "
+        f"newest data. Published Avg is as reported; † marks one computed under {RULES[other]}. "
+        "✗: Path-X failed (chance).",
+        "Gap rows: our mean minus the best published row of the same model and pretraining, in points. "
+        "Columns marked (extra) are tasks outside LRA / sCIFAR / Speech Commands, not in Avg.",
+        "Training: scratch or self-pretrained. Data: each task's data fingerprint (first 8 hex digits); "
+        "runs on other data are never averaged together, and older data gets rows of its own. "
+        "Checkpoint: the checkpoint the test split was evaluated on.",
+        f"⚑: the backbone has more than {BUDGET - 1:.0%} more parameters than S4's in its published recipe "
+        "for that task, the size LRA comparisons are made at.",
+        "Efficiency (ours): parameter range over tasks, mean training tokens/s, max peak memory, "
+        "summed device-hours (a self-pretrained run's include its pretraining).",
+    ]
 
 
-def render(runs_dir, out_dir, published_csv=None, avg_tasks: int = 6) -> Rendered:
-    """Write out_dir/LEADERBOARD.md and out_dir/leaderboard.csv; avg_tasks 6 (S4-era) or 5 (LRA paper)."""
+def build(runs_dir, published_csv=None, avg_tasks: int = 6, filters: Filters = EVERYTHING) -> Board:
+    """The leaderboard in memory; avg_tasks 6 (S4-era) or 5 (LRA paper). Nothing is written."""
+    from lra.leaderboard_html import page  # it imports this module
+
     if avg_tasks not in RULES:
         raise ValueError(f"avg_tasks must be 6 or 5, not {avg_tasks!r}")
     records, skipped = load_runs(runs_dir)
-    done = [r for r in records if r["status"] == "completed"]
+    others = [r for r in records if r.get("kind", "train") != "train"]
+    train = [r for r in records if r.get("kind", "train") == "train" and filters.keep(r)]
+    done = [r for r in train if r["status"] == "completed"]
     partial = [r for r in done if (r.get("protocol") or {}).get("full_test_set") is False]
     done = [r for r in done if r not in partial]
+    if filters.given() and not done:
+        every = [r for r in records if r.get("kind", "train") == "train" and r["status"] == "completed"]
+        raise UserError(f"no completed runs match {filters.describe()}: there are completed runs of tasks "
+                        f"{', '.join(sorted({r['task'] for r in every})) or 'none'} and models "
+                        f"{', '.join(sorted({r['model'] for r in every})) or 'none'} under {runs_dir}.")
     runs = _runs_frame(done)
-    long = _long(runs, published_csv, avg_tasks)
-    other = 5 if avg_tasks == 6 else 6
+    published = _published(published_csv)
+    if filters.models:
+        published = published[published.model.isin(filters.models)]
+    if filters.tasks:
+        published = published[published.task.isin(filters.tasks)]
+    long = _long(runs, published, avg_tasks)
+    if filters.tasks:
+        long = long[long.task != "avg"].reset_index(drop=True)
+    table = _table(long, runs, avg_tasks, filters.tasks)
     latest = max((str(r.get("ended_at") or "") for r in done), default="")
-    text = "\n\n".join([
-        "# Long-Range Arena leaderboard",
-        f"Generated by `lra leaderboard` from {len(done)} completed runs in `{runs_dir}`"
-        + (f" (latest finished {_esc(latest)})" if latest else "")
-        + f"; {len(records) - len(done) - len(partial)} running, failed or interrupted runs and "
-        + f"{len(partial)} debug runs (partial test set) left out"
-        + f"; {len(skipped)} unusable files skipped. Test accuracy in %: ours is mean ± sample std "
-        "over runs (n = runs, usually seeds); published rows are copied from the cited papers.",
-        _table(long, runs, avg_tasks).to_markdown(index=False, disable_numparse=True),
-        f"**Avg** (ours): {RULES[avg_tasks]}; shown only when all {avg_tasks} have completed runs. "
-        f"Published Avg is as reported; † marks one computed under {RULES[other]}. "
-        "✗: Path-X failed (chance).",
-        "Gap rows: our mean minus the best published row of the same model and pretraining, in points. "
-        "Columns marked (extra) are tasks outside LRA / sCIFAR / Speech Commands, not in Avg. "
-        "Efficiency (ours): parameter range over tasks, mean training tokens/s, max peak memory, "
-        "summed device-hours.",
-    ]) + "\n"
+    intro = (f"Generated by `lra leaderboard` from {len(done)} completed runs in `{runs_dir}`"
+             + (f" (latest finished {latest})" if latest else "")
+             + (f", only those of {filters.describe()}" if filters.given() else "")
+             + f"; {len(train) - len(done) - len(partial)} running, failed or interrupted runs, "
+             + f"{len(partial)} debug runs (partial test set) and {len(others)} records of other kinds "
+             + f"(self-pretraining) left out; {len(skipped)} unusable files skipped. Test accuracy in %: "
+             "ours is mean ± sample std over runs (n = runs, usually seeds); published rows are copied "
+             "from the cited papers.")
+    notes = _notes(avg_tasks)
+    md_table = table.drop(columns="_group").map(_esc).rename(columns=_esc)
+    markdown = "\n\n".join(["# Long-Range Arena leaderboard", _esc(intro),
+                            md_table.to_markdown(index=False, disable_numparse=True),
+                            *map(_esc, notes)]) + "\n"
+    return Board(markdown, long, page(table, long, runs, intro, notes), skipped)
+
+
+def render(runs_dir, out_dir, published_csv=None, avg_tasks: int = 6, filters: Filters = EVERYTHING) -> Rendered:
+    """Write LEADERBOARD.md, leaderboard.csv, leaderboard.parquet and index.html to out_dir."""
+    board = build(runs_dir, published_csv, avg_tasks, filters)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, csv = out_dir / "LEADERBOARD.md", out_dir / "leaderboard.csv"
-    _write_atomic(md, text)
-    _write_atomic(csv, long.round(4).to_csv(index=False, lineterminator="\n"))
-    return Rendered(md, csv, skipped)
+    out = Rendered(out_dir / "LEADERBOARD.md", out_dir / "leaderboard.csv", out_dir / "leaderboard.parquet",
+                   out_dir / "index.html", board.skipped)
+    write_atomic(out.markdown, lambda f: f.write(board.markdown.encode()), mode="wb")
+    write_atomic(out.csv, lambda f: f.write(board.long.to_csv(index=False, lineterminator="\n").encode()), mode="wb")
+    write_atomic(out.parquet, lambda f: board.long.to_parquet(f, index=False), mode="wb")
+    write_atomic(out.html, lambda f: f.write(board.html.encode()), mode="wb")
+    return out
 
 
 def row_for(record: dict, rendered: Rendered) -> str:
     """The leaderboard cell a finished run joined, e.g. 'leaderboard: s4d (default, scratch) on
     listops_mini: 44.6 ± 1.2 (n=3) — leaderboard/LEADERBOARD.md'."""
     protocol = record.get("protocol") or {}
-    entry, pretraining = protocol.get("recipe", "default"), protocol.get("pretraining", "scratch")
+    entry, pretraining = protocol.get("recipe") or "default", protocol.get("pretraining") or "scratch"
     head = f"leaderboard: {record['model']} ({entry}, {pretraining}) on {record['task']}"
     if record.get("status") != "completed" or protocol.get("full_test_set") is False:
         why = "not completed" if record.get("status") != "completed" else "debug run, partial test set"
         return f"{head}: not counted ({why}) — {rendered.markdown}"
-    table = pd.read_csv(rendered.csv, keep_default_na=False)
-    cell = table[(table["kind"] == "ours") & (table["model"] == record["model"])
-                 & (table["entry"] == entry) & (table["pretraining"] == pretraining)
-                 & (table["task"] == record["task"])].iloc[0]
+    table = pd.read_csv(rendered.csv, keep_default_na=False, dtype={"data_fingerprint": str})
+    cell = table[(table["kind"] == "ours") & (table["model"] == record["model"]) & (table["entry"] == entry)
+                 & (table["pretraining"] == pretraining) & (table["task"] == record["task"])
+                 & (table["data_fingerprint"] == (protocol.get("data_fingerprint") or ""))
+                 & (table["selection"] == short_selection(protocol.get("selection")))].iloc[0]
     spread = f" ± {float(cell['std']):.1f}" if int(cell["n"]) > 1 else ""
     return f"{head}: {float(cell['mean']):.1f}{spread} (n={int(cell['n'])}) — {rendered.markdown}"

@@ -32,14 +32,22 @@ def warmup_cosine(step, total, warmup):
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def param_groups(module, weight_decay):
-    """AdamW groups: decay on weight matrices only; parameters carrying `_optim` get their own."""
+def optim_overrides(module):
+    """{parameter name: its `_optim` settings}, to keep where the attributes would be lost: the
+    processes that trainer=ddp spawns receive parameters without their Python attributes."""
+    return {name: dict(p._optim) for name, p in module.named_parameters() if hasattr(p, "_optim")}
+
+
+def param_groups(module, weight_decay, overrides=None):
+    """AdamW groups: decay on weight matrices only; parameters carrying `_optim` (or named in
+    `overrides`, see `optim_overrides`) get their own."""
+    overrides = {**optim_overrides(module), **(overrides or {})}
     decay, no_decay, special = [], [], {}
-    for param in module.parameters():
+    for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        if hasattr(param, "_optim"):
-            key = tuple(sorted(param._optim.items()))
+        if name in overrides:
+            key = tuple(sorted(overrides[name].items()))
             special.setdefault(key, []).append(param)
         elif param.ndim >= 2:
             decay.append(param)
@@ -69,12 +77,16 @@ class Classifier(L.LightningModule):
         else:
             self.encoder = nn.Linear(task["d_input"], d_model)
         self.backbone = registry.model(model["name"])(**options)
-        d_pooled = 4 * d_model if task["dual"] else d_model
-        self.head = nn.Sequential(nn.Linear(d_pooled, d_model), nn.GELU(),
-                                  nn.Linear(d_model, task["num_classes"]))
+        self.head = self.make_head(task, d_model)
+        self.optim_overrides = optim_overrides(self)
         self._counts = {}
         self.real_tokens = 0  # real (non-pad) training tokens seen, for throughput
         self.train_seconds = 0.0
+
+    def make_head(self, task, d_model):
+        """The head over the pooled features; a subclass that predicts something else replaces it."""
+        d_pooled = 4 * d_model if task["dual"] else d_model
+        return nn.Sequential(nn.Linear(d_pooled, d_model), nn.GELU(), nn.Linear(d_model, task["num_classes"]))
 
     def encode(self, inputs, mask):
         x = self.encoder(inputs) * mask.unsqueeze(-1)  # (B, L, D), zero at padding
@@ -110,7 +122,7 @@ class Classifier(L.LightningModule):
                 f"{self.current_epoch}, learning rate {lr:.3g}); lower optim.lr, or set "
                 "optim.divergence_retries=N to start again with the learning rate scaled by "
                 "optim.divergence_lr_factor")
-        self.log("loss", loss, prog_bar=True, batch_size=batch["target"].numel())
+        self.log("loss", loss, prog_bar=True, batch_size=batch["mask"].shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -119,8 +131,13 @@ class Classifier(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
 
+    def _total(self, values):
+        """`values` summed over the processes of a distributed run (as they are on one)."""
+        local = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(local, reduce_op="sum").tolist()
+
     def _log_epoch(self, split):
-        correct, n, loss_sum = self._counts.pop(split, (0, 0, 0.0))
+        correct, n, loss_sum = self._total(self._counts.pop(split, (0, 0, 0.0)))
         if n:
             self.log(f"{split}_acc", correct / n, prog_bar=split != "train")
             self.log(f"{split}_loss", loss_sum / n)
@@ -134,6 +151,9 @@ class Classifier(L.LightningModule):
 
     def on_train_epoch_end(self):
         self._log_epoch("train")
+        # logged so they reach the main process when workers are spawned (trainer=ddp)
+        self.log("tokens_seen", self._total([float(self.real_tokens)])[0])
+        self.log("train_seconds", self.train_seconds)
 
     def on_validation_epoch_end(self):
         self._log_epoch("val")
@@ -143,7 +163,7 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self):
         opt = self.hparams.optim
-        optimizer = torch.optim.AdamW(param_groups(self, opt["weight_decay"]), lr=opt["lr"],
+        optimizer = torch.optim.AdamW(param_groups(self, opt["weight_decay"], self.optim_overrides), lr=opt["lr"],
                                       betas=tuple(opt["betas"]))
         total = int(self.trainer.estimated_stepping_batches)
         warmup = max(1, int(opt["warmup_ratio"] * total))

@@ -13,7 +13,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 BUILTIN = "lra.conf"
-GROUPS = ("model", "task", "trainer", "optim", "experiment", "sweep")
+GROUPS = ("model", "task", "trainer", "optim", "logger", "experiment", "sweep")
 
 
 def config_packages():

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import secrets
+import socket
 import subprocess
 import tempfile
 from datetime import datetime, timezone
@@ -20,19 +21,21 @@ SCHEMA = 1
 _PACKAGES = ("lra-harness", "torch", "lightning", "hydra-core", "numpy", "pandas", "triton")
 
 
-def write_json_atomic(path, obj):
-    """Write `obj` as JSON so readers see the old file or the new one, never a torn one.
+def write_atomic(path, write, mode="w"):
+    """Write a file through `write(f)` so readers see the old file or the new one, never a torn one.
 
-    A failed write (a full disk, say) leaves the previous file as it was and says so.
+    The new content goes to a temporary file in the same folder, is flushed to disk, then renamed
+    over `path`. A failed write (a full disk, say) leaves the previous file as it was and says so.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are shared
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
@@ -41,6 +44,11 @@ def write_json_atomic(path, obj):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path, obj):
+    """Write `obj` as JSON atomically (see `write_atomic`)."""
+    write_atomic(path, lambda f: json.dump(obj, f, indent=2, default=str))
 
 
 def now():
@@ -103,6 +111,9 @@ def new_record(run_id, config, protocol, device, params):
         "peak_memory_mb": None,
         "wall_time_s": None,
         "device_hours": None,
+        "job_key": job_key(config),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
         "started_at": now(),
         "ended_at": None,
         "error": None,
@@ -111,3 +122,39 @@ def new_record(run_id, config, protocol, device, params):
 
 def result_path(results_dir, record):
     return Path(results_dir) / record["task"] / record["model"] / f"{record['run_id']}.json"
+
+
+def job_key(config):
+    """What makes two runs the same job: the whole resolved config but the `resume` switch."""
+    return config_hash({k: v for k, v in config.items() if k != "resume"})
+
+
+def process_alive(record):
+    """Whether the process that wrote `record` still runs (judged on the same host only)."""
+    if record.get("host") != socket.gethostname() or not record.get("pid"):
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def latest_attempt(results_dir, config, kind="train"):
+    """The newest readable record of the same job under results_dir, or None."""
+    key = job_key(config)
+    folder = Path(results_dir) / config["task"]["name"] / config["model"]["name"]
+    found = []
+    for path in folder.glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # `lra doctor` names unreadable files
+        if isinstance(record, dict) and record.get("job_key") == key and record.get("kind", "train") == kind:
+            found.append((str(record.get("started_at")), str(path), record))
+    if not found:
+        return None
+    _, path, record = max(found)
+    return {**record, "result_path": path}

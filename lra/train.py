@@ -8,6 +8,7 @@ The run folder holds the resolved config, `run.json` (run id, result path), Ligh
 `metrics.csv` and `checkpoints/{best,last}.ckpt`. The checkpoint is chosen on validation
 accuracy; the test split is evaluated once, on that checkpoint, every example counted.
 """
+import csv
 import json
 import logging
 import platform
@@ -16,16 +17,18 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from lra import registry, results
+from lra import loggers, registry, results
+from lra.checkpoints import AtomicCheckpointIO
 from lra.errors import Diverged, UserError
 from lra.lit import Classifier
 
@@ -34,11 +37,14 @@ SELECTION = "checkpoint with the best val_acc; the test split evaluated once on 
 
 def quiet_lightning():
     """Keep the console to the progress bar and our own lines: Lightning's info chatter and
-    its warnings about our deliberate choices (short debug epochs, the run folder) go."""
+    its warnings about our deliberate choices (short debug epochs, the run folder, a mid-epoch
+    resume, which the task's data module handles through its state_dict, epoch metrics that the
+    classifier sums over processes itself) go."""
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in (".*LeafSpec.*", ".*smaller than the logging interval.*",
-                    ".*exists and is not empty.*", ".*does not have many workers.*"):
+                    ".*exists and is not empty.*", ".*does not have many workers.*",
+                    ".*your dataloader is not resumable.*", ".*sync_dist=True.*"):
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -47,10 +53,13 @@ def _options(section):
 
 
 def build_data(cfg):
-    """The task's data module, set up (data read or generated) so its shape is known."""
+    """The task's data module, set up so its shape is known: memory-mapped from its Arrow cache
+    (built on first use), or generated in memory for a task that reads no files."""
+    from lra.tasks import cache
+
     task_cls = registry.task(cfg["task"]["name"])
     data = task_cls(data_dir=cfg["data_dir"], seed=cfg["seed"], **_options(cfg["task"]))
-    data.setup()
+    cache.setup(data)
     return data
 
 
@@ -59,12 +68,12 @@ def task_shape(data):
             ("input_kind", "vocab_size", "d_input", "num_classes", "dual")}
 
 
-def build_classifier(cfg, data):
-    """The classifier around the configured backbone; a backbone with a `max_len` attribute
-    (the longest input it supports) must cover the task's sequences."""
+def build_classifier(cfg, data, cls=Classifier, **options):
+    """The classifier (or a subclass `cls` taking `options`) around the configured backbone; a backbone
+    with a `max_len` attribute (the longest input it supports) must cover the task's sequences."""
     name = cfg["model"]["name"]
     try:
-        classifier = Classifier(model=dict(cfg["model"]), task=task_shape(data), optim=dict(cfg["optim"]))
+        classifier = cls(model=dict(cfg["model"]), task=task_shape(data), optim=dict(cfg["optim"]), **options)
     except (TypeError, ValueError) as err:
         raise UserError(f"model {name!r} rejected its options: {err}. Its options and defaults "
                         f"are in conf/model/{name}.yaml (see `lra list`).") from err
@@ -107,6 +116,7 @@ def build_trainer(cfg, run_dir, checkpoint):
     eval_limit = 1.0 if t["limit_eval_batches"] is None else t["limit_eval_batches"]
     return L.Trainer(
         accelerator=t["accelerator"], devices=t["devices"], precision=t["precision"],
+        strategy=t.get("strategy", "auto"), use_distributed_sampler=False,  # the task's loaders shard
         max_epochs=t["max_epochs"], max_steps=t["max_steps"],
         gradient_clip_val=t["gradient_clip_val"],
         limit_train_batches=1.0 if t["limit_train_batches"] is None else t["limit_train_batches"],
@@ -114,7 +124,7 @@ def build_trainer(cfg, run_dir, checkpoint):
         val_check_interval=t["val_check_interval"], deterministic=t["deterministic"],
         num_sanity_val_steps=0, enable_progress_bar=t["progress"], enable_model_summary=False,
         log_every_n_steps=10, callbacks=callbacks, default_root_dir=run_dir,
-        logger=CSVLogger(run_dir, name="", version=""),
+        logger=loggers.build(cfg, run_dir), plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -166,19 +176,45 @@ def best_epoch(path):
     return torch.load(path, map_location="cpu", weights_only=True)["epoch"]
 
 
+def best_score(path, monitor):
+    """The `monitor` value that made `path` the best checkpoint, read from the checkpoint itself
+    (the main process's callback never sees it when workers are spawned, as with trainer=ddp)."""
+    if not path:
+        return None
+    states = torch.load(path, map_location="cpu", weights_only=True)["callbacks"].values()
+    return next(float(state["best_model_score"]) for state in states if state.get("monitor") == monitor)
+
+
+def epoch_history(metrics_csv):
+    """Per epoch, the last val_acc / val_loss and the train_loss Lightning's CSVLogger wrote."""
+    epochs = {}
+    if Path(metrics_csv).is_file():
+        with open(metrics_csv, newline="") as f:
+            for row in csv.DictReader(f):
+                seen = {k: float(row[k]) for k in ("val_acc", "val_loss", "train_loss") if row.get(k)}
+                if seen and row.get("epoch"):
+                    epochs.setdefault(int(float(row["epoch"])), {}).update(seen)
+    return [{"epoch": e, "val_acc": None, "val_loss": None, "train_loss": None, **epochs[e]} for e in sorted(epochs)]
+
+
 def _finish(record, path, started, **fields):
     record.update(ended_at=results.now(), wall_time_s=time.perf_counter() - started, **fields)
     results.write_json_atomic(path, record)
+    loggers.finish(record)
 
 
-def fit(config, data, run_dir, last_ckpt):
-    """Build a classifier from `config` and fit it; a Ctrl+C or SIGTERM saves `last.ckpt` first."""
-    classifier = build_classifier(config, data)
+def fit(config, data, run_dir, last_ckpt, build=None, monitor=("val_acc", "max")):
+    """Build a module from `config` (`build_classifier` unless `build` is given) and fit it, keeping the
+    checkpoint best on `monitor` (metric, mode); a Ctrl+C or SIGTERM saves `last.ckpt` first."""
+    classifier = (build or build_classifier)(config, data)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
-                                 monitor="val_acc", mode="max", enable_version_counter=False)
+                                 monitor=monitor[0], mode=monitor[1], enable_version_counter=False)
     trainer = build_trainer(config, run_dir, checkpoint)
     try:
         trainer.fit(classifier, datamodule=data, ckpt_path=last_ckpt)
+        if "tokens_seen" in trainer.callback_metrics:  # counted in spawned workers (trainer=ddp)
+            classifier.real_tokens = int(trainer.callback_metrics["tokens_seen"])
+            classifier.train_seconds = float(trainer.callback_metrics["train_seconds"])
     except SystemExit as stop:  # SIGTERM (SLURM pre-emption) or Ctrl+C, as Lightning reports them
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         how = "SIGTERM" if isinstance(stop, SIGTERMException) else "Ctrl+C"
@@ -195,12 +231,13 @@ class Stopped(Exception):
         self.code = code
 
 
-def fit_with_retries(config, data, run_dir, last_ckpt, record):
-    """`fit`, and after a divergence start again with a lower learning rate, as configured."""
+def fit_with_retries(config, data, run_dir, last_ckpt, record, **how):
+    """`fit` (`how`: its `build` and `monitor`), and after a divergence start again with a lower
+    learning rate, as configured."""
     optim = config["optim"]
     for attempt in range(optim["divergence_retries"] + 1):
         try:
-            return fit(config, data, run_dir, last_ckpt)
+            return fit(config, data, run_dir, last_ckpt, **how)
         except Diverged as err:
             record.setdefault("divergences", []).append(str(err))
             if attempt == optim["divergence_retries"]:
@@ -214,23 +251,75 @@ def fit_with_retries(config, data, run_dir, last_ckpt, record):
             print(f"lra: {err}; retrying from scratch with optim.lr={optim['lr']:.3g}", file=sys.stderr)
 
 
-def run(cfg: DictConfig, run_dir) -> dict:
-    """Train, select on validation, test once; return the final result record.
+def train_protocol(config):
+    return {"recipe": config["recipe"], "pretraining": config["pretraining"],
+            "data_fingerprint": None, "selection": SELECTION,
+            "full_test_set": config["trainer"]["limit_eval_batches"] is None}
+
+
+def train_and_test(config, data, run_dir, last_ckpt, record):
+    """Fit a classifier (from a pretrain run's encoder and backbone with `init_from`), select on
+    validation, test once; return the classifier and the record's metrics."""
+    build = None
+    if config.get("init_from"):
+        from lra.pretrain import init_from  # lra.pretrain builds on this module
+
+        build = init_from(config, data, record["protocol"])
+    trainer, checkpoint, classifier = fit_with_retries(config, data, run_dir, last_ckpt, record, build=build)
+    best = checkpoint.best_model_path or None
+    trainer.test(classifier, datamodule=data, ckpt_path=best, verbose=False)
+    record["backbone_params"] = sum(p.numel() for p in classifier.backbone.parameters())
+    seen = trainer.callback_metrics
+    return classifier, {
+        "test_acc": float(seen["test_acc"]), "test_loss": float(seen["test_loss"]),
+        "test_examples": int(seen["test_examples"]),
+        "val_acc": best_score(best, "val_acc"),
+        "best_epoch": best_epoch(best), "epochs": trainer.current_epoch,
+        "train_loss": float(seen["train_loss"]) if "train_loss" in seen else None,
+        "majority_rate": data.majority_rate,
+        "history": epoch_history(Path(run_dir) / "metrics.csv"),
+    }
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What `run` does between opening a run's record and completing it: TRAIN, or lra.pretrain.PRETRAIN."""
+
+    kind: str  # the record's "kind"
+    protocol: Callable  # config -> the record's protocol (the data's fingerprint and splits join it)
+    work: Callable  # (config, data, run_dir, last_ckpt, record) -> (the fitted module, the record's metrics)
+
+
+TRAIN = Stage("train", train_protocol, train_and_test)
+
+
+def run(cfg: DictConfig, run_dir, stage=TRAIN) -> dict:
+    """Run one stage (by default: train, select on validation, test once); return the final result record.
 
     The result file is written when the run starts, again once the data is read, and on
     completion or failure (`failed`, `diverged` or `interrupted`, with the reason).
     """
     started = time.perf_counter()
     quiet_lightning()
-    run_dir = Path(cfg.resume or run_dir)
-    config, run_id, last_ckpt = _resume(run_dir) if cfg.resume else _start(cfg, run_dir)
+    resume = cfg.resume
+    if resume == "auto":
+        earlier = results.latest_attempt(cfg.results_dir, OmegaConf.to_container(cfg, resolve=True), stage.kind)
+        if earlier and earlier["status"] == "completed":
+            print(f"lra: already completed, skipped: {earlier['result_path']}", file=sys.stderr)
+            return earlier
+        if earlier and earlier["status"] == "running" and results.process_alive(earlier):
+            raise UserError(f"this job is running right now (pid {earlier['pid']}, {earlier['run_dir']}); "
+                            "resume it once that process has ended.")
+        resumable = earlier and earlier["status"] in ("running", "interrupted")  # failed, diverged: anew
+        resume = earlier["run_dir"] if resumable and (Path(earlier["run_dir"]) / "run.json").is_file() else None
+    run_dir = Path(resume or run_dir)
+    config, run_id, last_ckpt = _resume(run_dir) if resume else _start(cfg, run_dir)
     trainer_cfg = config["trainer"]
-    protocol = {"recipe": config["recipe"], "pretraining": config["pretraining"],
-                "data_fingerprint": None, "selection": SELECTION,
-                "full_test_set": trainer_cfg["limit_eval_batches"] is None}
+    protocol = stage.protocol(config)
     record = results.new_record(run_id, config, protocol, device_name(trainer_cfg["accelerator"]),
                                 params=None)
-    record["run_dir"] = str(run_dir)
+    record.update(kind=stage.kind, run_dir=str(run_dir))
+    record["tags"] = [str(tag) for tag in config.get("tags") or []]  # leaderboard filter: lra leaderboard --tag
     path = results.result_path(config["results_dir"], record)
     if last_ckpt is not None and path.is_file():
         record["started_at"] = json.loads(path.read_text())["started_at"]
@@ -242,9 +331,7 @@ def run(cfg: DictConfig, run_dir) -> dict:
         data = build_data(config)
         protocol.update(data_fingerprint=data.fingerprint, splits=data.protocol)
         results.write_json_atomic(path, record)
-        trainer, checkpoint, classifier = fit_with_retries(config, data, run_dir, last_ckpt, record)
-        best = checkpoint.best_model_path or None
-        trainer.test(classifier, datamodule=data, ckpt_path=best, verbose=False)
+        classifier, metrics = stage.work(config, data, run_dir, last_ckpt, record)
     except Stopped as stop:
         _finish(record, path, started, status="interrupted", error=str(stop))
         print(f"\nlra: {stop}", file=sys.stderr)
@@ -255,15 +342,7 @@ def run(cfg: DictConfig, run_dir) -> dict:
     except BaseException as err:
         _finish(record, path, started, status="failed", error=f"{type(err).__name__}: {err}")
         raise
-    seen = trainer.callback_metrics
-    record["metrics"] = {
-        "test_acc": float(seen["test_acc"]), "test_loss": float(seen["test_loss"]),
-        "test_examples": int(seen["test_examples"]),
-        "val_acc": float(checkpoint.best_model_score) if best else None,
-        "best_epoch": best_epoch(best), "epochs": trainer.current_epoch,
-        "train_loss": float(seen["train_loss"]) if "train_loss" in seen else None,
-        "majority_rate": data.majority_rate,
-    }
+    record["metrics"] = metrics
     wall = time.perf_counter() - started
     devices = trainer_cfg["devices"] if isinstance(trainer_cfg["devices"], int) else 1
     _finish(record, path, started, status="completed", device_hours=wall / 3600 * devices,

@@ -8,6 +8,12 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import torch  # noqa: E402
+
+# Without CUDA the Triton kernels run in Triton's interpreter; it must be set before triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from lra.cli import main  # noqa: E402
 
 # A small, fast run: tiny S4D, two short epochs, every eval example counted.
@@ -35,6 +41,14 @@ def lra(capsys, monkeypatch, tmp_path):
         return Result(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def triton_device(monkeypatch):
+    """The device Triton kernels run on here (CUDA, else the CPU under the interpreter), with LRA_KERNELS=triton."""
+    pytest.importorskip("triton", reason="Triton is installed on Linux x86_64 only")
+    monkeypatch.setenv("LRA_KERNELS", "triton")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def result_files(root):

@@ -23,14 +23,14 @@ def test_list_shows_models_tasks_and_experiments(lra):
     (["model=nope"], "unknown model 'nope'; available: "),
     (["task=nope"], "unknown task 'nope'; available: "),
     (["experiment=nope/listops"], "unknown experiment 'nope/listops'; available: flash/image, "),
-    (["trainer=nope"], "unknown trainer 'nope'; available: cpu, debug, gpu"),
+    (["trainer=nope"], "unknown trainer 'nope'; available: cpu, ddp, debug, gpu"),
     (["optim.lr=abc"], "optim.lr must be a number (default 0.003), got 'abc'"),
     (["model.d_model=-4"], "model.d_model must be positive, got -4"),
     (["seed=-1"], "seed must be a whole number >= 0"),
     (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
     (["no_such_key=1"], "bad override"),
     (["model=transformer", "model.n_heads=3", "model.d_model=16"], "not divisible"),
-    (["task=listops", "data_dir=missing_folder"], "lra data prepare listops"),
+    (["task=listops", "data_dir=missing_folder"], "lra data generate listops"),
     (["resume=not_a_run"], "cannot resume 'not_a_run': it is not a run folder"),
     (["model=transformer", "model.positions=learned", "model.max_len=20"],
      "task 'listops_mini' has sequences up to 99 long but model 'transformer' supports 20"),
@@ -156,13 +156,13 @@ def test_leaderboard_without_published_numbers_says_where_they_are(lra):
     assert result.code == 2 and "nowhere.csv" in result.err
 
 
-def test_data_prepare_writes_the_released_format(lra, tmp_path):
-    result = lra("data", "prepare", "listops", "--data-dir", "d", "--n-train", "20",
+def test_data_generate_writes_the_released_format(lra, tmp_path):
+    result = lra("data", "generate", "listops", "--data-dir", "d", "--n-train", "20",
                  "--n-val", "5", "--n-test", "5", "--workers", "1")
     assert result.code == 0, result.err
     lines = (tmp_path / "d" / "listops" / "basic_train.tsv").read_text().splitlines()
     assert lines[0] == "Source\tTarget" and len(lines) == 21
-    assert "task=listops" in result.out
+    assert "lra data prepare listops --data-dir d" in result.out and "task=listops" in result.out
 
 
 def test_the_transformer_trains_with_overrides_from_the_command_line(lra, tmp_path):
@@ -201,6 +201,15 @@ def test_sigterm_saves_a_checkpoint_marks_interrupted_and_resumes(lra, tmp_path,
     assert lra("train", f"resume={record['run_dir']}").code == 0
     [record] = load_results(tmp_path / "leaderboard" / "runs")
     assert record["status"] == "completed" and record["metrics"]["epochs"] == 3
+
+    # It went on from the batch after the signal: the weights end as an uninterrupted run's do.
+    assert lra("train", *TINY, "trainer.max_epochs=3", "runs_dir=straight").code == 0
+    straight = next(r for r in load_results(tmp_path / "leaderboard" / "runs") if "straight" in r["run_dir"])
+    last = [torch.load(Path(r["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)
+            for r in (record, straight)]
+    assert last[0]["global_step"] == last[1]["global_step"]
+    for name, tensor in last[0]["state_dict"].items():
+        assert torch.equal(tensor, last[1]["state_dict"][name]), name
 
 
 @pytest.mark.parametrize("name", sorted(registry.entries("model")))
@@ -297,7 +306,7 @@ def test_a_sweep_runs_every_job_and_a_failing_one_spares_the_others(lra, tmp_pat
 
 
 def test_generated_pathfinder_trains_end_to_end(lra, tmp_path):
-    made = lra("data", "prepare", "pathfinder", "--data-dir", "d", "--n-images", "40", "--workers", "1")
+    made = lra("data", "generate", "pathfinder", "--data-dir", "d", "--n-images", "40", "--workers", "1")
     assert made.code == 0, made.err
     assert "task=pathfinder" in made.out
     result = lra("train", "task=pathfinder", "data_dir=d", "trainer=debug", "model.d_model=16",
@@ -319,4 +328,6 @@ def test_the_smoke_sweep_trains_every_registered_model(lra, tmp_path):
 
 def test_sweep_without_a_name_lists_the_presets(lra):
     result = lra("sweep")
-    assert result.code == 2 and "available: smoke" in result.err
+    assert result.code == 2
+    for preset in ("smoke", "lra_all", "s4d", "pretrain_finetune"):
+        assert preset in result.err.partition("available: ")[2]

@@ -1,13 +1,18 @@
-"""`lra.leaderboard`: hand-made result files in, Markdown and CSV out."""
+"""`lra.leaderboard`: hand-made result files in; Markdown, CSV and Parquet out; filters, protocol columns."""
 import json
 import re
 import statistics
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY, load_results
+from hydra import compose, initialize_config_module
 
-from lra.leaderboard import load_runs, render, row_for
+from lra import registry
+from lra.errors import UserError
+from lra.leaderboard import REFERENCE_PARAMS, Filters, build, load_runs, render, row_for
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "leaderboard" / "published.csv"
 ACC = {("s4d", "listops"): [0.55, 0.58, 0.61], ("s4d", "listops_mini"): [0.40, 0.45],
@@ -71,14 +76,14 @@ def test_render_means_skips_and_published(runs, tmp_path):
     md = out.markdown.read_text()
     rows = table_rows(md)
 
-    s4d = rows[("s4d", "ours: default, scratch")]
+    s4d = rows[("s4d", "ours: default")]
     assert s4d["ListOps"] == cell(ACC[("s4d", "listops")])  # failed and running runs (0.99) left out
     assert s4d["listops_mini (extra)"] == cell(ACC[("s4d", "listops_mini")])
     assert s4d["Avg"] == "" and s4d["Params"] == "1K" and s4d["Peak MB"] == "102" and s4d["Device-h"] == "0.05"
     gap = 100 * statistics.mean(ACC[("s4d", "listops")]) - 60.52  # best published S4D ListOps: S4D-Lin
     assert rows[("s4d", "gap to best published")]["ListOps"] == f"−{abs(gap):.1f} vs S4D-Lin"
 
-    odd = rows[("&lt;b&gt;x&lt;/b&gt;\\|y", "ours: default, scratch")]
+    odd = rows[("&lt;b&gt;x&lt;/b&gt;\\|y", "ours: default")]
     assert odd["ListOps"] == cell(ACC[("<b>x</b>|y", "listops")])
     assert odd["listops_mini (extra)"] == "25.0 (n=1)"
     assert "<b>" not in md
@@ -88,7 +93,8 @@ def test_render_means_skips_and_published(runs, tmp_path):
     assert rows[("transformer", "published: LRA paper — Tay et al. ICLR 2021 Table 1")]["Avg"] == "54.39†"
     assert "failed Path-X counted as 50" in md and "five LRA tasks other than Path-X" in md
     assert "3 unusable files skipped" in md and "2 running, failed or interrupted" in md
-    assert sorted(p.name for p in out.markdown.parent.iterdir()) == ["LEADERBOARD.md", "leaderboard.csv"]  # no temp
+    assert sorted(p.name for p in out.markdown.parent.iterdir()) == [
+        "LEADERBOARD.md", "index.html", "leaderboard.csv", "leaderboard.parquet"]  # no temp files left
 
     csv = pd.read_csv(out.csv)
     ours = csv[csv.kind == "ours"].set_index(["model", "task"])
@@ -110,15 +116,15 @@ def test_avg_only_with_all_six_and_five_task_rule(tmp_path):
     for task, acc in accs.items():
         write(runs, f"{task}/s4d/0.json", record("s4d", task, 0, acc))
     six = table_rows(render(runs, tmp_path / "six", PUBLISHED).markdown.read_text())
-    assert six[("s4d", "ours: default, scratch")]["Avg"] == f"{100 * statistics.mean(accs.values()):.1f}"
+    assert six[("s4d", "ours: default")]["Avg"] == f"{100 * statistics.mean(accs.values()):.1f}"
     out = render(runs, tmp_path / "five", PUBLISHED, avg_tasks=5)
     five = table_rows(out.markdown.read_text())
-    assert five[("s4d", "ours: default, scratch")]["Avg"] == f"{100 * statistics.mean(list(accs.values())[:5]):.1f}"
+    assert five[("s4d", "ours: default")]["Avg"] == f"{100 * statistics.mean(list(accs.values())[:5]):.1f}"
     assert five[("s4d", "published: S4D-Inv — Gu et al. NeurIPS 2022 Table 3; Gu et al. NeurIPS 2022 Table 2")][
         "Avg"] == "85.5†"
     (runs / "pathx/s4d/0.json").unlink()
     missing = table_rows(render(runs, tmp_path / "six", PUBLISHED).markdown.read_text())
-    assert missing[("s4d", "ours: default, scratch")]["Avg"] == ""
+    assert missing[("s4d", "ours: default")]["Avg"] == ""
 
 
 def test_recipes_do_not_average_together_and_duplicates_skipped(tmp_path):
@@ -129,8 +135,8 @@ def test_recipes_do_not_average_together_and_duplicates_skipped(tmp_path):
     with pytest.warns(UserWarning, match="duplicate run_id"):
         out = render(runs, tmp_path / "out", None)
     rows = table_rows(out.markdown.read_text())
-    assert rows[("s4d", "ours: default, scratch")]["Text"] == "80.0 (n=1)"
-    assert rows[("s4d", "ours: long, scratch")]["Text"] == "60.0 (n=1)"
+    assert rows[("s4d", "ours: default")]["Text"] == "80.0 (n=1)"
+    assert rows[("s4d", "ours: long")]["Text"] == "60.0 (n=1)"
     assert [p.name for p, _ in out.skipped] == ["c.json"]
 
 
@@ -157,3 +163,169 @@ def test_row_for_names_the_cell_a_run_joined(runs, tmp_path):
     assert "not counted (debug run, partial test set)" in row_for(debug, out)
     failed = record("s4d", "text", 1, 0.5, status="failed", error="CUDA OOM")
     assert "not counted (not completed)" in row_for(failed, out)
+
+
+def test_fingerprints_never_share_a_cell_and_older_data_gets_its_own_row(tmp_path):
+    runs = tmp_path / "runs"
+    old = {"recipe": "default", "pretraining": "scratch", "data_fingerprint": "a" * 64}
+    new = {**old, "data_fingerprint": "b" * 64}
+    write(runs, "1.json", record("s4d", "text", 0, 0.50, protocol=old, ended_at="2026-11-01T00:00:00+00:00"))
+    write(runs, "2.json", record("s4d", "text", 1, 0.70, protocol=new, ended_at="2026-11-20T00:00:00+00:00"))
+    write(runs, "3.json", record("s4d", "text", 2, 0.80, protocol=new, ended_at="2026-11-21T00:00:00+00:00"))
+    out = render(runs, tmp_path / "out")
+    rows = table_rows(out.markdown.read_text())
+    assert rows[("s4d", "ours: default")]["Text"] == cell([0.70, 0.80])
+    assert rows[("s4d", "ours: default")]["Data"] == "text:bbbbbbbb"
+    assert rows[("s4d", "ours: default (older data #1)")]["Text"] == "50.0 (n=1)"
+    assert rows[("s4d", "ours: default (older data #1)")]["Data"] == "text:aaaaaaaa"
+    ours = pd.read_csv(out.csv).query("kind == 'ours'").set_index("data_rank")
+    assert ours.loc[0, "data_fingerprint"] == "b" * 64 and ours.loc[1, "n"] == 1
+    assert "50.0 (n=1)" in row_for(record("s4d", "text", 0, 0.5, protocol=old), out)
+    assert "75.0 ± 7.1 (n=2)" in row_for(record("s4d", "text", 1, 0.7, protocol=new), out)
+
+
+def test_rows_carry_training_data_and_checkpoint(tmp_path):
+    runs = tmp_path / "runs"
+    protocol = {"recipe": "s4d/text", "pretraining": "scratch", "data_fingerprint": "0123456789abcdef",
+                "selection": "checkpoint with the best val_acc; the test split evaluated once on it"}
+    write(runs, "a.json", record("s4d", "text", 0, 0.8, protocol=protocol))
+    row = table_rows(render(runs, tmp_path / "out").markdown.read_text())[("s4d", "ours: s4d/text")]
+    assert (row["Training"], row["Data"], row["Checkpoint"]) == ("scratch", "text:01234567", "best val_acc")
+
+
+@pytest.mark.parametrize("ratio, flagged", [(1.11, True), (1.09, False), (None, None)])
+def test_a_backbone_over_the_parameter_budget_is_flagged(tmp_path, ratio, flagged):
+    runs = tmp_path / "runs"
+    size = None if ratio is None else round(ratio * REFERENCE_PARAMS["listops"])
+    write(runs, "a.json", record("mamba", "listops", 0, 0.5, backbone_params=size))
+    out = render(runs, tmp_path / "out")
+    row = table_rows(out.markdown.read_text())[("mamba", "ours: default")]
+    assert row["ListOps"].endswith(" ⚑") is bool(flagged) and row["Params"].endswith(" ⚑") is bool(flagged)
+    over = pd.read_parquet(out.parquet).query("kind == 'ours' and task == 'listops'")["over_budget"].iloc[0]
+    assert (pd.isna(over) if flagged is None else bool(over) is flagged)
+
+
+@pytest.mark.parametrize("task", sorted(REFERENCE_PARAMS))
+def test_reference_sizes_are_s4_in_its_published_recipe(task):
+    with initialize_config_module("lra.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment=s4/{task}"])
+    backbone = registry.model("s4")(**{k: v for k, v in cfg.model.items() if k != "name"})
+    assert sum(p.numel() for p in backbone.parameters()) == REFERENCE_PARAMS[task]
+
+
+def test_other_kinds_are_not_rows_and_self_pretrained_compute_includes_pretraining(tmp_path):
+    runs = tmp_path / "runs"
+    write(runs, "pretrain.json", {"schema": 1, "kind": "pretrain", "run_id": "p0", "model": "s4d", "task": "text",
+                                  "status": "completed", "metrics": {"val_loss": 1.5}, "device_hours": 2.0})
+    tuned = {"recipe": "default", "pretraining": "self-pretrained", "pretrain_device_hours": 2.0}
+    write(runs, "tuned.json", record("s4d", "text", 0, 0.9, protocol=tuned, device_hours=0.5))
+    out = render(runs, tmp_path / "out")
+    assert out.skipped == []
+    md = out.markdown.read_text()
+    rows = table_rows(md)
+    assert [k for k in rows if k[1].startswith("ours")] == [("s4d", "ours: default")]
+    assert rows[("s4d", "ours: default")]["Training"] == "self-pretrained"
+    assert rows[("s4d", "ours: default")]["Device-h"] == "2.5 (incl. 2 pretraining)"
+    assert "1 records of other kinds" in md
+    ours = pd.read_csv(out.csv).query("kind == 'ours'")
+    assert ours[["device_hours", "pretrain_device_hours"]].values.tolist() == [[2.5, 2.0]]
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    runs = tmp_path / "runs"
+    for i, (model, task, ended, tags) in enumerate([
+            ("s4d", "listops", "2026-10-01T12:00:00+00:00", ["baseline"]),
+            ("s4d", "text", "2026-11-02T12:00:00+00:00", ["ablation", "v2"]),
+            ("mamba", "text", "2026-11-03T12:00:00+00:00", ["ablation"]),
+            ("mamba", "image", "2026-11-04T12:00:00+00:00", [])]):
+        write(runs, f"{i}.json", record(model, task, i, 0.5 + i / 10, ended_at=ended, tags=tags))
+    return runs
+
+
+def ours_cells(board):
+    return sorted(board.long.query("kind == 'ours' and task != 'avg'")[["model", "task"]].itertuples(index=False, name=None))
+
+
+@pytest.mark.parametrize("filters, expected", [
+    (Filters(tasks=("text", "image")), [("mamba", "image"), ("mamba", "text"), ("s4d", "text")]),
+    (Filters(models=("s4d",)), [("s4d", "listops"), ("s4d", "text")]),
+    (Filters(since=date(2026, 11, 3)), [("mamba", "image"), ("mamba", "text")]),
+    (Filters(tags=("ablation",)), [("mamba", "text"), ("s4d", "text")]),
+    (Filters(tags=("ablation", "v2")), [("s4d", "text")]),  # every tag given
+    (Filters(models=("mamba",), tasks=("text",)), [("mamba", "text")]),
+])
+def test_filters_choose_the_runs(mixed, filters, expected):
+    board = build(mixed, PUBLISHED, filters=filters)
+    assert ours_cells(board) == expected
+    assert filters.describe() in board.markdown
+
+
+def test_filters_narrow_published_rows_and_columns(mixed):
+    board = build(mixed, PUBLISHED, filters=Filters(models=("s4d",), tasks=("text",)))
+    rows = table_rows(board.markdown)
+    assert {model for model, _ in rows} == {"s4d"}
+    header = next(line for line in board.markdown.splitlines() if line.startswith("| Model"))
+    assert "Text" in header and "ListOps" not in header and "Avg" not in header
+
+
+def test_a_filter_matching_nothing_says_what_there_is(mixed):
+    with pytest.raises(UserError, match="no completed runs match task lisops: there are completed runs of tasks "
+                                        "image, listops, text and models mamba, s4d"):
+        build(mixed, PUBLISHED, filters=Filters(tasks=("lisops",)))
+
+
+def test_parquet_holds_the_csv_table(runs, tmp_path):
+    with pytest.warns(UserWarning):
+        out = render(runs, tmp_path / "out", PUBLISHED)
+    parquet, csv = pd.read_parquet(out.parquet), pd.read_csv(out.csv, keep_default_na=False, na_values=[""])
+    assert list(parquet.columns) == list(csv.columns) and len(parquet) == len(csv)
+    for column in ["mean", "std", "gap", "params", "tokens_per_s"]:
+        assert parquet[column].astype(float).tolist() == pytest.approx(csv[column].astype(float).tolist(), nan_ok=True)
+    for column in ["kind", "model", "entry", "task", "data_fingerprint"]:
+        assert parquet[column].fillna("").tolist() == csv[column].fillna("").astype(str).tolist()
+    assert parquet["n"].dtype == "Int64"
+
+
+def write_runs_for_cli(tmp_path):
+    runs = tmp_path / "leaderboard" / "runs"
+    write(runs, "a.json", record("s4d", "text", 0, 0.8, tags=["ablation"]))
+    write(runs, "b.json", record("mamba", "image", 0, 0.6))
+    (tmp_path / "leaderboard" / "published.csv").write_text(PUBLISHED.read_text())
+
+
+def test_a_filtered_leaderboard_is_printed_not_written(lra, tmp_path):
+    write_runs_for_cli(tmp_path)
+    result = lra("leaderboard", "--model", "s4d", "--tag", "ablation")
+    assert result.code == 0, result.err
+    assert "| s4d" in result.out and "80.0 (n=1)" in result.out and "mamba" not in result.out
+    assert not (tmp_path / "leaderboard" / "LEADERBOARD.md").exists()
+    result = lra("leaderboard", "--task", "image", "--out", "subset")
+    assert result.code == 0 and "wrote subset/LEADERBOARD.md" in result.out
+    assert "60.0 (n=1)" in (tmp_path / "subset" / "LEADERBOARD.md").read_text()
+    assert lra("leaderboard").code == 0
+    assert {"s4d", "mamba"} <= set(pd.read_parquet(tmp_path / "leaderboard" / "leaderboard.parquet").model)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--since", "23/11/2026"], "expected a date as YYYY-MM-DD, got '23/11/2026'"),
+    (["--model", "nope"], "no completed runs match model nope"),
+    (["--since", "2030-01-01"], "no completed runs match finished since 2030-01-01"),
+])
+def test_bad_filters_are_one_line_errors(lra, tmp_path, args, message):
+    write_runs_for_cli(tmp_path)
+    result = lra("leaderboard", *args)
+    assert result.code == 2 and message in result.err and "Traceback" not in result.err
+
+
+def test_a_real_run_records_tags_history_and_backbone_size(lra, tmp_path):
+    assert lra("train", *TINY, "trainer.limit_eval_batches=null", "tags=[ablation,v2]").code == 0
+    (tmp_path / "leaderboard" / "published.csv").write_text(PUBLISHED.read_text())
+    [rec] = load_results(tmp_path / "leaderboard" / "runs")
+    assert rec["tags"] == ["ablation", "v2"]
+    assert [h["epoch"] for h in rec["metrics"]["history"]] == [0, 1]
+    assert all(0 <= h["val_acc"] <= 1 and h["val_loss"] > 0 and h["train_loss"] > 0 for h in rec["metrics"]["history"])
+    assert 0 < rec["backbone_params"] < rec["params"]
+    result = lra("leaderboard", "--tag", "v2")
+    assert result.code == 0 and "| s4d" in result.out
+    assert lra("leaderboard", "--tag", "other").code == 2

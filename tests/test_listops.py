@@ -163,7 +163,7 @@ def test_missing_data_says_how_to_get_it(tmp_path):
         ListOps(data_dir=str(tmp_path / "nowhere")).setup()
     message = str(err.value)
     assert "basic_train.tsv" in message and str((tmp_path / "nowhere").resolve()) in message
-    assert "lra data prepare listops" in message and "lra_release.gz" in message and "LRA_DATA" in message
+    assert "lra data generate listops" in message and "lra_release.gz" in message and "LRA_DATA" in message
 
 
 def mini(**kwargs):

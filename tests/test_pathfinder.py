@@ -1,6 +1,5 @@
-"""Pathfinder / Path-X: the release layout (both metadata formats), splits, and our generator."""
+"""Pathfinder / Path-X: the release layout (both metadata formats) and splits (generator: test_pathfinder_generator.py)."""
 import io
-import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,6 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from lra import registry
-from lra.generators.pathfinder import PathSpec, prepare_pathfinder, sample, spec_for
 from lra.tasks.base import DataError
 from lra.tasks.pathfinder import Pathfinder, PathX, split_indices
 
@@ -138,7 +136,7 @@ def test_missing_data_says_how_to_get_it(tmp_path):
         loaded(tmp_path / "nowhere")
     message = str(err.value)
     assert str((tmp_path / "nowhere").resolve()) in message and "pathfinder32/curv_contour_length_14" in message
-    assert "lra data prepare pathfinder" in message and "lra_release.gz" in message and "metadata/<b>.npy" in message
+    assert "lra data generate pathfinder" in message and "lra_release.gz" in message and "metadata/<b>.npy" in message
 
 
 def test_yaml_options_build_the_modules():
@@ -147,80 +145,3 @@ def test_yaml_options_build_the_modules():
         assert options.pop("name") == name and registry.task(name) is cls
         data = cls(data_dir="data", seed=0, **options)
         assert data.seq_len == {"pathfinder": 1024, "pathx": 16384}[name]
-
-
-# --- the generator -------------------------------------------------------------------------
-
-def flood(mask, start):
-    """Pixels of `mask` 8-connected to `start`."""
-    reach = np.zeros_like(mask)
-    reach[start] = mask[start]
-    while True:
-        grown = reach.copy()
-        grown[1:] |= grown[:-1].copy()
-        grown[:-1] |= grown[1:].copy()
-        grown[:, 1:] |= grown[:, :-1].copy()
-        grown[:, :-1] |= grown[:, 1:].copy()
-        grown &= mask
-        if np.array_equal(grown, reach):
-            return reach
-        reach = grown
-
-
-@pytest.fixture(scope="module")
-def drawn():
-    spec = spec_for(32)
-    start = time.perf_counter()
-    out = [sample(spec, 0, 0, i, i % 2) for i in range(300)]
-    print(f"\n32 px: {(time.perf_counter() - start) / 300 * 1e3:.1f} ms per image")
-    return out
-
-
-def test_generator_statistics_match_the_release(drawn):
-    x = np.stack([image for image, _, _ in drawn]).astype(np.float64)  # (300, 32, 32)
-    labels = np.arange(len(drawn)) % 2
-    means = x.mean(axis=(1, 2))
-    # The released 32 px hard images: mean 20.3 (sd 2.1 across images), 34% of pixels > 0,
-    # 8.6% > 127, max 255 in every image, the same mean for both labels.
-    assert abs(x.mean() - 20.3) < 3.0
-    assert abs((x > 0).mean() - 0.34) < 0.04
-    assert abs((x > 127).mean() - 0.086) < 0.02
-    assert (x.max(axis=(1, 2)) == 255).all()
-    assert abs(means[labels == 0].mean() - means[labels == 1].mean()) < 0.5
-
-
-def test_dots_are_joined_by_a_contour_only_when_positive(drawn):
-    for label, (image, dots, owner) in zip(np.arange(len(drawn)) % 2, drawn):
-        a, b = (tuple(np.rint(d).astype(int)) for d in dots)
-        assert image[a] == image[b] == 255
-        contour = owner == owner[a]  # the contour under the first dot, as drawn
-        assert flood(contour, a)[b] == bool(label)
-        assert (owner[a] == owner[b]) == bool(label) and {owner[a], owner[b]} <= {1, 2}
-
-
-def test_128px_speed_is_measured():
-    spec = spec_for(128)
-    start = time.perf_counter()
-    images = [sample(spec, 0, 0, i, i % 2)[0] for i in range(10)]
-    print(f"\n128 px: {(time.perf_counter() - start) / 10 * 1e3:.1f} ms per image")
-    assert all(image.shape == (128, 128) and image.max() == 255 for image in images)
-
-
-def test_prepare_is_deterministic_and_read_by_the_loader(tmp_path):
-    kwargs = dict(resolution=32, n=50, per_folder=20, seed=3, progress=False)
-    leaves = {name: prepare_pathfinder(tmp_path / name, workers=w, **kwargs) for name, w in (("a", 1), ("b", 2))}
-    files = {name: {p.relative_to(leaf): p.read_bytes() for p in sorted(leaf.rglob("*")) if p.is_file()}
-             for name, leaf in leaves.items()}
-    assert files["a"] == files["b"]  # same seed, any number of workers
-    assert sorted(p.name for p in files["a"] if p.parts[0] == "metadata") == ["0.npy", "1.npy", "2.npy"]
-    assert leaves["a"] == tmp_path / "a" / "pathfinder32" / HARD
-    lines = files["a"][Path("metadata/2.npy")].decode().splitlines()
-    assert len(lines) == 10 and lines[0].split()[:4] == ["imgs/2", "sample_0.png", "0", lines[0].split()[3]]
-    assert all(len(line.split()) == 11 for line in lines)
-    labels = [int(line.split()[3]) for m in ("0", "1")
-              for line in files["a"][Path(f"metadata/{m}.npy")].decode().splitlines()]
-    assert sum(labels) == 20  # half of each batch folder
-    data = loaded(tmp_path / "a")
-    assert data.protocol["images"] == 50 and data.protocol["sizes"] == {"train": 40, "val": 5, "test": 5}
-    assert prepare_pathfinder(tmp_path / "a", workers=1, **kwargs) == leaves["a"]  # complete: nothing redone
-    assert PathSpec().folder == HARD and spec_for(32, 6).folder == "curv_baseline"

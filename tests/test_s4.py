@@ -74,13 +74,6 @@ def test_cauchy_matches_reference(K):
     assert err < 1e-5, f"float32 rel err {err:.1e}"
 
 
-def test_cauchy_dispatch_refuses_missing_triton(monkeypatch):
-    monkeypatch.setenv("LRA_KERNELS", "triton")
-    w = -torch.ones(2, 3, dtype=torch.complex64)
-    with pytest.raises(NotImplementedError, match="no Triton kernel"):
-        cauchy(torch.ones(2, 3, dtype=torch.complex64), torch.zeros(4, dtype=torch.complex64), w, conj=True)
-
-
 @pytest.mark.parametrize("L", [1, 37, 300])
 def test_generating_function_equals_matrix_powers(L):
     layer = random_layer(bidirectional=True)  # both C channels

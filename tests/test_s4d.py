@@ -48,13 +48,6 @@ def test_vandermonde_matches_naive_sum(L):
     assert rel_err(K32.double(), naive) < 1e-5
 
 
-def test_vandermonde_dispatch_refuses_missing_triton(monkeypatch):
-    monkeypatch.setenv("LRA_KERNELS", "triton")
-    dtA = -torch.ones(2, 3, dtype=torch.complex64)
-    with pytest.raises(NotImplementedError, match="no Triton kernel"):
-        vandermonde(torch.ones(2, 3, dtype=torch.complex64), dtA, 4)
-
-
 @pytest.mark.parametrize("L", [37, 1000])
 @pytest.mark.parametrize("B", [1, 3])
 def test_convolution_equals_recurrence(L, B):

@@ -1,18 +1,42 @@
 """The Pathfinder generator: dashed curved contours and two dots; are the dots on one contour?
 
-The kind of image of Linsley et al. (2018), "Learning long-range spatial dependencies with
-horizontal gated-recurrent units", which the Long-Range Arena used at 32 px (Pathfinder) and
-128 px (Path-X). Each image holds two target contours of `contour_length` paddles (short
-straight dashes, each turned from the last by at most `max_turn`), `n_distractors` shorter
-contours, and two dots: on both ends of one target contour (label 1), or on one end of each
-(label 0). Every image has the same ink whatever its label. Contours never cross: their
-centre lines keep `separation` apart (at 32 px that is under a pixel, as crowded as the
-release, so their faint fringes may touch).
+Linsley et al. (2018), "Learning long-range spatial dependencies with horizontal gated-recurrent
+units", drew these images with their script `snakes2.py`; the Long-Range Arena used it at 32 px
+(Pathfinder) and 128 px (Path-X) with targets of 14 paddles. This module runs the same process,
+draw for draw, only faster; `lra.generators.reference` runs it the slow way it was written, and
+the two give identical images from the same random generator (tests/test_pathfinder_generator.py).
 
-Drawing is stamping: each paddle or dot is rendered into a small window around it from its
-exact distance field (a capsule or a disc, with a linear anti-aliasing ramp) and merged into
-the image with a maximum. Contours are random walks, drawn `CANDIDATES` at a time with numpy;
-the first that stays inside the window and clear of the contours already placed is kept.
+The process, in the original's terms (lengths in pixels):
+- A paddle is a line of `paddle_length` and `thickness`, drawn at `antialias` times the
+  resolution with PIL and shrunk with a Lanczos filter, times a contrast; its "mask" is the
+  same line widened by `margin` (one of `margins`, drawn per image).
+- Two target contours start from seed paddles `seed_distance` apart near the centre and
+  grow alternately, a paddle at a time: the next paddle's far end is drawn among the pixels
+  on a circle of radius paddle_length + margin around a pivot 2 * margin past the last paddle,
+  with weight (1 - the widened mask there) * cos(min(continuity * turn, 90 deg))^2, and kept
+  if its mask adds to the contours' mask nowhere above 1.8 (3 tries). A dead end restarts
+  both targets.
+- Then up to `distractor_paddles // (contour_length // 3)` distractor contours of
+  contour_length // 3 paddles, each seeded where its first paddle's mask is clear (5 tries
+  per contour; one that never fits is left out, so images hold varying numbers).
+- A seed at an angle whose seed kernel misses some pixel of the window fails outright: the
+  original's OpenCV dilation fills such pixels with -DBL_MAX, and its free-pixel search then
+  finds none (`_Kit.kernel`). At 32 px that is 330 of 360 angles: every seed points up and
+  left, and most distractors are refused (1.1 of 5 on average). The release bears this out:
+  so drawn, 32 px images match its statistics (mean pixel 20.1 vs 20.3, spread of image means
+  2.0 vs 2.1, pixels > 0 34.1% vs 34%, > 127 8.5% vs 8.6%); without it they are much brighter
+  (mean 28, 45% of pixels inked).
+- Dots (discs of `marker_radius`) go on the far ends of the targets: both ends of one target
+  (label 1) or one end of each (label 0).
+- The image, the maximum of all paddles and dots, is stretched so its brightest pixel is 255.
+  At 32 px the LRA set targets to contrast 1.5 and distractors to 2.0 (dots 1.0), so the
+  stretch, and with it every image's mean, depends on the brightest distractor paddle.
+
+Speed comes from drawing each paddle, mask and seed kernel once per angle (angles come from a
+finite set), keeping the dilated mask up to date instead of recomputing it, and working on the
+few pixels each step reads or writes, never on whole frames. Most of the time goes into target
+pairs that are started over (about 25 per 32 px image and 350 per 128 px image pass their
+first seed and then die), which is also why the original was slow.
 
     from lra.generators.pathfinder import prepare_pathfinder
     prepare_pathfinder("data/pathfinder", resolution=32, n=200_000, workers=2)
@@ -20,41 +44,45 @@ the first that stays inside the window and clear of the contours already placed 
 
 This module needs only numpy and Pillow, so its spawned workers start fast.
 """
+import functools
 import io
+import math
 import multiprocessing
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-CANDIDATES = 256  # random walks tried at once per contour
-MAX_TRIES = 8  # batches of candidates per contour before the image is started over
-MAX_RESTARTS = 1000  # images started over before the spec is declared impossible
 DIFFICULTY_DIRS = {14: "curv_contour_length_14", 9: "curv_contour_length_9", 6: "curv_baseline"}
+MAX_RESTARTS = 1_000_000  # target pairs started over before the spec is declared impossible
+OVERLAP = 1.8  # a paddle is refused where its mask plus the contours' mask exceeds this
 
 
 @dataclass(frozen=True)
 class PathSpec:
-    """How one image is drawn; lengths in pixels, angles in radians, contrast in [0, 1]."""
+    """The original script's arguments for one kind of image (lengths in pixels)."""
     resolution: int = 32
-    contour_length: int = 14     # paddles per target contour (14 hard, 9 medium, 6 easy)
-    distractor_paddles: int = 20  # paddles in all distractors, in contours of contour_length // 3
-    paddle_length: float = 2.0   # one dash
-    gap: float = 1.0             # between dashes
-    half_width: float = 0.2      # half the paddle's thickness
-    ramp: float = 0.3            # anti-aliasing: intensity falls to 0 over this distance
-    glow: float = 0.035          # a faint fringe around each paddle, as a fraction of 255 ...
-    glow_reach: float = 1.2      # ... out to this distance from the centre line
-    contrast: float = 0.8        # paddle intensity, as a fraction of 255
-    marker_radius: float = 1.5   # the dots (intensity 255)
-    max_turn: float = np.pi / 3  # largest turn between consecutive paddles
-    padding: float = 1.0         # centre lines stay this far inside the window
-    separation: float = 0.75     # least distance between the centre lines of two contours
+    contour_length: int = 14       # paddles per target (14 hard, 9 medium, 6 easy)
+    distractor_paddles: int = 20   # distractors: this // distractor_length contours of distractor_length
+    paddle_length: int = 2
+    thickness: float = 0.5
+    margins: tuple = (1,)          # one drawn per image; consecutive paddles are 2 * margin apart
+    padding: int = 1               # border kept free of contours
+    seed_distance: int = 7         # between the targets' first ends
+    continuity: float = 1.0        # turns are weighted cos(min(continuity * turn, 90 deg))^2
+    marker_radius: float = 1.5
+    antialias: int = 2
+    target_contrast: float = 1.5   # the LRA's 32 px set: paddle contrast 0.75 x snake contrast 2
+    distractor_contrast: float = 2.0
+    paddle_tries: int = 3          # the original's max_paddle_retrial + 1
+    distractor_tries: int = 5      # max_distractor_contour_retrial + 1
+    min_free: float = 0.01         # no distractor is seeded once less of the window is free
 
     @property
     def distractor_length(self):
@@ -70,19 +98,16 @@ class PathSpec:
         return DIFFICULTY_DIRS.get(self.contour_length, f"curv_contour_length_{self.contour_length}")
 
 
-# Per resolution, following the LRA's settings of the original script (pathfinder32: paddle
-# length 2, margin 1, thickness 0.5, marker radius 1.5, 20 // 4 distractors of 14 // 3 paddles;
-# pathfinder64: 22 distractor paddles; pathfinder128: margins 2-3, thickness 1.5, marker radius
-# 3, 35 distractor paddles), with the drawing constants of 32 px calibrated to the released
-# images' pixel statistics; the others are scaled by eye.
+# The LRA's settings of the original script, as its TFDS builders list them (the rest are
+# the script's defaults: paddle length 5, contrast 1, padding 22, seed distance 27).
 PRESETS = {
     32: PathSpec(),
-    64: PathSpec(resolution=64, distractor_paddles=22, paddle_length=3.5, gap=1.5, half_width=0.4, ramp=0.6,
-                 glow_reach=1.6, marker_radius=2.5, separation=1.5),
-    128: PathSpec(resolution=128, distractor_paddles=35, paddle_length=5.0, gap=2.5, half_width=0.6, ramp=0.7,
-                  glow_reach=2.0, marker_radius=3.0, contrast=0.9, separation=2.0),
-    256: PathSpec(resolution=256, distractor_paddles=30, paddle_length=10.0, gap=3.0, half_width=0.9, ramp=0.8,
-                  glow_reach=2.5, marker_radius=5.0, contrast=1.0, separation=3.0),
+    64: PathSpec(resolution=64, distractor_paddles=22, paddle_length=5, thickness=1, seed_distance=12,
+                 continuity=1.8, marker_radius=2.5, target_contrast=0.8, distractor_contrast=0.8),
+    128: PathSpec(resolution=128, distractor_paddles=35, paddle_length=5, thickness=1.5, margins=(2, 3),
+                  seed_distance=20, continuity=1.8, marker_radius=3, target_contrast=0.9, distractor_contrast=0.9),
+    256: PathSpec(resolution=256, distractor_paddles=30, paddle_length=5, thickness=2, margins=(3,), padding=22,
+                  seed_distance=27, continuity=1.8, marker_radius=5, target_contrast=1.0, distractor_contrast=1.0),
 }
 
 
@@ -93,124 +118,426 @@ def spec_for(resolution=32, contour_length=14):
     return replace(PRESETS[resolution], contour_length=int(contour_length))
 
 
-# --- drawing -------------------------------------------------------------------------------
+# --- drawing as the original drew (shared with lra.generators.reference) -------------------
 
-def _stamp(image, a, b, radius, ramp, value, combine):
-    """Merge capsules a[s] -> b[s] (points (S, 2) as (y, x)) into `image` with `combine.at`.
+def translate(point, angle, distance):
+    """`point` (y, x) moved `distance` along `angle`, rounded up to whole pixels."""
+    return (math.ceil(point[0] + distance * math.sin(angle)), math.ceil(point[1] + distance * math.cos(angle)))
 
-    A pixel at distance d from a capsule's centre line gets value * clip((radius + ramp - d) /
-    ramp, 0, 1) when combine is maximum, or the distance d itself when combine is minimum.
-    Only a window around each capsule is computed: (S, G, G) values, not S whole images.
+
+def flip(angle):
+    return angle + math.pi if angle < 0 else angle - math.pi
+
+
+def random_angle(rng):
+    """A whole number of degrees in [-180, 180), in radians."""
+    return int(rng.integers(-180, 180)) * math.pi / 180
+
+
+def bytescale(a):
+    """Stretch a float image to uint8 with its minimum at 0 and maximum at 255 (scipy's
+    `bytescale`, which the original's `imresize` and `imsave` applied); uint8 passes as is."""
+    if a.dtype == np.uint8:
+        return a
+    low, high = a.min(), a.max()
+    scale = 255 / ((high - low) or 1)
+    return (((a - low) * scale).clip(0, 255) + 0.5).astype(np.uint8)
+
+
+def shrink(a, size):
+    """scipy's `imresize(a, (size, size), interp='lanczos')`: bytescale, then PIL's Lanczos."""
+    return np.asarray(Image.fromarray(bytescale(a)).resize((size, size), Image.Resampling.LANCZOS))
+
+
+def disc(radius):
+    """A (2r + 1)^2 0/1 kernel: the pixels within `radius` of its centre."""
+    y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
+    return (x * x + y * y <= radius * radius).astype(np.uint8)
+
+
+def dilate(a, kernel):
+    """Grey dilation as OpenCV's `dilate` computes it: out[p] = max of a[p + o] over the kernel's
+    offsets o from its centre that fall inside; -inf where all fall outside."""
+    h, w = a.shape
+    ry, rx = kernel.shape[0] // 2, kernel.shape[1] // 2
+    padded = np.pad(a.astype(np.float64), ((ry, ry), (rx, rx)), constant_values=-np.inf)
+    out = np.full(a.shape, -np.inf)
+    for i, j in zip(*np.nonzero(kernel)):
+        np.maximum(out, padded[i:i + h, j:j + w], out=out)
+    return out
+
+
+def render_paddle(length, thickness, margin, antialias, angle):
+    """The original's paddle from the centre of a (2R + 1)^2 window, R = length + ceil(thickness)
+    + margin: (line, mask), float64 in [0, 1]. Both are drawn at `antialias` times the size and
+    shrunk; the mask is the line widened by a disc of radius margin * antialias."""
+    reach = length + math.ceil(thickness) + margin
+    centre = reach * antialias
+    head = translate((centre, centre), angle, length * antialias)
+    big = Image.new("F", (2 * centre + 1, 2 * centre + 1), 0)
+    ImageDraw.Draw(big).line([(centre, centre), (head[1], head[0])], fill=255,
+                             width=round(thickness * antialias))
+    big = np.asarray(big)
+    line = shrink(big, 2 * reach + 1) / 255
+    mask = shrink(dilate(big, disc(margin * antialias)).astype(np.uint8), 2 * reach + 1) / 255
+    return line, mask
+
+
+def window(start, reach, shape):
+    """Slices of a frame of `shape` and of a (2 * reach + 1)^2 stamp centred at `start` that overlap."""
+    (y, x), (h, w) = start, shape
+    y0, y1, x0, x1 = max(y - reach, 0), min(y + reach, h - 1) + 1, max(x - reach, 0), min(x + reach, w - 1) + 1
+    return ((slice(y0, y1), slice(x0, x1)),
+            (slice(y0 - y + reach, y1 - y + reach), slice(x0 - x + reach, x1 - x + reach)))
+
+
+def marker(resolution, centre, radius, antialias):
+    """The original's dot: a disc drawn at `antialias` times the size around `centre`, shrunk (uint8)."""
+    size = resolution * antialias
+    y, x = np.ogrid[-centre[0] * antialias:size - centre[0] * antialias,
+                    -centre[1] * antialias:size - centre[1] * antialias]
+    return shrink((x * x + y * y <= (radius * antialias) ** 2).astype(np.float64), resolution)
+
+
+def finish(image, dots, spec):
+    """The dots over the paddles, stretched to 0..255 as the original saved it (uint8)."""
+    markers = np.maximum(*(marker(spec.resolution, d, spec.marker_radius, spec.antialias) for d in dots))
+    return bytescale(np.maximum(image, markers.astype(np.float64) / 255))
+
+
+# --- the same process, fast ----------------------------------------------------------------
+
+class Drawing(NamedTuple):
+    """One image: pixels (res, res) uint8, its label, the dots' centres (2, 2) as (y, x),
+    the contours as paddle ends (P, 2, 2) (paddle, start/end, y/x; the two targets first),
+    and the paddle margin drawn for it."""
+    pixels: np.ndarray
+    label: int
+    dots: np.ndarray
+    contours: list
+    margin: int
+
+
+class _Paddle:
+    """A paddle from the centre of a (2 reach + 1)^2 stamp: its `line` (float64) and `mask`
+    (float32) as drawn; `stamp` (2, ...), minus the mask and 1 - the mask dilated by a disc of
+    radius margin, cut to where the dilation is not 0 (rows and columns `box` from the centre);
+    its `hot` mask values above OVERLAP - 1 with their offsets from the centre."""
+
+    def __init__(self, line, mask, margin, res):
+        self.line, self.mask = line, mask
+        reach = mask.shape[0] // 2 + margin
+        mask = np.pad(mask, margin)
+        wide = dilate(mask, disc(margin))
+        rows, cols = np.flatnonzero(wide.any(axis=1)), np.flatnonzero(wide.any(axis=0))
+        cut = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+        self.box = rows[0] - reach, rows[-1] + 1 - reach, cols[0] - reach, cols[-1] + 1 - reach
+        self.stamp = np.stack([-mask[cut], 1 - wide[cut]]).astype(np.float64)  # mask is float32
+        hot_y, hot_x = np.nonzero(mask > OVERLAP - 1.01)
+        self.hot = mask[hot_y, hot_x].astype(np.float64)
+        self.hot_yx = hot_y - reach, hot_x - reach
+        self.hot_flat = self.hot_yx[0] * res + self.hot_yx[1]
+        if len(self.hot):
+            self.hot_box = self.hot_yx[0].min(), self.hot_yx[0].max() + 1, self.hot_yx[1].min(), self.hot_yx[1].max() + 1
+
+
+class _Kit:
+    """What one (spec, margin) draws from, made once per process and then looked up: paddle
+    stamps, their masks and widened masks, and seed kernels per angle; the pixels the original
+    tries around a pivot and their turn weights per heading.
+
+    The original dilates the whole mask by a disc of radius margin before every paddle and
+    reads 1 - that at the ~20-50 pixels it may pick. Here that "room" is kept up to date
+    instead: dilation (a maximum over neighbours) commutes with the maximum that merges a
+    paddle's mask, so a merge takes the minimum with 1 - the paddle's own dilated mask. (A
+    paddle cut at the edge would dilate back in only within margin of the edge, where the
+    padding's dilation is already 1, the most any mask holds.) The state is (2, res, res):
+    minus the mask, and the room, so that one `np.minimum` merges both.
     """
-    res = image.shape[0]
-    reach = radius + ramp
-    size = int(np.ceil(np.abs(b - a).max(initial=0) + 2 * reach)) + 2  # window side G
-    origin = np.floor(np.minimum(a, b) - reach).astype(np.int64)  # (S, 2) top-left of each window
-    offsets = np.arange(size)
-    ys = origin[:, 0, None] + offsets  # (S, G)
-    xs = origin[:, 1, None] + offsets
-    d_ab = b - a  # (S, 2)
-    py = ys[:, :, None] - a[:, 0, None, None]  # (S, G, 1): pixel minus a
-    px = xs[:, None, :] - a[:, 1, None, None]  # (S, 1, G)
-    length2 = np.maximum((d_ab ** 2).sum(1), 1e-12)[:, None, None]
-    t = np.clip((py * d_ab[:, 0, None, None] + px * d_ab[:, 1, None, None]) / length2, 0, 1)
-    dist = np.hypot(py - t * d_ab[:, 0, None, None], px - t * d_ab[:, 1, None, None])  # (S, G, G)
-    if combine is np.maximum:
-        vals = value * np.clip((reach - dist) / ramp, 0, 1)
-    else:
-        vals = dist
-    inside = ((ys >= 0) & (ys < res))[:, :, None] & ((xs >= 0) & (xs < res))[:, None, :]
-    yy = np.broadcast_to(ys[:, :, None], dist.shape)
-    xx = np.broadcast_to(xs[:, None, :], dist.shape)
-    combine.at(image, (yy[inside], xx[inside]), vals[inside])
+
+    def __init__(self, spec, margin):
+        self.spec, self.margin, self.res = spec, margin, spec.resolution
+        self.length, self.radius = spec.paddle_length, spec.paddle_length + margin
+        self.reach = spec.paddle_length + math.ceil(spec.thickness) + margin  # stamps are (2 reach + 1)^2
+        res, p = self.res, spec.padding
+        mask = np.zeros((res, res))
+        mask[:p], mask[-p:], mask[:, :p], mask[:, -p:] = 1, 1, 1, 1
+        self.empty = np.stack([-mask, 1 - dilate(mask, disc(margin))])  # (2, res, res): -mask, room
+        self.scratch = self.empty.copy()  # the state of target pairs being tried, reset after each
+        self.first_lined = mask.copy()  # the first seed keeps 2 * seed_distance from every edge
+        d = 2 * spec.seed_distance
+        self.first_lined[:d], self.first_lined[res - d:], self.first_lined[:, :d], self.first_lined[:, res - d:] = 1, 1, 1, 1
+        # the pixels tried around a pivot p: p + (truncated offsets of one point per pixel of arc), sorted
+        sample = np.arange(0, 360, 360.0 / (2 * self.radius * np.pi)) * np.pi / 180
+        arc = np.stack([np.floor(np.sin(sample) * self.radius), np.floor(np.cos(sample) * self.radius)], axis=1)
+        self.oy, self.ox = np.unique(arc.astype(int), axis=0).T
+        self.offsets = list(zip(self.oy.tolist(), self.ox.tolist()))
+        self.flat = res * res + self.oy * res + self.ox  # into the room, state[1], of the flattened state
+        self.directions = np.arctan2(self.oy, self.ox)
+        self.turned = [flip(a) for a in self.directions]  # the angle a paddle is drawn along towards its pivot
+        self.box = (-self.oy.min(), res - self.oy.max(), -self.ox.min(), res - self.ox.max())
+        self._paddles, self._inks, self._kernels, self._first, self._courses, self._edge = {}, {}, {}, {}, {}, {}
+        self.courses = [self.course(a) for a in self.directions]  # after a turn towards offset j
+
+    def paddle(self, angle):
+        """A `_Paddle` along `angle`, drawn once."""
+        if angle not in self._paddles:
+            line, mask = render_paddle(self.length, self.spec.thickness, self.margin, self.spec.antialias, angle)
+            self._paddles[angle] = _Paddle(line, mask.astype(np.float32), self.margin, self.res)
+        return self._paddles[angle]
+
+    def ink(self, angle, contrast):
+        """A paddle's pixels as the original placed them: float32 of line * contrast."""
+        key = angle, contrast
+        if key not in self._inks:
+            line = self.paddle(angle).line
+            self._inks[key] = (line * contrast if contrast != 1.0 else line).astype(np.float32)
+        return self._inks[key]
+
+    def merge(self, state, start, angle):
+        """Add a paddle's mask to the contours' mask and take its dilation out of the room;
+        return the part of the state changed."""
+        paddle, (y, x), res = self.paddle(angle), start, self.res
+        y0, y1, x0, x1 = paddle.box
+        y0, y1, x0, x1 = y + y0, y + y1, x + x0, x + x1
+        if y0 >= 0 and x0 >= 0 and y1 <= res and x1 <= res:
+            frame = (slice(None), slice(y0, y1), slice(x0, x1))
+            np.minimum(state[frame], paddle.stamp, out=state[frame])
+            return frame
+        frame = (slice(None), slice(max(y0, 0), min(y1, res)), slice(max(x0, 0), min(x1, res)))
+        part = (slice(None), slice(max(y0, 0) - y0, min(y1, res) - y0), slice(max(x0, 0) - x0, min(x1, res) - x0))
+        np.minimum(state[frame], paddle.stamp[part], out=state[frame])
+        return frame
+
+    def fits(self, state, start, angle):
+        """Whether a paddle's mask adds to the contours' mask nowhere up to `OVERLAP`: only its
+        pixels above OVERLAP - 1 can, since no mask exceeds 1."""
+        paddle, (y, x), res = self.paddle(angle), start, self.res
+        if not len(paddle.hot):
+            return True
+        y0, y1, x0, x1 = paddle.hot_box
+        if y + y0 >= 0 and x + x0 >= 0 and y + y1 <= res and x + x1 <= res:
+            return (paddle.hot - state.take(y * res + x + paddle.hot_flat)).max() < OVERLAP  # state[0]
+        hy, hx = paddle.hot_yx[0] + y, paddle.hot_yx[1] + x
+        inside = (hy >= 0) & (hy < res) & (hx >= 0) & (hx < res)
+        return not inside.any() or (paddle.hot[inside] - state[0][hy[inside], hx[inside]]).max() < OVERLAP
+
+    def kernel(self, angle):
+        """The seed kernel's pixels as offsets into a frame padded by length + margin, or None
+        where the kernel misses some pixel of the window.
+
+        The original's seed kernel is the paddle's mask drawn from one pixel past the centre of
+        a (2 (length + margin) + 1)^2 frame, cast to uint8 (so kept where it is exactly 1).
+        Where it misses a pixel entirely, OpenCV's dilation of a float image fills that pixel
+        with -DBL_MAX; the original's `find_available_coordinates` then sees a negative value and
+        reports no free pixel at all, so the seed fails. That is most angles (330 of 360 at
+        32 px): seeds take the few others, and fewer distractors fit than the script asks for.
+        The released images bear it out: so drawn, 32 px images have the release's mean pixel
+        (20) and ink (34% of pixels > 0); drawn without it, 28 and 45%.
+        """
+        if angle not in self._kernels:
+            r = self.radius
+            frame = np.zeros((2 * r + 1, 2 * r + 1), np.float32)
+            frame_part, part = window((r + 1, r + 1), self.reach, frame.shape)
+            frame[frame_part] = self.paddle(angle).mask[part]
+            kernel = frame.astype(np.uint8)
+            reaches_all = np.isfinite(dilate(np.zeros((self.res, self.res)), kernel)).all()
+            self._kernels[angle] = np.nonzero(kernel) if reaches_all else None
+        return self._kernels[angle]
+
+    def free_starts(self, lined, angle):
+        """Flat indices of the pixels where a seed at `angle` covers nothing of `lined` above 0.3
+        (the original: dilate by the seed kernel, keep `ceil(d - 0.3) == 0`); () if none."""
+        kernel = self.kernel(angle)
+        if kernel is None:
+            return ()
+        r, res = self.radius, self.res
+        padded = np.pad(lined, r, constant_values=-np.inf)
+        out = np.full(lined.shape, -np.inf)
+        for i, j in zip(*kernel):
+            np.maximum(out, padded[i:i + res, j:j + res], out=out)
+        return np.flatnonzero(out <= 0.3)
+
+    def first_starts(self, angle):
+        """`free_starts` of the first target seed, whose lined mask is always the same."""
+        if angle not in self._first:
+            self._first[angle] = self.free_starts(self.first_lined, angle)
+        return self._first[angle]
+
+    def near_edge(self, pivot):
+        """For a pivot near the window's edge: which offsets land inside, and their flat indices."""
+        if pivot not in self._edge:
+            oy, ox = self.oy + pivot[0], self.ox + pivot[1]
+            chosen = np.flatnonzero((oy >= 0) & (oy < self.res) & (ox >= 0) & (ox < self.res))
+            self._edge[pivot] = chosen, pivot[0] * self.res + pivot[1] + self.flat[chosen]
+        return self._edge[pivot]
+
+    def course(self, heading):
+        """What a contour heading along `heading` needs next: the weight of each offset,
+        cos(min(continuity * turn, 90 deg))^2, and the step (dy, dx) to its next pivot as
+        `translate` takes it, before rounding."""
+        if heading not in self._courses:
+            turn = np.abs(self.directions - heading)
+            turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * self.spec.continuity, 0.5 * np.pi)
+            step = self.length + 2 * self.margin
+            self._courses[heading] = (np.maximum(np.cos(turn), 0) ** 2, step * math.sin(heading),
+                                      step * math.cos(heading))
+        return self._courses[heading]
 
 
-def _walks(rng, spec, n_paddles, count):
-    """`count` random contours placed inside the window: paddle ends (count, P, 2, 2) as
-    (paddle, start/end, y/x), or NaN for a contour too large for the window.
-
-    Each is a random walk from the origin, then moved to a uniform position among those
-    that keep its bounding box `padding` inside the window.
-    """
-    res, pad = spec.resolution, spec.padding
-    turns = rng.uniform(-spec.max_turn, spec.max_turn, (count, n_paddles))
-    turns[:, 0] = rng.uniform(0, 2 * np.pi, count)
-    angle = np.cumsum(turns, axis=1)
-    step = np.stack([np.sin(angle), np.cos(angle)], axis=-1)  # (count, P, 2)
-    pitch = spec.paddle_length + spec.gap
-    begins = np.concatenate([np.zeros((count, 1, 2)), np.cumsum(step[:, :-1] * pitch, axis=1)], axis=1)
-    paddles = np.stack([begins, begins + step * spec.paddle_length], axis=2)
-    low, high = paddles.min(axis=(1, 2)), paddles.max(axis=(1, 2))  # (count, 2) bounding boxes
-    room = (res - 1 - 2 * pad) - (high - low)
-    shift = pad - low + rng.random((count, 2)) * np.maximum(room, 0)
-    shift[(room < 0).any(axis=1)] = np.nan
-    return paddles + shift[:, None, None, :]
+@functools.lru_cache(maxsize=16)
+def _kit(spec, margin):
+    return _Kit(spec, margin)
 
 
-def _first_clear(paddles, spec, blocked):
-    """Index of the first candidate that fits the window and keeps off `blocked` pixels, or None."""
-    # points along each paddle and across the gap after it, at most 1 px apart
-    along = np.linspace(0, 1, int(np.ceil(spec.paddle_length)) + 1)[:, None]
-    across = np.linspace(0, 1, int(np.ceil(spec.gap)) + 1)[1:-1, None]
-    along = paddles[:, :, 0, None, :] + along * (paddles[:, :, 1, None, :] - paddles[:, :, 0, None, :])
-    across = paddles[:, :-1, 1, None, :] + across * (paddles[:, 1:, 0, None, :] - paddles[:, :-1, 1, None, :])
-    points = np.concatenate([along.reshape(len(paddles), -1, 2), across.reshape(len(paddles), -1, 2)],
-                            axis=1)  # (count, Q, 2)
-    inside = ~np.isnan(points).any(axis=(1, 2))
-    cells = np.rint(np.nan_to_num(points)).astype(np.int64)
-    clear = ~blocked[cells[..., 0], cells[..., 1]].any(axis=1)
-    ok = np.flatnonzero(inside & clear)
-    return int(ok[0]) if len(ok) else None
+class _Snake:
+    """A contour being grown: where its next paddle hangs from, its heading's `course`, and its
+    paddles as (start, angle), the newest one's mask entering the contours' mask one step later."""
+
+    def __init__(self, kit, start, angle, pivot, contrast):
+        self.pivot, self.course, self.tip, self.contrast = pivot, kit.course(angle), start, contrast
+        self.paddles = [(start, angle)]
 
 
-def _place(rng, spec, n_paddles, blocked, ends=0.0):
-    """One contour clear of `blocked` (then added to it), or None if none was found.
-
-    Around it, `blocked` grows to the pixels closer than `separation` (plus half a pixel's
-    diagonal, for the rounding of the check) to its centre line, and `separation + ends` to
-    its two ends (where a target's dots go).
-    """
-    for _ in range(MAX_TRIES):
-        candidates = _walks(rng, spec, n_paddles, CANDIDATES)
-        pick = _first_clear(candidates, spec, blocked)
-        if pick is not None:
-            paddles = candidates[pick]
-            reach = spec.separation + np.sqrt(0.5)
-            near = np.full(blocked.shape, np.inf)
-            _stamp(near, paddles[:, 0], paddles[:, 1], 0.0, reach + ends, 1.0, np.minimum)
-            blocked |= near < reach
-            if ends:
-                tips = paddles[[0, -1], [0, 1]]  # (2, 2): the contour's two ends
-                _stamp(near, tips, tips, 0.0, reach + ends, 1.0, np.minimum)
-                blocked |= near < reach + ends
-            return paddles
+def _seed(kit, rng, free_starts, room=True):
+    """A first paddle as the original's seeds: (start, angle, pivot), or None. Each try draws an
+    angle, then a start among `free_starts(angle)`; a try whose paddle end or pivot leaves the
+    window is repeated. `room` False: the window is too full (known only after an angle is drawn)."""
+    res = kit.res
+    for _ in range(kit.spec.paddle_tries):
+        angle = random_angle(rng)
+        if not room:
+            return None
+        free = free_starts(angle)
+        if not len(free):
+            return None
+        start = divmod(int(free[rng.integers(0, len(free))]), res)
+        head = translate(start, angle, kit.length)
+        pivot = translate(head, flip(angle), kit.radius)
+        if 0 <= head[0] < res and 0 <= head[1] < res and 0 <= pivot[0] < res and 0 <= pivot[1] < res:
+            return start, angle, pivot
     return None
 
 
-def draw(spec, rng, label):
-    """One image: (res, res) uint8 pixels, the dot centres (2, 2) as (y, x), and `owner`
-    (res, res) int8, the contour brightest at each pixel (1 and 2 the targets, the dots on 1,
-    and on 2 for label 0; 3... the distractors; 0 where there is no ink). Label 1: both dots
-    on one contour."""
-    res = spec.resolution
-    for _ in range(MAX_RESTARTS):
-        blocked = np.zeros((res, res), bool)
-        contours = [_place(rng, spec, spec.contour_length, blocked, spec.marker_radius) for _ in range(2)]
-        contours += [_place(rng, spec, spec.distractor_length, blocked) for _ in range(spec.n_distractors)]
-        if all(c is not None for c in contours):
+def _extend(kit, rng, state, snake, changed):
+    """Add a paddle to `snake` as the original's `extend_snake` did (noting the parts of `state`
+    it changes in `changed`); False at a dead end."""
+    weights, sy, sx = snake.course
+    y, x = pivot = (math.ceil(snake.pivot[0] + sy), math.ceil(snake.pivot[1] + sx))  # translate()
+    res = kit.res
+    top, bottom, left, right = kit.box
+    if top <= y < bottom and left <= x < right:  # every offset is inside the window
+        chosen = None
+        pmf = state.take(y * res + x + kit.flat) * weights
+    else:
+        chosen, flat = kit.near_edge(pivot)
+        if not len(chosen):
+            return False
+        pmf = state.take(flat) * weights[chosen]
+    total = pmf.sum()
+    if total < 1e-4:
+        return False
+    cmf = (pmf / total).cumsum()
+    for _ in range(kit.spec.paddle_tries):
+        pick = int(cmf.searchsorted(rng.random(), side="right"))  # the first cmf > r ...
+        pick = pick if pick < len(cmf) else 0  # ... or, as argmax of all False, the first
+        if chosen is not None:
+            pick = int(chosen[pick])
+        dy, dx = kit.offsets[pick]
+        head, angle = (y + dy, x + dx), kit.turned[pick]
+        if kit.fits(state, head, angle):
+            changed.append(kit.merge(state, *snake.paddles[-1]))
+            snake.paddles.append((head, angle))
+            snake.pivot, snake.course, snake.tip = pivot, kit.courses[pick], head
+            return True
+    return False
+
+
+def _targets(kit, rng):
+    """The two targets, grown alternately from seeds `seed_distance` apart: (snakes, state),
+    or None at a dead end (the original then starts both over)."""
+    spec, res = kit.spec, kit.res
+    seed = _seed(kit, rng, kit.first_starts)
+    if seed is None:
+        return None
+    snakes = [_Snake(kit, *seed, spec.target_contrast)]
+    for _ in range(spec.paddle_tries):
+        angle = random_angle(rng)
+        turn = int(rng.integers(0, 360)) * math.pi / 180
+        start = (round(seed[0][0] + spec.seed_distance * math.sin(turn)),
+                 round(seed[0][1] + spec.seed_distance * math.cos(turn)))
+        head = translate(start, angle, kit.length)
+        pivot = translate(head, flip(angle), kit.radius)
+        if 0 <= head[0] < res and 0 <= head[1] < res and 0 <= pivot[0] < res and 0 <= pivot[1] < res:
+            snakes.append(_Snake(kit, start, angle, pivot, spec.target_contrast))
             break
     else:
-        raise ValueError(f"could not fit the contours of {spec} into a {res} px window; shorten or thin them")
-    first, second = contours[0], contours[1]
-    dots = np.array([first[0, 0], first[-1, 1] if label else second[-1, 1]])
-    layers = np.zeros((len(contours), res, res))
-    for layer, paddles in zip(layers, contours):
-        _stamp(layer, paddles[:, 0], paddles[:, 1], spec.half_width, spec.ramp, 255 * spec.contrast, np.maximum)
-        _stamp(layer, paddles[:, 0], paddles[:, 1], 0.0, spec.glow_reach, 255 * spec.glow, np.maximum)
-    image = layers.max(axis=0)
-    owner = np.where(image > 0, layers.argmax(axis=0) + 1, 0).astype(np.int8)
-    _stamp(image, dots, dots, spec.marker_radius - 0.5, 1.0, 255.0, np.maximum)
-    return np.rint(image).astype(np.uint8), dots, owner
+        return None
+    state, changed = kit.scratch, []
+    for _ in range(spec.contour_length - 1):
+        for snake in snakes:
+            if not _extend(kit, rng, state, snake, changed):
+                for frame in changed:  # undone, cheaper than a fresh copy for each of many tries
+                    state[frame] = kit.empty[frame]
+                return None
+    kit.merge(state, *snakes[1].paddles[-1])  # as the original: the second target's last paddle only
+    kit.scratch = kit.empty.copy()
+    return snakes, state
+
+
+def _distractor(kit, rng, state, room):
+    """One distractor contour: (snake, the state with it), or None where it does not fit."""
+    lined = []
+
+    def free_starts(angle):
+        if kit.kernel(angle) is None:
+            return ()
+        if not lined:
+            lined.append(-state[0])
+            lined[0][0], lined[0][-1], lined[0][:, 0], lined[0][:, -1] = 1, 1, 1, 1
+        return kit.free_starts(lined[0], angle)
+
+    seed = _seed(kit, rng, free_starts, room)
+    if seed is None:
+        return None
+    snake, state = _Snake(kit, *seed, kit.spec.distractor_contrast), state.copy()
+    for _ in range(kit.spec.distractor_length - 1):
+        if not _extend(kit, rng, state, snake, []):
+            return None
+    kit.merge(state, *snake.paddles[-1])
+    return snake, state
+
+
+def draw(spec, rng, label):
+    """One image (a `Drawing`) with dots on one target (label 1) or on both (label 0)."""
+    res = spec.resolution
+    margin = spec.margins[int(rng.integers(0, len(spec.margins)))] if len(spec.margins) > 1 else spec.margins[0]
+    kit = _kit(spec, margin)
+    for _ in range(MAX_RESTARTS):
+        found = _targets(kit, rng)
+        if found is not None:
+            break
+    else:
+        raise ValueError(f"could not fit two targets of {spec} into a {res} px window")
+    targets, state = found
+    contours = list(targets)
+    for _ in range(spec.n_distractors):
+        room = np.count_nonzero(state[0] >= -0.3) / res ** 2 >= spec.min_free  # the mask <= 0.3
+        for _ in range(spec.distractor_tries):
+            drawn = _distractor(kit, rng, state, room)
+            if drawn is not None:
+                contours.append(drawn[0])
+                state = drawn[1]
+                break
+    image = np.zeros((res, res))
+    for snake in contours:
+        for start, angle in snake.paddles:
+            frame, part = window(start, kit.reach, (res, res))
+            np.maximum(image[frame], kit.ink(angle, snake.contrast)[part], out=image[frame])
+    first = int(rng.integers(0, 2))
+    dots = np.array([targets[first].paddles[0][0], targets[first if label else 1 - first].tip])
+    ends = [np.array([(s, translate(s, a, kit.length)) for s, a in snake.paddles]) for snake in contours]
+    return Drawing(finish(image, dots, spec), int(label), dots, ends, margin)
 
 
 def sample(spec, seed, batch, index, label):
@@ -220,17 +547,23 @@ def sample(spec, seed, batch, index, label):
 
 # --- the release layout --------------------------------------------------------------------
 
-def metadata_line(spec, batch, index, label):
+def metadata_line(spec, batch, index, label, margin):
     """A line of `metadata/<b>.npy` in the release's 11 fields: folder, file, index, label,
     continuity, contour length, distractor length, paddle length, paddle thickness, margin,
     number of paddle contrasts."""
-    return (f"imgs/{batch} sample_{index}.png {index} {label} {spec.max_turn:.4g} {spec.contour_length} "
-            f"{spec.distractor_length} {spec.paddle_length:g} {2 * spec.half_width:g} {spec.gap:g} 1\n")
+    return (f"imgs/{batch} sample_{index}.png {index} {label} {float(spec.continuity)} {spec.contour_length} "
+            f"{spec.distractor_length} {spec.paddle_length} {spec.thickness} {margin} 1\n")
 
 
 def batch_labels(seed, batch, count):
     """Labels of a batch folder: half of them 1, in a seeded order."""
     return np.random.default_rng([seed, batch, 2 ** 32]).permutation(count) % 2
+
+
+def png(pixels):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _write_batch(job):
@@ -246,11 +579,9 @@ def _write_batch(job):
     lines = []
     try:
         for index, label in enumerate(batch_labels(seed, batch, count).tolist()):
-            image = sample(spec, seed, batch, index, label)[0]
-            buffer = io.BytesIO()
-            Image.fromarray(image, mode="L").save(buffer, format="PNG")
-            (tmp / f"sample_{index}.png").write_bytes(buffer.getvalue())
-            lines.append(metadata_line(spec, batch, index, label))
+            drawing = sample(spec, seed, batch, index, label)
+            (tmp / f"sample_{index}.png").write_bytes(png(drawing.pixels))
+            lines.append(metadata_line(spec, batch, index, label, drawing.margin))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         os.replace(tmp, imgs)
         fd, tmp_meta = tempfile.mkstemp(prefix=f".{batch}.", suffix=".tmp", dir=leaf / "metadata")

@@ -8,6 +8,11 @@ is known after `__init__`; `setup()` reads or generates the data once and sets
     protocol       split sizes, seeds and sources, for the result record
     majority_rate  share of the test split in its most common class
 
+A task that reads files lists them in `sources()` and names in `data_options` the attributes
+that, besides the files, decide its examples; lra.tasks.cache then keeps its prepared splits
+as Arrow files that training memory-maps. A generated task (`listops_mini`) lists none and is
+built in memory each time.
+
 Batches are dicts of tensors, padded with 0 to the longest example in the batch:
 
     inputs  (B, L) long for tokens, (B, L, d_input) float for continuous inputs
@@ -22,6 +27,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
 
 from lra.errors import UserError
 
@@ -43,8 +49,19 @@ def find_file(root, name, max_depth=3):
     return None
 
 
+def progress(iterable, total, what):
+    """`iterable` with a progress bar (on a terminal, for 10,000 items or more)."""
+    return tqdm(iterable, total=total, desc=what, unit=" files", leave=False,
+                disable=None if total >= 10_000 else True)
+
+
 class SequenceDataset(Dataset):
-    """Examples held as numpy arrays: `inputs[i]` (L,) or (L, d), `targets[i]`, and `inputs2[i]` if dual."""
+    """Examples held as numpy arrays: `inputs[i]` (L,) or (L, d), `targets[i]`, and `inputs2[i]` if dual.
+
+    `inputs` may be anything indexed that way: a list of arrays, one 2-d array, or the
+    memory-mapped Arrow column of a cache. `options()` gives the keyword arguments, besides
+    inputs and targets, that rebuild the dataset around other storage.
+    """
 
     def __init__(self, inputs, targets, inputs2=None):
         self.inputs, self.inputs2 = inputs, inputs2
@@ -58,6 +75,9 @@ class SequenceDataset(Dataset):
         if self.inputs2 is not None:
             example["inputs2"] = self.inputs2[i]
         return example
+
+    def options(self):
+        return {}
 
 
 class Standardized(SequenceDataset):
@@ -76,6 +96,9 @@ class Standardized(SequenceDataset):
         x = self.inputs[i].astype(np.float32)
         x = x.reshape(len(x), -1)  # (L, C)
         return {"inputs": (x - self.mean) / self.std, "target": self.targets[i]}
+
+    def options(self):
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
 
 def pad(seqs):
@@ -104,21 +127,44 @@ def collate(examples):
 class EpochShuffle(Sampler):
     """A permutation drawn from (seed, epoch), so a resumed run sees the batches it would have.
 
-    Lightning calls `set_epoch` at the start of every training epoch.
+    Lightning calls `set_epoch` at the start of every training epoch. A run resumed from a
+    checkpoint taken mid-epoch skips the `skip` examples it had already trained on in `skip_epoch`.
+    With `world` processes (DDP) process `rank` takes every world-th example of the permutation
+    (padded by wrapping to a multiple of world): each global batch of world x batch_size examples
+    is the batch one process with that batch size would draw, split between the processes.
     """
 
-    def __init__(self, n, seed):
+    def __init__(self, n, seed, rank=0, world=1, skip_epoch=None, skip=0):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.rank, self.world = rank, world
+        self.skip_epoch, self.skip = skip_epoch, skip
 
     def set_epoch(self, epoch):
         self.epoch = epoch
 
     def __len__(self):
-        return self.n
+        return -(-self.n // self.world)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator).tolist()
+        order += order[: len(self) * self.world - self.n]
+        mine = order[self.rank :: self.world]
+        return iter(mine[self.skip // self.world :] if self.epoch == self.skip_epoch else mine)
+
+
+class Shard(Sampler):
+    """Evaluation under DDP: process `rank` of `world` takes examples rank, rank + world, ...;
+    nothing is padded or dropped, so every example is counted exactly once."""
+
+    def __init__(self, n, rank, world):
+        self.indices = range(rank, n, world)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
 
 
 def majority_rate(targets):
@@ -136,6 +182,8 @@ class TaskData(L.LightningDataModule):
     vocab_size = None
     d_input = None
     dual = False
+    resume_position = None  # {"epoch", "batches"} from a mid-epoch checkpoint (load_state_dict)
+    data_options = ()  # attributes that, with the files, decide the examples (they key the cache)
 
     def __init__(self, data_dir="data", seed=0, batch_size=32, num_workers=0):
         super().__init__()
@@ -152,19 +200,43 @@ class TaskData(L.LightningDataModule):
         """Read or generate the data: return the three splits, set `fingerprint` and `protocol`."""
         raise NotImplementedError
 
+    def sources(self):
+        """The raw files `load()` reads (listed, not opened), or None for a generated task.
+
+        Raises DataError, as `load()` would, when they are not there.
+        """
+        return None
+
     def setup(self, stage=None):
         if self.splits is None:
             self.splits = self.load()
             self.majority_rate = majority_rate(self.splits["test"].targets)
 
     def _loader(self, split, shuffle):
-        sampler = EpochShuffle(len(self.splits[split]), self.seed) if shuffle else None
+        n = len(self.splits[split])
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = (EpochShuffle(n, self.seed, rank, world) if shuffle
+                   else Shard(n, rank, world) if world > 1 else None)
         return DataLoader(self.splits[split], batch_size=self.batch_size, sampler=sampler,
                           drop_last=False, collate_fn=collate,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        if self.resume_position:
+            loader.sampler.skip_epoch = self.resume_position["epoch"]
+            loader.sampler.skip = self.resume_position["batches"] * self.batch_size * loader.sampler.world
+        return loader
+
+    def state_dict(self):
+        """Saved in every checkpoint: how far into its epoch training was (batches completed)."""
+        if self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return {"position": {"epoch": self.trainer.current_epoch, "batches": done}}
+
+    def load_state_dict(self, state):
+        self.resume_position = state.get("position")
 
     def val_dataloader(self):
         return self._loader("val", shuffle=False)

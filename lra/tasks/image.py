@@ -125,6 +125,7 @@ class CIFAR(TaskData):
 
     num_classes = len(CLASSES)
     seq_len = SIDE * SIDE
+    data_options = ("val_size", "split_seed")
 
     def __init__(self, data_dir="data", seed=0, batch_size=50, num_workers=0, val_size=5000,
                  split_seed=42):
@@ -144,7 +145,8 @@ class CIFAR(TaskData):
         """What, besides the files, decides the examples (it goes into the fingerprint)."""
         raise NotImplementedError
 
-    def load(self):
+    def sources(self):
+        """The five training batches and the test batch beside the shallowest `data_batch_1`."""
         root = Path(self.data_dir).resolve()
         first = find_file(root, TRAIN_FILES[0])
         if first is None:
@@ -153,6 +155,10 @@ class CIFAR(TaskData):
         for path in paths:
             if not path.is_file():
                 raise DataError(f"found {first} but no {path.name} beside it. " + _missing(root))
+        return paths
+
+    def load(self):
+        paths = self.sources()
         recipe = {"tokenization": self.tokenization(), "val_size": self.val_size,
                   "split_seed": self.split_seed}
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
@@ -179,6 +185,7 @@ class Image(CIFAR):
     """LRA Image: grayscale CIFAR-10, 1024 pixels, as pixel tokens or standardised reals."""
 
     name = "image"
+    data_options = ("val_size", "split_seed", "encoding")
 
     def __init__(self, data_dir="data", seed=0, batch_size=50, num_workers=0, val_size=5000,
                  split_seed=42, encoding="tokens"):

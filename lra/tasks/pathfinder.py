@@ -12,13 +12,15 @@ space-separated fields: folder (`imgs/<b>`), file name, index, label, then the d
 parameters. The original generator wrote the same table with `np.save`; both are read.
 Make the files (or unpack lra_release.gz), then train:
 
-    lra data prepare pathfinder     # our generator, lra.generators.pathfinder
+    lra data generate pathfinder    # our generator, lra.generators.pathfinder (pathx: 128 px)
+    lra data prepare pathfinder     # decode the PNGs once into the cache (`lra train` does it on first use)
     lra train task=pathfinder
 
 docs/tasks.md describes the format, the split and the generator.
 """
 import hashlib
 import io
+import os
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +31,7 @@ import torch
 from PIL import Image
 
 from lra.registry import register_task
-from lra.tasks.base import DataError, SequenceDataset, TaskData
+from lra.tasks.base import DataError, SequenceDataset, TaskData, progress
 
 DIFFICULTIES = {"hard": "curv_contour_length_14", "medium": "curv_contour_length_9", "easy": "curv_baseline"}
 ENCODINGS = {"tokens": "pixel p -> token p + 1 (0 is padding), vocab 257",
@@ -110,12 +112,16 @@ class ImageDataset(SequenceDataset):
             x = (p.astype(np.float32)[:, None] / 255 - 0.5) / 0.5  # (L, 1)
         return {"inputs": x, "target": self.targets[i]}
 
+    def options(self):
+        return {"encoding": self.encoding}
+
 
 def _missing(root, resolution, difficulty):
+    generator = "pathx" if resolution == 128 else "pathfinder"
     return (f"Pathfinder data not found: no pathfinder{resolution}/{difficulty}/metadata/ folder up to "
             f"3 folders deep under the data root {root}. Expected layout: pathfinder{resolution}/"
             f"{difficulty}/imgs/<b>/sample_<i>.png and metadata/<b>.npy (text, one line per image: "
-            f"folder file index label ...). Generate it with `lra data prepare pathfinder` (writes "
+            f"folder file index label ...). Generate it with `lra data generate {generator}` (writes "
             f"{root / 'pathfinder'}), or download lra_release.gz from the google-research/long-range-arena "
             "repository (https://storage.googleapis.com/long-range-arena/lra_release.gz), unpack it "
             "under the data root, and point LRA_DATA or data_dir= at that root.")
@@ -129,6 +135,7 @@ class Pathfinder(TaskData):
 
     name = "pathfinder"
     num_classes = 2
+    data_options = ("resolution", "difficulty", "encoding", "split_seed")
 
     def __init__(self, data_dir="data", seed=0, batch_size=32, num_workers=0, resolution=32,
                  difficulty="hard", encoding="tokens", split_seed=42, read_threads=4):
@@ -145,13 +152,24 @@ class Pathfinder(TaskData):
         else:
             self.input_kind, self.d_input = "continuous", 1
 
+    def _leaf(self):
+        """The difficulty folder and its metadata files in numeric order."""
+        root = Path(self.data_dir).resolve()
+        leaf = find_leaf(root, self.resolution, DIFFICULTIES[self.difficulty])
+        if leaf is None:
+            raise DataError(_missing(root, self.resolution, DIFFICULTIES[self.difficulty]))
+        return leaf, sorted((leaf / "metadata").glob("*.npy"), key=lambda p: (len(p.stem), p.stem))
+
+    def sources(self):
+        """The metadata files and every file under imgs/ (listed, not opened)."""
+        leaf, metas = self._leaf()
+        images = sorted(os.path.join(folder, name) for folder, _, names in os.walk(leaf / "imgs") for name in names)
+        return [str(meta) for meta in metas] + images
+
     def load(self):
         root = Path(self.data_dir).resolve()
         folder = DIFFICULTIES[self.difficulty]
-        leaf = find_leaf(root, self.resolution, folder)
-        if leaf is None:
-            raise DataError(_missing(root, self.resolution, folder))
-        metas = sorted((leaf / "metadata").glob("*.npy"), key=lambda p: (len(p.stem), p.stem))
+        leaf, metas = self._leaf()
         recipe = (f"pathfinder-v1: {ENCODINGS[self.encoding]}; resolution={self.resolution}; "
                   f"80/10/10 torch.randperm split_seed={self.split_seed}\n")
         digest = hashlib.sha256(recipe.encode())
@@ -169,8 +187,8 @@ class Pathfinder(TaskData):
         keep = np.ones(len(paths), bool)
         skipped = []
         with ThreadPoolExecutor(self.read_threads) as pool:
-            for i, (image, sha, why) in enumerate(pool.map(_decode, paths, [self.resolution] * len(paths),
-                                                           chunksize=256)):
+            decoded = pool.map(_decode, paths, [self.resolution] * len(paths), chunksize=256)
+            for i, (image, sha, why) in enumerate(progress(decoded, len(paths), "decoding images")):
                 if image is None:
                     keep[i] = False
                     skipped.append(str(paths[i]))

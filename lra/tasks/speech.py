@@ -5,6 +5,7 @@ Warden, "Speech Commands: A Dataset for Limited-Vocabulary Speech Recognition" (
 
     mkdir -p $LRA_DATA/speech_commands
     tar xzf speech_commands_v0.02.tar.gz -C $LRA_DATA/speech_commands   # the archive has no top folder
+    lra data prepare sc35            # read once into the cache (`lra train` does it on first use)
     lra train task=sc35              # or task=sc10
 
 The release holds one folder per word of `<speaker>_nohash_<n>.wav` clips (16 kHz, mono,
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lra.registry import register_task
-from lra.tasks.base import DataError, Standardized, TaskData, find_file
+from lra.tasks.base import DataError, Standardized, TaskData, find_file, progress
 
 WORDS35 = ("backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward",
            "four", "go", "happy", "house", "learn", "left", "marvin", "nine", "no", "off", "on",
@@ -66,7 +67,7 @@ def read_clips(root, names, threads):
         return sha
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        hashes = list(pool.map(read, range(len(names))))
+        hashes = list(progress(pool.map(read, range(len(names))), len(names), "reading clips"))
     return clips, hashes
 
 
@@ -100,7 +101,8 @@ class SpeechCommands(TaskData):
         super().__init__(data_dir, seed, batch_size, num_workers)
         self.read_threads = int(read_threads)
 
-    def load(self):
+    def _files(self):
+        """The release root and {split: sorted `word/file.wav` names} of the task's words."""
         data_root = Path(self.data_dir).resolve()
         listed = find_file(data_root, LISTS["test"])
         if listed is None:
@@ -121,6 +123,14 @@ class SpeechCommands(TaskData):
                                 f"are not there, e.g. {lost[0]}: is the archive fully unpacked?")
         names = {"train": [n for n in on_disk if n not in held_out["val"] and n not in held_out["test"]],
                  "val": sorted(held_out["val"]), "test": sorted(held_out["test"])}
+        return root, names
+
+    def sources(self):
+        root, names = self._files()
+        return [root / name for name in LISTS.values()] + [root / f for files in names.values() for f in files]
+
+    def load(self):
+        root, names = self._files()
         label = {word: i for i, word in enumerate(self.words)}
         recipe = {"encoding": ENCODING, "classes": list(self.words)}
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())

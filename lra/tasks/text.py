@@ -123,6 +123,7 @@ class Text(TaskData):
     name = "text"
     num_classes = 2
     vocab_size = 257
+    data_options = ("seq_len", "validation", "val_fraction", "split_seed")
 
     def __init__(self, data_dir="data", seed=0, batch_size=32, num_workers=0, max_len=4096,
                  protocol="heldout", val_fraction=0.1, split_seed=0):
@@ -137,17 +138,31 @@ class Text(TaskData):
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
 
-    def load(self):
+    def _source(self):
+        """("aclImdb", its folder) or ("parquet", the plain_text folder): where the reviews are."""
         root = Path(self.data_dir).resolve()
         review = find_file(root, "aclImdb/train/pos/*.txt")
-        shard = None if review else find_file(root, "plain_text/train-*.parquet")
         if review:
-            folder = review.parents[2]
+            return "aclImdb", review.parents[2]
+        shard = find_file(root, "plain_text/train-*.parquet")
+        if shard:
+            return "parquet", shard.parent
+        raise DataError(_missing_imdb(root))
+
+    def sources(self):
+        kind, folder = self._source()
+        if kind == "parquet":
+            return sorted(p for split in ("train", "test") for p in folder.glob(f"{split}-*.parquet"))
+        wheres = [folder / split / label for split in ("train", "test") for label in ("neg", "pos")]
+        return sorted(where / name for where in wheres if where.is_dir()
+                      for name in os.listdir(where) if name.endswith(".txt"))
+
+    def load(self):
+        kind, folder = self._source()
+        if kind == "aclImdb":
             raw, files = read_aclimdb(folder), str(folder)
-        elif shard:
-            raw, files = read_imdb_parquet(shard.parent)
         else:
-            raise DataError(_missing_imdb(root))
+            raw, files = read_imdb_parquet(folder)
 
         recipe = {"tokenization": TOKENIZATION, "max_len": self.seq_len, "validation": self.validation}
         if self.validation == "heldout":
@@ -175,7 +190,7 @@ class Text(TaskData):
                       for split, index in parts.items()}
             splits["test"] = test
         self.fingerprint = digest.hexdigest()
-        self.protocol = {"source": "aclImdb" if review else "parquet", "files": files, **recipe,
+        self.protocol = {"source": kind, "files": files, **recipe,
                          "order": "each split sorted by (label, review bytes)",
                          "shuffle_seed": self.seed,
                          "sizes": {split: len(ds) for split, ds in splits.items()}}
@@ -236,22 +251,32 @@ class Retrieval(TaskData):
     num_classes = 2
     vocab_size = 257
     dual = True
+    data_options = ("seq_len",)
 
     def __init__(self, data_dir="data", seed=0, batch_size=32, num_workers=0, max_len=4000):
         super().__init__(data_dir, seed, batch_size, num_workers)
         self.seq_len = int(max_len)
 
-    def load(self):
+    def _files(self):
+        """{split: path} of the three files beside the shallowest `new_aan_pairs.train.tsv` (eval validates)."""
         root = Path(self.data_dir).resolve()
         train = find_file(root, "new_aan_pairs.train.tsv")
         if train is None:
             raise DataError(_missing_pairs(root))
-        digest = hashlib.sha256(f"{TOKENIZATION}; max_len={self.seq_len}\n".encode())
-        splits, files = {}, {}
-        for split, stem in (("train", "train"), ("val", "eval"), ("test", "test")):
-            path = train.with_name(f"new_aan_pairs.{stem}.tsv")
+        files = {split: train.with_name(f"new_aan_pairs.{stem}.tsv")
+                 for split, stem in (("train", "train"), ("val", "eval"), ("test", "test"))}
+        for path in files.values():
             if not path.is_file():
                 raise DataError(f"found {train} but no {path.name} beside it. " + _missing_pairs(root))
+        return files
+
+    def sources(self):
+        return list(self._files().values())
+
+    def load(self):
+        digest = hashlib.sha256(f"{TOKENIZATION}; max_len={self.seq_len}\n".encode())
+        splits, files = {}, {}
+        for split, path in self._files().items():
             first, second, labels = read_pairs(path, self.seq_len, digest)
             splits[split], files[split] = SequenceDataset(first, labels, inputs2=second), str(path)
         self.fingerprint = digest.hexdigest()

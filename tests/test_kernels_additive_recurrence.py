@@ -1,0 +1,156 @@
+"""The Triton additive recurrence against the PyTorch forms: forward and every gradient on odd shapes,
+large keys, ragged padding, the dispatch, and a LightNet model on either path."""
+import pytest
+import torch
+
+from lra.kernels import additive_recurrence as ar
+from lra.models.lightnet import LightNet
+
+pytestmark = pytest.mark.kernels
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30)).item()
+
+
+def inputs(B, H, L, dk, dv, gain_shape=None, key_scale=3.0, seed=0):
+    """float64 q, k, v (B, H, L, .) and a gain of gain_shape (None: no gain); keys uniform in +-key_scale."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, L, dk, generator=g, dtype=torch.float64)
+    k = key_scale * (2 * torch.rand(B, H, L, dk, generator=g, dtype=torch.float64) - 1)
+    v = torch.randn(B, H, L, dv, generator=g, dtype=torch.float64)
+    gain = None if gain_shape is None else torch.randn(gain_shape, generator=g, dtype=torch.float64)
+    return q, k, v, gain
+
+
+def value_and_grads(fn, args, seed=1):
+    """fn's output and the gradients of a random projection of it w.r.t. each tensor in args."""
+    out = fn(*args)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out)
+    return out, torch.autograd.grad((out * w).sum(), [a for a in args if a is not None])
+
+
+def check(fast, reference, args, device, dtype=torch.float32, tol=1e-5, grad_tol=1e-5):
+    """fast on (args in dtype, on device) against reference in float64: output and every gradient."""
+    args64 = [None if a is None else a.clone().requires_grad_() for a in args]
+    argsd = [None if a is None else a.to(device, dtype).requires_grad_() for a in args]
+    want, want_grads = value_and_grads(reference, args64)
+    out, grads = value_and_grads(fast, argsd)
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    err = rel_err(out.cpu(), want)
+    assert err < tol, f"forward: rel err {err:.1e}"
+    for name, got, exp in zip("qkvg", grads, want_grads):
+        assert torch.isfinite(got).all(), f"d{name} is not finite"
+        err = rel_err(got.cpu(), exp)
+        assert err < grad_tol, f"d{name}: rel err {err:.1e}"
+
+
+CAUSAL_CASES = {  # B, H, L, d_k, d_v, gain shape, chunk
+    "3 chunks of 16, gain (L, d_k)": (1, 2, 37, 6, 5, (37, 6), 16),
+    "batch 3, 2 chunks of 64, no gain": (3, 1, 100, 12, 20, None, None),
+    "2 value blocks, gain (B, 1, L, d_k)": (2, 1, 70, 20, 70, (2, 1, 70, 20), None),
+}
+
+
+@pytest.mark.parametrize("case", CAUSAL_CASES)
+def test_causal_matches_the_chunked_reference(triton_device, case):
+    from lra.kernels.additive_recurrence_triton import causal_triton
+
+    B, H, L, dk, dv, gain_shape, chunk = CAUSAL_CASES[case]
+    check(lambda q, k, v, g: causal_triton(q, k, v, g, chunk=chunk),
+          lambda q, k, v, g: ar.causal_chunked(q, k, v, gain=g), inputs(B, H, L, dk, dv, gain_shape), triton_device)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy overflows in masked-out scores
+@pytest.mark.parametrize("keys", ["ramp", "500"])
+def test_causal_large_keys_stay_exact(triton_device, keys):
+    """A ramp of 40 per step rises ~600 inside one chunk (the step-by-step branch) between ordinary
+    chunks (the one-dot branch); keys of +-500 put every chunk on the step-by-step branch."""
+    from lra.kernels.additive_recurrence_triton import causal_triton
+
+    q, k, v, gain = inputs(2, 1, 60, 6, 5, (60, 6), key_scale=500.0 if keys == "500" else 3.0)
+    if keys == "ramp":
+        k[:, :, 20:36] += 40.0 * torch.arange(16, dtype=torch.float64)[:, None]
+    check(lambda q, k, v, g: causal_triton(q, k, v, g, chunk=16),
+          lambda q, k, v, g: ar.causal_chunked(q, k, v, gain=g), (q, k, v, gain), triton_device,
+          tol=2e-5, grad_tol=1e-3)  # float32 spacing at 500 is 3e-5: keys that size carry that error
+
+
+NONCAUSAL_CASES = {  # B, H, L, d_k, d_v, gain shape, lengths (None: no mask), key scale
+    "ragged lengths with an empty row": (3, 2, 37, 6, 5, (37, 6), [37, 11, 0], 3.0),
+    "4 chunks, 3 value blocks, no mask": (1, 1, 100, 12, 70, None, None, 3.0),
+    "2 key blocks, keys of 50, ragged": (2, 1, 70, 70, 9, (2, 1, 70, 70), [70, 33], 50.0),
+}
+
+
+@pytest.mark.parametrize("case", NONCAUSAL_CASES)
+def test_noncausal_matches_the_softmax_reference(triton_device, case):
+    from lra.kernels.additive_recurrence_triton import noncausal_triton
+
+    B, H, L, dk, dv, gain_shape, lengths, scale = NONCAUSAL_CASES[case]
+    mask = None if lengths is None else torch.arange(L) < torch.tensor(lengths)[:, None]  # (B, L)
+    q, k, v, gain = inputs(B, H, L, dk, dv, gain_shape, key_scale=scale)
+    if mask is not None:
+        k[~mask[:, None, :, None].expand_as(k)] = 1e4  # huge keys at pads must get weight 0
+    mask_d = None if mask is None else mask.to(triton_device)
+    check(lambda q, k, v, g: noncausal_triton(q, k, v, mask_d, g),
+          lambda q, k, v, g: ar.noncausal(q, k, v, mask, g), (q, k, v, gain), triton_device)
+
+
+def test_forced_triton_takes_the_kernels_and_refuses_float64(triton_device, monkeypatch):
+    from lra.kernels import additive_recurrence_triton as fast
+
+    calls = []
+    for name in ("causal_triton", "noncausal_triton"):
+        kernel = getattr(fast, name)
+        monkeypatch.setattr(fast, name, lambda *a, kernel=kernel, name=name, **kw: calls.append(name) or kernel(*a, **kw))
+    q, k, v, gain = (t.float().to(triton_device) for t in inputs(2, 1, 19, 6, 5, (19, 6)))
+    mask = (torch.arange(19) < torch.tensor([[19], [7]])).to(triton_device)
+    for causal in (True, False):
+        out = ar.additive_recurrence(q, k, v, mask, causal=causal, gain=gain)
+        monkeypatch.setenv("LRA_KERNELS", "reference")
+        want = ar.additive_recurrence(q, k, v, mask, causal=causal, gain=gain)
+        monkeypatch.setenv("LRA_KERNELS", "triton")
+        assert rel_err(out, want) < 1e-5
+    assert calls == ["causal_triton", "noncausal_triton"]
+    with pytest.raises(ValueError, match="float64.*LRA_KERNELS=reference"):
+        ar.additive_recurrence(q.double(), k.double(), v.double(), causal=True)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_lightnet_is_the_same_on_either_path(triton_device, monkeypatch, bidirectional):
+    torch.manual_seed(0)
+    model = LightNet(d_model=16, n_layers=1, n_heads=2, positions="both", bidirectional=bidirectional).to(triton_device)
+    x, w = torch.randn(2, 3, 37, 16, device=triton_device).unbind(0)
+    mask = (torch.arange(37) < torch.tensor([[37], [20], [1]])).to(triton_device)  # (3, 37)
+    results = {}
+    for path in ("triton", "reference"):
+        monkeypatch.setenv("LRA_KERNELS", path)
+        y = model(x, mask)
+        grads = torch.autograd.grad((y * w * mask[..., None]).sum(), list(model.parameters()))
+        results[path] = y, grads
+    (y, grads), (y_ref, grads_ref) = results["triton"], results["reference"]
+    err = rel_err(y[mask], y_ref[mask])
+    assert err < 1e-5, f"output: rel err {err:.1e}"
+    for (name, _), got, want in zip(model.named_parameters(), grads, grads_ref):
+        err = rel_err(got, want)
+        assert err < 1e-4, f"d{name}: rel err {err:.1e}"
+
+
+needs_cuda = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=needs_cuda)])  # bf16 loads
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "noncausal"])  # are broken in the interpreter
+def test_half_precision_inputs_compute_in_float32(triton_device, causal, dtype):
+    from lra.kernels.additive_recurrence_triton import causal_triton, noncausal_triton
+
+    L = 100
+    mask = torch.arange(L) < torch.tensor([[L], [43]])
+    args = [a.to(dtype).double() for a in inputs(2, 2, L, 20, 12, (L, 20))]  # the reference sees the same values
+    if causal:
+        fast, reference = causal_triton, lambda q, k, v, g: ar.causal_chunked(q, k, v, gain=g)
+    else:
+        fast = lambda q, k, v, g: noncausal_triton(q, k, v, mask.to(triton_device), g)  # noqa: E731
+        reference = lambda q, k, v, g: ar.noncausal(q, k, v, mask, g)  # noqa: E731
+    check(fast, reference, args, triton_device, dtype=dtype, tol=1e-2, grad_tol=2e-2)

@@ -1,0 +1,126 @@
+"""Triton FlashAttention: o, dq, dk, dv == attention_reference on odd shapes; the dispatch; the flash model."""
+import pytest
+import torch
+
+from lra.kernels.attention import attention, attention_reference
+from lra.models.flash import Flash
+
+pytestmark = pytest.mark.kernels
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-30)).item()
+
+
+def qkv(B, L, d, device, dtype=torch.float32, H=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, L, d, generator=g).to(device, dtype).requires_grad_() for _ in range(3)]
+
+
+def forward_and_grads(fn, q, k, v, g):
+    o = fn(q, k, v)
+    return [o.detach(), *torch.autograd.grad((o * g).sum(), (q, k, v))]
+
+
+def compare(q, k, v, lengths, causal, tol, reference_inputs=None):
+    """The Triton kernels against the fp32 reference (on reference_inputs if given): o, dq, dk, dv by relative error."""
+    from lra.kernels.attention_triton import flash_attention
+
+    g = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q.device, q.dtype)
+    got = forward_and_grads(lambda *a: flash_attention(*a, lengths, causal), q, k, v, g)
+    ref = [t.detach().float().requires_grad_() for t in reference_inputs or (q, k, v)]
+    want = forward_and_grads(lambda *a: attention_reference(*a, lengths, causal), *ref, g.float())
+    for what, a, b in zip(["o", "dq", "dk", "dv"], got, want):
+        assert torch.isfinite(a).all(), f"{what} is not finite"
+        err = rel_err(a, b)
+        assert err < tol, f"{what}: rel err {err:.2e} (tolerance {tol:.0e})"
+    return got
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("L", [37, 100])
+@pytest.mark.parametrize("B", [1, 3])
+def test_forward_and_grads_match_reference(B, L, causal, triton_device):
+    q, k, v = qkv(B, L, 16, triton_device)
+    lengths = None if B == 1 else torch.tensor([L - 5, 1, 0])  # 32 = two whole key blocks; 95 ends in a partial one
+    o, dq, dk, dv = compare(q, k, v, lengths, causal, tol=1e-5)
+    if lengths is not None:  # the row without keys: zeros, forward and backward
+        assert all((t[2] == 0).all() for t in (o, dq, dk, dv))
+        assert (dk[1, :, 1:] == 0).all() and (dv[1, :, 1:] == 0).all()  # padded keys get no gradient
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_head_dim_that_is_not_a_power_of_two(causal, triton_device):
+    q, k, v = qkv(3, 37, 24, triton_device)
+    compare(q, k, v, torch.tensor([37, 20, 1]), causal, tol=1e-5)
+
+
+def test_keys_past_a_row_length_are_never_read(triton_device):
+    q, k, v = qkv(3, 100, 16, triton_device)
+    lengths = torch.tensor([100, 40, 7])
+    k_nan, v_nan = k.detach().clone(), v.detach().clone()
+    for i, n in enumerate(lengths.tolist()):
+        k_nan[i, :, n:], v_nan[i, :, n:] = float("nan"), float("nan")
+    for causal in (False, True):
+        compare(q, k_nan.requires_grad_(), v_nan.requires_grad_(), lengths, causal, 1e-5, reference_inputs=(q, k, v))
+
+
+def test_float16(triton_device):
+    q, k, v = qkv(3, 100, 32, triton_device, torch.float16)
+    compare(q, k, v, torch.tensor([100, 37, 1]), causal=True, tol=5e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bfloat16 loads are wrong under Triton's CPU interpreter")
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_bfloat16_on_cuda(d, causal, triton_device):
+    q, k, v = qkv(4, 1000, d, triton_device, torch.bfloat16, H=4)
+    compare(q, k, v, torch.tensor([1000, 999, 130, 1]), causal, tol=2e-2)
+
+
+def test_dispatch_takes_the_triton_path_when_forced(triton_device, monkeypatch):
+    from lra.kernels import attention_triton
+
+    calls = []
+    real = attention_triton.flash_attention
+    monkeypatch.setattr(attention_triton, "flash_attention", lambda *a: calls.append(1) or real(*a))
+    q, k, v = qkv(1, 20, 16, triton_device)
+    lengths = torch.tensor([13])
+    o = attention(q, k, v, lengths, causal=True)
+    assert calls == [1]
+    assert rel_err(o, attention_reference(q, k, v, lengths, causal=True)) < 1e-5
+    attention(q, k, v, lengths, dropout_p=0.5)  # no dropout in the kernels: SDPA runs
+    monkeypatch.setenv("LRA_KERNELS", "reference")
+    attention(q, k, v, lengths)
+    assert calls == [1]
+
+
+def test_flash_model_is_the_same_with_triton_and_reference(triton_device, monkeypatch):
+    torch.manual_seed(0)
+    model = Flash(d_model=32, n_layers=1, n_heads=2).to(triton_device)
+    lengths = torch.tensor([37, 20, 1, 0])
+    mask = (torch.arange(37) < lengths[:, None]).to(triton_device)  # (4, 37)
+    x = torch.randn(4, 37, 32).to(triton_device).requires_grad_()
+    g = torch.randn(4, 37, 32).to(triton_device) * mask[..., None]  # (y * g).sum(): not y^2, which LayerNorm flattens
+    results = {}
+    for kernels in ("triton", "reference"):
+        monkeypatch.setenv("LRA_KERNELS", kernels)
+        y = model(x, mask)
+        results[kernels] = [y, torch.autograd.grad((y * g).sum(), x)[0]]
+    for what, got, want in zip(["y", "dx"], results["triton"], results["reference"]):
+        err = rel_err(got, want)
+        assert err < 1e-5, f"{what}: rel err {err:.2e}"
+
+
+def test_bad_inputs_fail_clearly(triton_device):
+    from lra.kernels.attention_triton import flash_attention
+
+    q = torch.zeros(1, 1, 8, 16, device=triton_device)
+    with pytest.raises(ValueError, match="one .B, heads, L, d. shape"):
+        flash_attention(q, q[:, :, :4], q)
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32.*float64"):
+        flash_attention(*[q.double()] * 3)
+    big = torch.zeros(1, 1, 8, 256, device=triton_device)
+    with pytest.raises(ValueError, match="head dims up to 128, got 256"):
+        flash_attention(big, big, big)
