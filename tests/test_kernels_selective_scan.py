@@ -8,7 +8,7 @@ bidirectional Mamba with padding. Without CUDA the kernels run in Triton's inter
 """
 import pytest
 import torch
-from torch.nn import functional as F
+from test_mamba import scan_inputs as mamba_scan_inputs
 
 from lra.kernels.selective_scan import selective_scan, selective_scan_reference
 from lra.models.mamba import Mamba
@@ -23,14 +23,8 @@ def rel_err(a, b):
 
 
 def scan_inputs(b, d, n, L, device, dt_scale=1.0, seed=0):
-    """float64 x, dt, A, B, C, D on device; dt spans about 1e-3 to 2 times dt_scale, A in [-n, 0)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, d, L, generator=g, dtype=torch.float64)
-    dt = dt_scale * F.softplus(2 * torch.randn(b, d, L, generator=g, dtype=torch.float64) - 2)
-    A = -n * torch.rand(d, n, generator=g, dtype=torch.float64) - 0.01
-    B, C = torch.randn(2, b, n, L, generator=g, dtype=torch.float64)
-    D = torch.randn(d, generator=g, dtype=torch.float64)
-    return [t.to(device) for t in (x, dt, A, B, C, D)]
+    """test_mamba's float64 inputs, detached, on device."""
+    return [t.detach().to(device) for t in mamba_scan_inputs(b, d, n, L, dt_scale, seed)]
 
 
 def leaves(tensors, dtype):

@@ -49,6 +49,19 @@ def find_file(root, name, max_depth=3):
     return None
 
 
+def split_files(root, names, missing):
+    """{split: path} of the files `names` ({split: file name}) beside the shallowest train file under
+    root; a DataError says `missing` when the train file is absent, and names any sibling that is."""
+    train = find_file(root, names["train"])
+    if train is None:
+        raise DataError(missing)
+    files = {split: train.with_name(name) for split, name in names.items()}
+    for path in files.values():
+        if not path.is_file():
+            raise DataError(f"found {train} but no {path.name} beside it. " + missing)
+    return files
+
+
 def progress(iterable, total, what):
     """`iterable` with a progress bar (on a terminal, for 10,000 items or more)."""
     return tqdm(iterable, total=total, desc=what, unit=" files", leave=False,

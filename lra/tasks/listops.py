@@ -23,7 +23,7 @@ import numpy as np
 
 from lra.generators.listops import HEADER, OPERATORS, TreeSpec, samples
 from lra.registry import register_task
-from lra.tasks.base import DataError, SequenceDataset, TaskData, find_file
+from lra.tasks.base import DataError, SequenceDataset, TaskData, split_files
 
 VOCAB = ("<pad>", *OPERATORS, "]", *"0123456789")  # token id = index: pad 0, ops 1-4, ] 5, digit d 6+d
 TOKENIZATION = "listops-v1: drop ( and ), keep ], split on whitespace; ids " + " ".join(VOCAB)
@@ -122,14 +122,7 @@ class ListOps(TaskData):
     def _files(self):
         """{split: path} of the three files beside the shallowest `basic_train.tsv`."""
         root = Path(self.data_dir).resolve()
-        train = find_file(root, "basic_train.tsv")
-        if train is None:
-            raise DataError(_missing(root))
-        files = {split: train.with_name(f"basic_{split}.tsv") for split in ("train", "val", "test")}
-        for path in files.values():
-            if not path.is_file():
-                raise DataError(f"found {train} but no {path.name} beside it. " + _missing(root))
-        return files
+        return split_files(root, {split: f"basic_{split}.tsv" for split in ("train", "val", "test")}, _missing(root))
 
     def sources(self):
         return list(self._files().values())

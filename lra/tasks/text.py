@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from lra.errors import UserError
 from lra.registry import register_task
-from lra.tasks.base import DataError, SequenceDataset, TaskData, find_file
+from lra.tasks.base import DataError, SequenceDataset, TaskData, find_file, split_files
 
 TOKENIZATION = "bytes-v1: raw bytes, token = byte + 1 (0 pads), vocab 257, cut at max_len"
 LRA_RELEASE = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
@@ -260,15 +260,9 @@ class Retrieval(TaskData):
     def _files(self):
         """{split: path} of the three files beside the shallowest `new_aan_pairs.train.tsv` (eval validates)."""
         root = Path(self.data_dir).resolve()
-        train = find_file(root, "new_aan_pairs.train.tsv")
-        if train is None:
-            raise DataError(_missing_pairs(root))
-        files = {split: train.with_name(f"new_aan_pairs.{stem}.tsv")
-                 for split, stem in (("train", "train"), ("val", "eval"), ("test", "test"))}
-        for path in files.values():
-            if not path.is_file():
-                raise DataError(f"found {train} but no {path.name} beside it. " + _missing_pairs(root))
-        return files
+        names = {split: f"new_aan_pairs.{stem}.tsv" for split, stem in (("train", "train"), ("val", "eval"),
+                                                                         ("test", "test"))}
+        return split_files(root, names, _missing_pairs(root))
 
     def sources(self):
         return list(self._files().values())
