@@ -14,6 +14,8 @@ published.csv is wide, one row per paper (model, variant): LRA accuracies in %, 
 
 A cell averages the runs of one (model, recipe, pretraining, task, data fingerprint, checkpoint
 selection): runs on other data, or tested on a checkpoint chosen another way, never share one.
+A run that stopped at limits of its own rather than its experiment's (protocol.budget: fewer
+epochs, a step or time limit) is its recipe's budget row, "s4d/listops (budget: max_time ...)".
 Where a task has several fingerprints, the newest data fills the row and older data gets rows
 of its own. A cell is flagged ⚑ when its backbone is more than 10% larger than the reference:
 LRA (Tay et al. 2021, Appendix C) compares models at unchanged size, and since S4 the size
@@ -179,12 +181,22 @@ def short_selection(text) -> str:
     return str(text or "").split(";")[0].removeprefix("checkpoint with the ").strip()
 
 
+def entry_of(protocol: dict) -> str:
+    """A run's recipe as its row names it: an experiment's recipe cut short by limits of the run's own
+    (protocol.budget, e.g. a 10-minute run of s4d/listops) is a row of its own, never the paper's."""
+    recipe = protocol.get("recipe") or "default"
+    limits = protocol.get("budget") if recipe != "default" else None
+    if not limits or not isinstance(limits, dict):
+        return recipe
+    return f"{recipe} (budget: {', '.join(f'{k} {v}' for k, v in sorted(limits.items()))})"
+
+
 def _run_row(r: dict) -> dict:
     protocol = r.get("protocol") or {}
     pretraining = protocol.get("pretraining") or "scratch"
     before = protocol.get("pretrain_device_hours") if pretraining == "self-pretrained" else None
     own = [h for h in (r.get("device_hours"), before) if h is not None]
-    return {"model": r["model"], "entry": protocol.get("recipe") or "default", "pretraining": pretraining,
+    return {"model": r["model"], "entry": entry_of(protocol), "pretraining": pretraining,
             "task": r["task"], "data_fingerprint": protocol.get("data_fingerprint") or "",
             "selection": short_selection(protocol.get("selection")), "acc": 100 * r["metrics"]["test_acc"],
             "params": r.get("params"), "backbone_params": r.get("backbone_params"),
@@ -427,7 +439,7 @@ def row_for(record: dict, rendered: Rendered) -> str:
     """The leaderboard cell a finished run joined, e.g. 'leaderboard: s4d (default, scratch) on
     listops_mini: 44.6 ± 1.2 (n=3) — leaderboard/LEADERBOARD.md'."""
     protocol = record.get("protocol") or {}
-    entry, pretraining = protocol.get("recipe") or "default", protocol.get("pretraining") or "scratch"
+    entry, pretraining = entry_of(protocol), protocol.get("pretraining") or "scratch"
     head = f"leaderboard: {record['model']} ({entry}, {pretraining}) on {record['task']}"
     if record.get("status") != "completed" or protocol.get("full_test_set") is False:
         why = "not completed" if record.get("status") != "completed" else "debug run, partial test set"

@@ -117,7 +117,7 @@ def build_trainer(cfg, run_dir, checkpoint):
     return L.Trainer(
         accelerator=t["accelerator"], devices=t["devices"], precision=t["precision"],
         strategy=t.get("strategy", "auto"), use_distributed_sampler=False,  # the task's loaders shard
-        max_epochs=t["max_epochs"], max_steps=t["max_steps"],
+        max_epochs=t["max_epochs"], max_steps=t["max_steps"], max_time=t.get("max_time"),
         gradient_clip_val=t["gradient_clip_val"],
         limit_train_batches=1.0 if t["limit_train_batches"] is None else t["limit_train_batches"],
         limit_val_batches=eval_limit, limit_test_batches=eval_limit,
@@ -251,9 +251,39 @@ def fit_with_retries(config, data, run_dir, last_ckpt, record, **how):
             print(f"lra: {err}; retrying from scratch with optim.lr={optim['lr']:.3g}", file=sys.stderr)
 
 
+def recipe_limits(recipe):
+    """The training limits (max_epochs, max_steps, max_time) of the experiment named `recipe`, or
+    None when no experiment has that name (our `default`, or a recipe named by hand)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lra.plugins import config_options
+
+    if recipe not in config_options("experiment"):
+        return None
+    overrides = [f"experiment={recipe}"]
+    if GlobalHydra.instance().is_initialized():  # inside `lra train`: compose in its Hydra
+        trainer = compose("config", overrides=overrides).trainer
+    else:
+        with initialize_config_module("lra.conf", version_base="1.3"):
+            trainer = compose("config", overrides=overrides).trainer
+    return {k: trainer.get(k) for k in LIMITS}
+
+
+LIMITS = ("max_epochs", "max_steps", "max_time")
+
+
+def budget(config):
+    """The training limits a run set for itself, {} when it ran its recipe to the recipe's own limits."""
+    limits = {k: config["trainer"].get(k) for k in LIMITS}
+    paper = recipe_limits(config["recipe"])
+    return {k: v for k, v in limits.items() if v not in (None, -1) and (paper is None or paper[k] != v)}
+
+
 def train_protocol(config):
-    return {"recipe": config["recipe"], "pretraining": config["pretraining"],
-            "data_fingerprint": None, "selection": SELECTION,
+    limits = budget(config)
+    return {"recipe": config["recipe"], "recipe_kind": "budget" if limits else "paper", "budget": limits,
+            "pretraining": config["pretraining"], "data_fingerprint": None, "selection": SELECTION,
             "full_test_set": config["trainer"]["limit_eval_batches"] is None}
 
 

@@ -331,3 +331,20 @@ def test_sweep_without_a_name_lists_the_presets(lra):
     assert result.code == 2
     for preset in ("smoke", "lra_all", "s4d", "pretrain_finetune"):
         assert preset in result.err.partition("available: ")[2]
+
+
+def test_the_protocol_says_whether_a_run_kept_its_recipe_or_set_a_budget(lra, tmp_path):
+    assert lra("train", *TINY, "trainer.max_time=00:00:05:00").code == 0
+    [record] = load_results(tmp_path / "leaderboard" / "runs")
+    protocol = record["protocol"]
+    assert protocol["recipe_kind"] == "budget"
+    assert protocol["budget"] == {"max_epochs": 2, "max_time": "00:00:05:00"}  # trainer=debug's epochs, our time
+
+
+def test_an_experiment_at_its_own_limits_is_the_paper_recipe():
+    from lra.train import budget, recipe_limits
+
+    paper = recipe_limits("s4d/listops")
+    assert paper["max_epochs"] == 40
+    assert budget({"recipe": "s4d/listops", "trainer": dict(paper)}) == {}
+    assert budget({"recipe": "s4d/listops", "trainer": {**paper, "max_epochs": 3}}) == {"max_epochs": 3}

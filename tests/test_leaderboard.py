@@ -329,3 +329,13 @@ def test_a_real_run_records_tags_history_and_backbone_size(lra, tmp_path):
     result = lra("leaderboard", "--tag", "v2")
     assert result.code == 0 and "| s4d" in result.out
     assert lra("leaderboard", "--tag", "other").code == 2
+
+
+def test_a_budget_run_of_a_published_recipe_gets_its_own_row():
+    from lra.leaderboard import entry_of
+
+    assert entry_of({"recipe": "s4d/listops", "budget": {}}) == "s4d/listops"
+    assert entry_of({"recipe": "s4d/listops"}) == "s4d/listops"  # records from before budgets
+    assert entry_of({"recipe": "s4d/listops", "budget": {"max_time": "00:00:10:00", "max_epochs": 5}}) == \
+        "s4d/listops (budget: max_epochs 5, max_time 00:00:10:00)"
+    assert entry_of({"recipe": "default", "budget": {"max_epochs": 12}}) == "default"
