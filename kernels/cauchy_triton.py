@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lra.kernels.vandermonde_triton import real_view  # the same complex-to-real view
+
 
 @triton.jit
 def _reciprocal(dr, di):
@@ -147,11 +149,6 @@ def _backward_blocks(M, N, itemsize):
     return BM, BN, max(16, tile // (BM * BN))
 
 
-def _real_view(x):
-    """A complex tensor's contiguous real view (..., 2)."""
-    return torch.view_as_real(x.resolve_conj().contiguous())
-
-
 class _Cauchy(torch.autograd.Function):
     """r = sum_n v D1 (+ conj(v) D2) with its gradients to v and w; saves only its inputs."""
 
@@ -164,7 +161,7 @@ class _Cauchy(torch.autograd.Function):
         r = torch.empty(M, H, K, 2, dtype=v.real.dtype, device=v.device)
         BM, BH, BK = _forward_blocks(M, H, K, r.element_size())
         grid = (triton.cdiv(K, BK), triton.cdiv(H, BH), triton.cdiv(M, BM))
-        _forward_kernel[grid](_real_view(v), _real_view(z), _real_view(w), r, M, H, N, K, CONJ=conj,
+        _forward_kernel[grid](real_view(v), real_view(z), real_view(w), r, M, H, N, K, CONJ=conj,
                               BM=BM, BH=BH, BK=BK)
         return torch.view_as_complex(r)
 
@@ -175,7 +172,7 @@ class _Cauchy(torch.autograd.Function):
         T = torch.empty(2, M, H, N, 2, dtype=v.real.dtype, device=v.device)
         BM, BN, BK = _backward_blocks(M, N, T.element_size())
         grid = (triton.cdiv(N, BN), H, triton.cdiv(M, BM))
-        _backward_kernel[grid](_real_view(g.to(v.dtype)), _real_view(z), _real_view(w), T, M, H, N, len(z),
+        _backward_kernel[grid](real_view(g.to(v.dtype)), real_view(z), real_view(w), T, M, H, N, len(z),
                                CONJ=ctx.conj, BM=BM, BN=BN, BK=BK)
         T0, T1 = torch.view_as_complex(T).unbind(0)  # (M, H, N) each
         grad_v = T0 if ctx.needs_input_grad[0] else None

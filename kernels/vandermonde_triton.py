@@ -110,7 +110,7 @@ def _backward_blocks(M, N, itemsize):
     return BM, BN, max(16, tile // (BM * BN))
 
 
-def _real_view(x):
+def real_view(x):
     """A complex tensor's contiguous real view (..., 2)."""
     return torch.view_as_real(x.resolve_conj().contiguous())
 
@@ -121,7 +121,7 @@ def _vandermonde_forward(C, dtA, L):
     K = torch.empty(M, H, L, dtype=C.real.dtype, device=C.device)
     BM, BH, BL = _forward_blocks(M, H, L, K.element_size())
     grid = (triton.cdiv(L, BL), triton.cdiv(H, BH), triton.cdiv(M, BM))
-    _forward_kernel[grid](_real_view(C), _real_view(dtA), K, M, H, N, L, BM=BM, BH=BH, BL=BL)
+    _forward_kernel[grid](real_view(C), real_view(dtA), K, M, H, N, L, BM=BM, BH=BH, BL=BL)
     return K
 
 
@@ -132,7 +132,7 @@ def _vandermonde_sums(g, dtA, M):
     S = torch.empty(2, M, H, N, 2, dtype=g.dtype, device=g.device)
     BM, BN, BL = _backward_blocks(M, N, g.element_size())
     grid = (triton.cdiv(N, BN), H, triton.cdiv(M, BM))
-    _backward_kernel[grid](g, _real_view(dtA), S, M, H, N, L, BM=BM, BN=BN, BL=BL)
+    _backward_kernel[grid](g, real_view(dtA), S, M, H, N, L, BM=BM, BN=BN, BL=BL)
     return torch.view_as_complex(S).unbind(0)
 
 

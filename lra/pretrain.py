@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lra import results, train
 from lra.errors import UserError
 from lra.lit import Classifier
-from lra.tasks.base import EpochShuffle, TaskData, pad
+from lra.tasks.base import TaskData, pad
 
 # Share of positions masked, by task: the study's choices (image-like inputs are redundant
 # enough to hide half; text as in BERT; ListOps' tokens carry more each). Speech: our choice.
@@ -96,6 +96,8 @@ class PretrainData(TaskData):
     examples measures the loss (the "val" loader here), the rest trains. The task's own val
     and test splits are left untouched."""
 
+    collate_fn = staticmethod(collate_documents)
+
     def __init__(self, task, heldout):
         super().__init__(task.data_dir, task.seed, task.batch_size, task.num_workers)
         for key in ("name", "seq_len", "input_kind", "vocab_size", "d_input", "num_classes"):
@@ -113,10 +115,6 @@ class PretrainData(TaskData):
         self.protocol = {"heldout_examples": n_heldout, "train_examples": n - n_heldout,
                          "documents_per_example": len(keys), "heldout_seed": task.seed}
 
-    def _loader(self, split, shuffle):
-        sampler = EpochShuffle(len(self.splits[split]), self.seed) if shuffle else None
-        return DataLoader(self.splits[split], batch_size=self.batch_size, sampler=sampler, collate_fn=collate_documents,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
 
 # --- the model: encoder -> backbone -> a per-position head -------------------------------------

@@ -196,6 +196,7 @@ class TaskData(L.LightningDataModule):
     d_input = None
     dual = False
     resume_position = None  # {"epoch", "batches"} from a mid-epoch checkpoint (load_state_dict)
+    collate_fn = staticmethod(collate)  # examples -> a padded batch
     data_options = ()  # attributes that, with the files, decide the examples (they key the cache)
 
     def __init__(self, data_dir="data", seed=0, batch_size=32, num_workers=0):
@@ -231,7 +232,7 @@ class TaskData(L.LightningDataModule):
         sampler = (EpochShuffle(n, self.seed, rank, world) if shuffle
                    else Shard(n, rank, world) if world > 1 else None)
         return DataLoader(self.splits[split], batch_size=self.batch_size, sampler=sampler,
-                          drop_last=False, collate_fn=collate,
+                          drop_last=False, collate_fn=self.collate_fn,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
