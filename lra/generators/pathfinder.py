@@ -33,10 +33,14 @@ The process, in the original's terms (lengths in pixels):
   stretch, and with it every image's mean, depends on the brightest distractor paddle.
 
 Speed comes from drawing each paddle, mask and seed kernel once per angle (angles come from a
-finite set), keeping the dilated mask up to date instead of recomputing it, and working on the
-few pixels each step reads or writes, never on whole frames. Most of the time goes into target
-pairs that are started over (about 25 per 32 px image and 350 per 128 px image pass their
-first seed and then die), which is also why the original was slow.
+finite set) and each dot once, keeping the dilated mask up to date instead of recomputing it,
+and working on the few pixels each step reads or writes, never on whole frames. Most of the
+time goes into target pairs that are started over (about 25 per 32 px image and 360 per 128 px
+image pass their first seed and then die), which is also why the original was slow. A step
+there reads and writes tens of pixels, so numpy's fixed cost per call is most of its time:
+each step makes few calls, and takes a shortcut where a cheap test settles the outcome exactly
+(a paddle where the masks are faint fits; a draw not within rounding of a step of the summed
+weights picks the same pixel), the original's longer way elsewhere.
 
     from lra.generators.pathfinder import prepare_pathfinder
     prepare_pathfinder("data/pathfinder", resolution=32, n=200_000, workers=2)
@@ -199,9 +203,9 @@ def marker(resolution, centre, radius, antialias):
     return shrink((x * x + y * y <= (radius * antialias) ** 2).astype(np.float64), resolution)
 
 
-def finish(image, dots, spec):
+def finish(image, dots, spec, draw_marker=marker):
     """The dots over the paddles, stretched to 0..255 as the original saved it (uint8)."""
-    markers = np.maximum(*(marker(spec.resolution, d, spec.marker_radius, spec.antialias) for d in dots))
+    markers = np.maximum(*(draw_marker(spec.resolution, d, spec.marker_radius, spec.antialias) for d in dots))
     return bytescale(np.maximum(image, markers.astype(np.float64) / 255))
 
 
@@ -220,25 +224,59 @@ class Drawing(NamedTuple):
 
 class _Paddle:
     """A paddle from the centre of a (2 reach + 1)^2 stamp: its `line` (float64) and `mask`
-    (float32) as drawn; `stamp` (2, ...), minus the mask and 1 - the mask dilated by a disc of
-    radius margin, cut to where the dilation is not 0 (rows and columns `box` from the centre);
+    (float32) as drawn; `stamp` (rows, columns, 2), minus the mask and 1 - the mask dilated by a
+    disc of radius margin, cut to where the dilation is not 0 (rows and columns `box` from the centre);
     its `hot` mask values above OVERLAP - 1 with their offsets from the centre."""
 
     def __init__(self, line, mask, margin, res):
-        self.line, self.mask = line, mask
+        self.line, self.mask, self.res = line, mask, res
         reach = mask.shape[0] // 2 + margin
         mask = np.pad(mask, margin)
         wide = dilate(mask, disc(margin))
         rows, cols = np.flatnonzero(wide.any(axis=1)), np.flatnonzero(wide.any(axis=0))
         cut = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-        self.box = rows[0] - reach, rows[-1] + 1 - reach, cols[0] - reach, cols[-1] + 1 - reach
-        self.stamp = np.stack([-mask[cut], 1 - wide[cut]]).astype(np.float64)  # mask is float32
+        self.box = int(rows[0]) - reach, int(rows[-1]) + 1 - reach, int(cols[0]) - reach, int(cols[-1]) + 1 - reach
+        self.stamp = np.stack([-mask[cut], 1 - wide[cut]], axis=-1).astype(np.float64)  # mask is float32
         hot_y, hot_x = np.nonzero(mask > OVERLAP - 1.01)
         self.hot = mask[hot_y, hot_x].astype(np.float64)
         self.hot_yx = hot_y - reach, hot_x - reach
-        self.hot_flat = self.hot_yx[0] * res + self.hot_yx[1]
         if len(self.hot):
-            self.hot_box = self.hot_yx[0].min(), self.hot_yx[0].max() + 1, self.hot_yx[1].min(), self.hot_yx[1].max() + 1
+            self.hot_box = (int(self.hot_yx[0].min()), int(self.hot_yx[0].max()) + 1,
+                            int(self.hot_yx[1].min()), int(self.hot_yx[1].max()) + 1)
+            # flat offsets from the first hot pixel: a slice of the state starting there takes them all
+            flat = 2 * (self.hot_yx[0] * res + self.hot_yx[1])
+            self.hot_first, self.hot_flat = int(flat.min()), flat - flat.min()
+            self.hot_ones = np.ones(len(self.hot))
+
+    def fits(self, flat, start):
+        """Whether the paddle from `start` adds to the contours' mask (minus it at the even
+        indices of `flat`, the state flattened) nowhere up to `OVERLAP`: only its pixels above
+        OVERLAP - 1 can, since no mask exceeds 1."""
+        if not len(self.hot):
+            return True
+        (y, x), res = start, self.res
+        y0, y1, x0, x1 = self.hot_box
+        if y + y0 >= 0 and x + x0 >= 0 and y + y1 <= res and x + x1 <= res:
+            there = flat[2 * (y * res + x) + self.hot_first:].take(self.hot_flat)  # minus the mask
+            # mostly the masks there sum to less than 0.78, and the paddle's (at most 1) cannot reach
+            # OVERLAP with any of them (a dot product is the fastest sum or minimum of a small array)
+            return there.dot(self.hot_ones) > -0.78 or (self.hot - there).max() < OVERLAP
+        hy, hx = self.hot_yx[0] + y, self.hot_yx[1] + x
+        inside = (hy >= 0) & (hy < res) & (hx >= 0) & (hx < res)
+        return not inside.any() or (self.hot[inside] - flat[2 * (hy[inside] * res + hx[inside])]).max() < OVERLAP
+
+    def merge(self, state, start):
+        """Add the paddle from `start` to the contours' mask and take its dilation out of the room."""
+        (y, x), res = start, self.res
+        y0, y1, x0, x1 = self.box
+        y0, y1, x0, x1 = y + y0, y + y1, x + x0, x + x1
+        if y0 >= 0 and x0 >= 0 and y1 <= res and x1 <= res:
+            frame = state[y0:y1, x0:x1]
+            np.minimum(frame, self.stamp, out=frame)
+            return
+        frame = state[max(y0, 0):min(y1, res), max(x0, 0):min(x1, res)]
+        part = self.stamp[max(y0, 0) - y0:min(y1, res) - y0, max(x0, 0) - x0:min(x1, res) - x0]
+        np.minimum(frame, part, out=frame)
 
 
 class _Kit:
@@ -251,8 +289,10 @@ class _Kit:
     instead: dilation (a maximum over neighbours) commutes with the maximum that merges a
     paddle's mask, so a merge takes the minimum with 1 - the paddle's own dilated mask. (A
     paddle cut at the edge would dilate back in only within margin of the edge, where the
-    padding's dilation is already 1, the most any mask holds.) The state is (2, res, res):
-    minus the mask, and the room, so that one `np.minimum` merges both.
+    padding's dilation is already 1, the most any mask holds.) The state is (res, res, 2):
+    minus the mask and the room of each pixel side by side, so that one `np.minimum` merges
+    both (numpy's overhead, not the pixels, is most of the cost of a step, and it grows with
+    the number of strided dimensions).
     """
 
     def __init__(self, spec, margin):
@@ -262,22 +302,26 @@ class _Kit:
         res, p = self.res, spec.padding
         mask = np.zeros((res, res))
         mask[:p], mask[-p:], mask[:, :p], mask[:, -p:] = 1, 1, 1, 1
-        self.empty = np.stack([-mask, 1 - dilate(mask, disc(margin))])  # (2, res, res): -mask, room
-        self.scratch = self.empty.copy()  # the state of target pairs being tried, reset after each
-        self.first_lined = mask.copy()  # the first seed keeps 2 * seed_distance from every edge
+        self.empty = np.stack([-mask, 1 - dilate(mask, disc(margin))], axis=-1)  # (res, res, 2): -mask, room
+        self.scratch = self.empty.copy()  # the state of target pairs being tried, restored after each
+        self.first_taken = np.ones((res, res), bool)  # the first seed keeps 2 * seed_distance from every edge
         d = 2 * spec.seed_distance
-        self.first_lined[:d], self.first_lined[res - d:], self.first_lined[:, :d], self.first_lined[:, res - d:] = 1, 1, 1, 1
+        self.first_taken[d:res - d, d:res - d] = mask[d:res - d, d:res - d] > 0.3
         # the pixels tried around a pivot p: p + (truncated offsets of one point per pixel of arc), sorted
         sample = np.arange(0, 360, 360.0 / (2 * self.radius * np.pi)) * np.pi / 180
         arc = np.stack([np.floor(np.sin(sample) * self.radius), np.floor(np.cos(sample) * self.radius)], axis=1)
         self.oy, self.ox = np.unique(arc.astype(int), axis=0).T
         self.offsets = list(zip(self.oy.tolist(), self.ox.tolist()))
-        self.flat = res * res + self.oy * res + self.ox  # into the room, state[1], of the flattened state
         self.directions = np.arctan2(self.oy, self.ox)
         self.turned = [flip(a) for a in self.directions]  # the angle a paddle is drawn along towards its pivot
-        self.box = (-self.oy.min(), res - self.oy.max(), -self.ox.min(), res - self.ox.max())
+        # pivots in `box` (top <= y < bottom, left <= x < right) have all offsets inside; the room
+        # at them is then `flat` past the state's pixel pivot - (top, left), flattened
+        top, left = -int(self.oy.min()), -int(self.ox.min())
+        self.box = top, res - int(self.oy.max()), left, res - int(self.ox.max())
+        self.flat = 2 * ((self.oy + top) * res + self.ox + left) + 1
         self._paddles, self._inks, self._kernels, self._first, self._courses, self._edge = {}, {}, {}, {}, {}, {}
         self.courses = [self.course(a) for a in self.directions]  # after a turn towards offset j
+        self.turned_paddles = [self.paddle(a) for a in self.turned]  # the paddle drawn towards offset j
 
     def paddle(self, angle):
         """A `_Paddle` along `angle`, drawn once."""
@@ -293,34 +337,6 @@ class _Kit:
             line = self.paddle(angle).line
             self._inks[key] = (line * contrast if contrast != 1.0 else line).astype(np.float32)
         return self._inks[key]
-
-    def merge(self, state, start, angle):
-        """Add a paddle's mask to the contours' mask and take its dilation out of the room;
-        return the part of the state changed."""
-        paddle, (y, x), res = self.paddle(angle), start, self.res
-        y0, y1, x0, x1 = paddle.box
-        y0, y1, x0, x1 = y + y0, y + y1, x + x0, x + x1
-        if y0 >= 0 and x0 >= 0 and y1 <= res and x1 <= res:
-            frame = (slice(None), slice(y0, y1), slice(x0, x1))
-            np.minimum(state[frame], paddle.stamp, out=state[frame])
-            return frame
-        frame = (slice(None), slice(max(y0, 0), min(y1, res)), slice(max(x0, 0), min(x1, res)))
-        part = (slice(None), slice(max(y0, 0) - y0, min(y1, res) - y0), slice(max(x0, 0) - x0, min(x1, res) - x0))
-        np.minimum(state[frame], paddle.stamp[part], out=state[frame])
-        return frame
-
-    def fits(self, state, start, angle):
-        """Whether a paddle's mask adds to the contours' mask nowhere up to `OVERLAP`: only its
-        pixels above OVERLAP - 1 can, since no mask exceeds 1."""
-        paddle, (y, x), res = self.paddle(angle), start, self.res
-        if not len(paddle.hot):
-            return True
-        y0, y1, x0, x1 = paddle.hot_box
-        if y + y0 >= 0 and x + x0 >= 0 and y + y1 <= res and x + x1 <= res:
-            return (paddle.hot - state.take(y * res + x + paddle.hot_flat)).max() < OVERLAP  # state[0]
-        hy, hx = paddle.hot_yx[0] + y, paddle.hot_yx[1] + x
-        inside = (hy >= 0) & (hy < res) & (hx >= 0) & (hx < res)
-        return not inside.any() or (paddle.hot[inside] - state[0][hy[inside], hx[inside]]).max() < OVERLAP
 
     def kernel(self, angle):
         """The seed kernel's pixels as offsets into a frame padded by length + margin, or None
@@ -341,27 +357,31 @@ class _Kit:
             frame_part, part = window((r + 1, r + 1), self.reach, frame.shape)
             frame[frame_part] = self.paddle(angle).mask[part]
             kernel = frame.astype(np.uint8)
-            reaches_all = np.isfinite(dilate(np.zeros((self.res, self.res)), kernel)).all()
+            # whether a pixel is reached depends only on its distances to the edges, capped at r:
+            # a window 2 r + 1 wide holds every case a wider one does
+            side = min(self.res, 2 * r + 1)
+            reaches_all = np.isfinite(dilate(np.zeros((side, side)), kernel)).all()
             self._kernels[angle] = np.nonzero(kernel) if reaches_all else None
         return self._kernels[angle]
 
-    def free_starts(self, lined, angle):
-        """Flat indices of the pixels where a seed at `angle` covers nothing of `lined` above 0.3
-        (the original: dilate by the seed kernel, keep `ceil(d - 0.3) == 0`); () if none."""
+    def free_starts(self, taken, angle):
+        """Flat indices of the pixels where a seed at `angle` covers no pixel `taken` (bool: the
+        lined mask above 0.3; the original: dilate the lined mask by the seed kernel, keep
+        `ceil(d - 0.3) == 0`); () if none."""
         kernel = self.kernel(angle)
         if kernel is None:
             return ()
         r, res = self.radius, self.res
-        padded = np.pad(lined, r, constant_values=-np.inf)
-        out = np.full(lined.shape, -np.inf)
+        padded = np.pad(taken, r)
+        covered = np.zeros_like(taken)
         for i, j in zip(*kernel):
-            np.maximum(out, padded[i:i + res, j:j + res], out=out)
-        return np.flatnonzero(out <= 0.3)
+            covered |= padded[i:i + res, j:j + res]
+        return np.flatnonzero(~covered)
 
     def first_starts(self, angle):
         """`free_starts` of the first target seed, whose lined mask is always the same."""
         if angle not in self._first:
-            self._first[angle] = self.free_starts(self.first_lined, angle)
+            self._first[angle] = self.free_starts(self.first_taken, angle)
         return self._first[angle]
 
     def near_edge(self, pivot):
@@ -369,7 +389,7 @@ class _Kit:
         if pivot not in self._edge:
             oy, ox = self.oy + pivot[0], self.ox + pivot[1]
             chosen = np.flatnonzero((oy >= 0) & (oy < self.res) & (ox >= 0) & (ox < self.res))
-            self._edge[pivot] = chosen, pivot[0] * self.res + pivot[1] + self.flat[chosen]
+            self._edge[pivot] = chosen, 2 * (oy[chosen] * self.res + ox[chosen]) + 1
         return self._edge[pivot]
 
     def course(self, heading):
@@ -390,13 +410,41 @@ def _kit(spec, margin):
     return _Kit(spec, margin)
 
 
+@functools.lru_cache(maxsize=16)
+def _marker_stamp(radius, antialias):
+    """`marker`'s dot in a window of its own, (2 h + 1)^2, and h."""
+    h = math.ceil(radius) + 8
+    return h, marker(2 * h + 1, (h, h), radius, antialias)
+
+
+def _marker(resolution, centre, radius, antialias):
+    """`marker`, the same pixels, from a stamp drawn once: a dot at least h from the edges is
+    shrunk the same anywhere, since the Lanczos filter's window (3 px either side of a pixel)
+    is then never cut by an edge where the dot's pixels reach."""
+    h, stamp = _marker_stamp(radius, antialias)
+    y, x = int(centre[0]), int(centre[1])
+    if not (h <= y < resolution - h and h <= x < resolution - h):
+        return marker(resolution, centre, radius, antialias)
+    out = np.zeros((resolution, resolution), np.uint8)
+    out[y - h:y + h + 1, x - h:x + h + 1] = stamp
+    return out
+
+
 class _Snake:
     """A contour being grown: where its next paddle hangs from, its heading's `course`, and its
-    paddles as (start, angle), the newest one's mask entering the contours' mask one step later."""
+    paddles as (start, angle), the newest one (`tip`, `last`) entering the contours' mask one
+    step later."""
 
     def __init__(self, kit, start, angle, pivot, contrast):
-        self.pivot, self.course, self.tip, self.contrast = pivot, kit.course(angle), start, contrast
+        self.pivot, self.course, self.contrast = pivot, kit.course(angle), contrast
+        self.tip, self.last = start, kit.paddle(angle)
         self.paddles = [(start, angle)]
+
+    def grow(self, state, head, angle, paddle, pivot, course):
+        """Add `paddle` from `head` along `angle`, merging the one before into `state`."""
+        self.last.merge(state, self.tip)
+        self.paddles.append((head, angle))
+        self.tip, self.last, self.pivot, self.course = head, paddle, pivot, course
 
 
 def _seed(kit, rng, free_starts, room=True):
@@ -419,92 +467,107 @@ def _seed(kit, rng, free_starts, room=True):
     return None
 
 
-def _extend(kit, rng, state, snake, changed):
-    """Add a paddle to `snake` as the original's `extend_snake` did (noting the parts of `state`
-    it changes in `changed`); False at a dead end."""
+def _extend(kit, rng, state, flat, snake):
+    """Add a paddle to `snake` as the original's `extend_snake` did; False at a dead end.
+    `flat` is `state` flattened (a view)."""
     weights, sy, sx = snake.course
     y, x = pivot = (math.ceil(snake.pivot[0] + sy), math.ceil(snake.pivot[1] + sx))  # translate()
-    res = kit.res
     top, bottom, left, right = kit.box
     if top <= y < bottom and left <= x < right:  # every offset is inside the window
         chosen = None
-        pmf = state.take(y * res + x + kit.flat) * weights
+        pmf = flat[2 * ((y - top) * kit.res + x - left):].take(kit.flat) * weights
     else:
-        chosen, flat = kit.near_edge(pivot)
+        chosen, at = kit.near_edge(pivot)
         if not len(chosen):
             return False
-        pmf = state.take(flat) * weights[chosen]
-    total = pmf.sum()
-    if total < 1e-4:
+        pmf = flat.take(at) * weights[chosen]
+    cmf = np.add.accumulate(pmf)  # pmf.cumsum(), but faster
+    total = cmf.item(-1)
+    if total < 1e-3 and pmf.sum() < 1e-4:  # the original's test, on its own (pairwise) sum
         return False
-    cmf = (pmf / total).cumsum()
     for _ in range(kit.spec.paddle_tries):
-        pick = int(cmf.searchsorted(rng.random(), side="right"))  # the first cmf > r ...
-        pick = pick if pick < len(cmf) else 0  # ... or, as argmax of all False, the first
+        pick = _pick(pmf, cmf, total, rng.random())
         if chosen is not None:
             pick = int(chosen[pick])
         dy, dx = kit.offsets[pick]
-        head, angle = (y + dy, x + dx), kit.turned[pick]
-        if kit.fits(state, head, angle):
-            changed.append(kit.merge(state, *snake.paddles[-1]))
-            snake.paddles.append((head, angle))
-            snake.pivot, snake.course, snake.tip = pivot, kit.courses[pick], head
+        head, paddle = (y + dy, x + dx), kit.turned_paddles[pick]
+        if paddle.fits(flat, head):
+            snake.grow(state, head, kit.turned[pick], paddle, pivot, kit.courses[pick])
             return True
     return False
+
+
+def _pick(pmf, cmf, total, r):
+    """The offset the original picks with draw `r`: the first i where cumsum(pmf / pmf.sum()) > r,
+    or 0 where there is none. Found here in `cmf`, the plain cumsum of pmf, and its last value
+    `total`, which saves two passes but rounds differently, by 1e-14 of total at most (tens of
+    terms): where r * total lies that close to a step of cmf, the original's way decides."""
+    target, slack = r * total, 1e-12 * total
+    i = int(cmf.searchsorted(target, side="right"))
+    if i < len(cmf) and cmf.item(i) > target + slack and (i == 0 or cmf.item(i - 1) < target - slack):
+        return i
+    i = int((pmf / pmf.sum()).cumsum().searchsorted(r, side="right"))
+    return i if i < len(pmf) else 0  # none: argmax of all False is the first
+
+
+def _second_seed(kit, rng, first):
+    """The second target's first paddle, `seed_distance` from the first's start in a drawn
+    direction: (start, angle, pivot), or None after `paddle_tries` that leave the window."""
+    spec, res = kit.spec, kit.res
+    for _ in range(spec.paddle_tries):
+        angle = random_angle(rng)
+        turn = int(rng.integers(0, 360)) * math.pi / 180
+        start = (round(first[0] + spec.seed_distance * math.sin(turn)),
+                 round(first[1] + spec.seed_distance * math.cos(turn)))
+        head = translate(start, angle, kit.length)
+        pivot = translate(head, flip(angle), kit.radius)
+        if 0 <= head[0] < res and 0 <= head[1] < res and 0 <= pivot[0] < res and 0 <= pivot[1] < res:
+            return start, angle, pivot
+    return None
 
 
 def _targets(kit, rng):
     """The two targets, grown alternately from seeds `seed_distance` apart: (snakes, state),
     or None at a dead end (the original then starts both over)."""
-    spec, res = kit.spec, kit.res
     seed = _seed(kit, rng, kit.first_starts)
     if seed is None:
         return None
-    snakes = [_Snake(kit, *seed, spec.target_contrast)]
-    for _ in range(spec.paddle_tries):
-        angle = random_angle(rng)
-        turn = int(rng.integers(0, 360)) * math.pi / 180
-        start = (round(seed[0][0] + spec.seed_distance * math.sin(turn)),
-                 round(seed[0][1] + spec.seed_distance * math.cos(turn)))
-        head = translate(start, angle, kit.length)
-        pivot = translate(head, flip(angle), kit.radius)
-        if 0 <= head[0] < res and 0 <= head[1] < res and 0 <= pivot[0] < res and 0 <= pivot[1] < res:
-            snakes.append(_Snake(kit, start, angle, pivot, spec.target_contrast))
-            break
-    else:
+    second = _second_seed(kit, rng, seed[0])
+    if second is None:
         return None
-    state, changed = kit.scratch, []
-    for _ in range(spec.contour_length - 1):
+    snakes = [_Snake(kit, *seed, kit.spec.target_contrast), _Snake(kit, *second, kit.spec.target_contrast)]
+    state = kit.scratch
+    flat = state.reshape(-1)
+    for _ in range(kit.spec.contour_length - 1):
         for snake in snakes:
-            if not _extend(kit, rng, state, snake, changed):
-                for frame in changed:  # undone, cheaper than a fresh copy for each of many tries
-                    state[frame] = kit.empty[frame]
+            if not _extend(kit, rng, state, flat, snake):
+                np.copyto(state, kit.empty)  # a copy of the whole state is cheaper than undoing paddles
                 return None
-    kit.merge(state, *snakes[1].paddles[-1])  # as the original: the second target's last paddle only
+    snakes[1].last.merge(state, snakes[1].tip)  # as the original: the second target's last paddle only
     kit.scratch = kit.empty.copy()
     return snakes, state
 
 
 def _distractor(kit, rng, state, room):
     """One distractor contour: (snake, the state with it), or None where it does not fit."""
-    lined = []
+    taken = []  # the mask above 0.3, and the window's edge (the original's "lined" mask)
 
     def free_starts(angle):
         if kit.kernel(angle) is None:
             return ()
-        if not lined:
-            lined.append(-state[0])
-            lined[0][0], lined[0][-1], lined[0][:, 0], lined[0][:, -1] = 1, 1, 1, 1
-        return kit.free_starts(lined[0], angle)
+        if not taken:
+            taken.append(state[..., 0] < -0.3)
+            taken[0][0], taken[0][-1], taken[0][:, 0], taken[0][:, -1] = True, True, True, True
+        return kit.free_starts(taken[0], angle)
 
     seed = _seed(kit, rng, free_starts, room)
     if seed is None:
         return None
     snake, state = _Snake(kit, *seed, kit.spec.distractor_contrast), state.copy()
     for _ in range(kit.spec.distractor_length - 1):
-        if not _extend(kit, rng, state, snake, []):
+        if not _extend(kit, rng, state, state.reshape(-1), snake):
             return None
-    kit.merge(state, *snake.paddles[-1])
+    snake.last.merge(state, snake.tip)
     return snake, state
 
 
@@ -522,7 +585,7 @@ def draw(spec, rng, label):
     targets, state = found
     contours = list(targets)
     for _ in range(spec.n_distractors):
-        room = np.count_nonzero(state[0] >= -0.3) / res ** 2 >= spec.min_free  # the mask <= 0.3
+        room = np.count_nonzero(state[..., 0] >= -0.3) / res ** 2 >= spec.min_free  # the mask <= 0.3
         for _ in range(spec.distractor_tries):
             drawn = _distractor(kit, rng, state, room)
             if drawn is not None:
@@ -537,7 +600,7 @@ def draw(spec, rng, label):
     first = int(rng.integers(0, 2))
     dots = np.array([targets[first].paddles[0][0], targets[first if label else 1 - first].tip])
     ends = [np.array([(s, translate(s, a, kit.length)) for s, a in snake.paddles]) for snake in contours]
-    return Drawing(finish(image, dots, spec), int(label), dots, ends, margin)
+    return Drawing(finish(image, dots, spec, _marker), int(label), dots, ends, margin)
 
 
 def sample(spec, seed, batch, index, label):
