@@ -89,6 +89,21 @@ class Residual(nn.Module):
         return x if self.prenorm else self.norm(x, mask)
 
 
+class ResidualStack(nn.Module):
+    """`n_layers` residual blocks around `make_mixer()`, then a final norm when pre-norm (after
+    post-norm blocks the last block's norm is the last step): (B, L, d_model) -> (B, L, d_model)."""
+
+    def __init__(self, make_mixer, d_model, n_layers, dropout=0.0, norm="layer", prenorm=False):
+        super().__init__()
+        self.layers = nn.ModuleList(Residual(make_mixer(), d_model, dropout, norm, prenorm) for _ in range(n_layers))
+        self.norm = make_norm(norm, d_model) if prenorm else None
+
+    def forward(self, x, mask=None):
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x if self.norm is None else self.norm(x, mask)
+
+
 class GLU(nn.Module):
     """Position-wise output projection: Linear(d, 2d), then a * sigmoid(b)."""
 

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lra.kernels.selective_scan import selective_scan, selective_scan_step
-from lra.models.blocks import Residual, make_norm, zero_pads
+from lra.models.blocks import ResidualStack, zero_pads
 from lra.registry import register_model
 
 
@@ -138,7 +138,7 @@ class MambaLayer(nn.Module):
 
 
 @register_model("mamba")
-class Mamba(nn.Module):
+class Mamba(ResidualStack):
     """A stack of pre-norm residual Mamba mixers with a final norm, (B, L, d_model) -> (B, L, d_model).
 
     d_state: N per channel. d_conv: width of the causal conv. expand: E = expand * d_model.
@@ -148,18 +148,8 @@ class Mamba(nn.Module):
 
     def __init__(self, d_model=128, n_layers=4, d_state=16, d_conv=4, expand=2, dt_rank="auto",
                  dropout=0.0, bidirectional=True, norm="layer", prenorm=True):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            Residual(MambaLayer(d_model, d_state, d_conv, expand, dt_rank, bidirectional),
-                     d_model, dropout, norm, prenorm)
-            for _ in range(n_layers)
-        )
+        super().__init__(lambda: MambaLayer(d_model, d_state, d_conv, expand, dt_rank, bidirectional),
+                         d_model, n_layers, dropout, norm, prenorm)
         with torch.no_grad():  # GPT-2 style, as in Mamba: shrink each residual branch's output by sqrt(n_layers)
             for layer in self.layers:
                 layer.mixer.out_proj.weight.div_(math.sqrt(n_layers))
-        self.norm = make_norm(norm, d_model) if prenorm else None
-
-    def forward(self, x, mask=None):
-        for layer in self.layers:
-            x = layer(x, mask)
-        return x if self.norm is None else self.norm(x, mask)

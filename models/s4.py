@@ -50,7 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lra.kernels.cauchy import cauchy
-from lra.models.blocks import GLU, LongConv, Residual, make_norm
+from lra.models.blocks import GLU, LongConv, ResidualStack
 from lra.registry import register_model
 
 
@@ -190,7 +190,7 @@ class S4Layer(LongConv):
 
 
 @register_model("s4")
-class S4(nn.Module):
+class S4(ResidualStack):
     """A stack of residual S4 layers (the S4 LRA block), (B, L, d_model) -> (B, L, d_model).
 
     d_state: N, the state size per channel (N/2 complex modes). norm: "layer" | "batch"; prenorm
@@ -200,15 +200,5 @@ class S4(nn.Module):
 
     def __init__(self, d_model=128, n_layers=4, d_state=64, dropout=0.0, bidirectional=True,
                  norm="layer", prenorm=False, lr=1e-3, dt_min=1e-3, dt_max=1e-1):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            Residual(S4Layer(d_model, d_state, dropout, bidirectional, lr, dt_min, dt_max), d_model, dropout,
-                     norm, prenorm)
-            for _ in range(n_layers)
-        )
-        self.norm = make_norm(norm, d_model) if prenorm else None
-
-    def forward(self, x, mask=None):
-        for layer in self.layers:
-            x = layer(x, mask)
-        return x if self.norm is None else self.norm(x, mask)
+        super().__init__(lambda: S4Layer(d_model, d_state, dropout, bidirectional, lr, dt_min, dt_max),
+                         d_model, n_layers, dropout, norm, prenorm)

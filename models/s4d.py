@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lra.kernels.vandermonde import vandermonde
-from lra.models.blocks import GLU, LongConv, Residual, make_norm
+from lra.models.blocks import GLU, LongConv, ResidualStack
 from lra.registry import register_model
 
 
@@ -129,7 +129,7 @@ class S4DLayer(LongConv):
 
 
 @register_model("s4d")
-class S4D(nn.Module):
+class S4D(ResidualStack):
     """A stack of residual S4D layers (the S4 LRA block), (B, L, d_model) -> (B, L, d_model).
 
     d_state: N, the state size per channel (N/2 complex modes). init: "legs" | "inv" | "lin".
@@ -138,14 +138,5 @@ class S4D(nn.Module):
 
     def __init__(self, d_model=128, n_layers=4, d_state=64, dropout=0.0, bidirectional=True,
                  init="legs", norm="layer", prenorm=False, lr=1e-3):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            Residual(S4DLayer(d_model, d_state, dropout, bidirectional, init, lr), d_model, dropout, norm, prenorm)
-            for _ in range(n_layers)
-        )
-        self.norm = make_norm(norm, d_model) if prenorm else None
-
-    def forward(self, x, mask=None):
-        for layer in self.layers:
-            x = layer(x, mask)
-        return x if self.norm is None else self.norm(x, mask)
+        super().__init__(lambda: S4DLayer(d_model, d_state, dropout, bidirectional, init, lr),
+                         d_model, n_layers, dropout, norm, prenorm)
