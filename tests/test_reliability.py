@@ -39,9 +39,11 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(lra, tmp_p
     [killed] = load_results(tmp_path / "leaderboard" / "runs")
     assert killed["status"] == "running"  # nothing ran to mark it: that is what SIGKILL means
 
-    assert lra("train", f"resume={run_dir}").code == 0
+    # resume=auto is what `lra sweep --resume` adds: the dead process's `running` record is continued
+    assert lra("train", *EPOCHS, "runs_dir=killed", "resume=auto").code == 0
     assert lra("train", *EPOCHS, "runs_dir=straight").code == 0
     records = load_results(tmp_path / "leaderboard" / "runs")
+    assert len(records) == 2  # the killed run's own file was completed, not a new one started
     resumed = next(r for r in records if r["run_id"] == killed["run_id"])
     straight = next(r for r in records if r["run_id"] != killed["run_id"])
     assert resumed["status"] == straight["status"] == "completed"
