@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from conftest import run_steps
 from torch.nn import functional as F
 
 from lra.kernels.selective_scan import selective_scan, selective_scan_chunked, selective_scan_reference, selective_scan_step
@@ -102,11 +103,7 @@ def test_step_equals_forward(B):
     u = torch.randn(B, 37, 8, dtype=torch.float64)
     with torch.no_grad():
         y = layer(u)  # (B, L, H)
-        state, ys = layer.default_state(B), []
-        for t in range(u.shape[1]):
-            y_t, state = layer.step(u[:, t], state)
-            ys.append(y_t)
-    err = rel_err(torch.stack(ys, 1), y)
+        err = rel_err(run_steps(layer, u), y)
     assert err < 1e-12, f"step vs forward: rel err {err:.1e}"
 
 

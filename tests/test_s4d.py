@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import run_steps
 
 from lra.kernels.vandermonde import vandermonde, vandermonde_reference
 from lra.models.s4d import S4D, S4DLayer, init_imag
@@ -55,12 +56,7 @@ def test_convolution_equals_recurrence(L, B):
     u = torch.randn(B, L, 8, dtype=torch.float64)
     with torch.no_grad():
         y_conv = layer(u)  # (B, L, H)
-        layer.setup_step()
-        state, ys = layer.default_state(B), []
-        for t in range(L):
-            y_t, state = layer.step(u[:, t], state)
-            ys.append(y_t)
-    assert rel_err(y_conv, torch.stack(ys, 1)) < 1e-10  # float64 reaches ~1e-15
+        assert rel_err(y_conv, run_steps(layer, u)) < 1e-10  # float64 reaches ~1e-15
 
 
 def test_step_needs_a_causal_layer():
