@@ -7,10 +7,10 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test leaderboard data bench lint clean
+.PHONY: help install train test leaderboard data bench kernels-check lint clean
 
 help:  ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/lra: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ data: install  ## generate full ListOps (96K/2K/2K) under ./data/listops and tok
 
 bench: install  ## time one block of every model (fwd+bwd, B8 L1024 D128 N64, one thread) -> benchmarks/results/; `lra bench kernels|train`: docs/performance.md
 	OMP_NUM_THREADS=1 $(BIN)/lra bench layers
+
+kernels-check: install  ## compile every Triton kernel for an H100 (sm_90) without a GPU: shared memory, registers, spills
+	env -u TRITON_INTERPRET OMP_NUM_THREADS=1 $(BIN)/python -m lra.kernels.compile_check $(ARGS)
 
 lint: install  ## check style with ruff (CI runs it after the tests)
 	$(BIN)/ruff check .

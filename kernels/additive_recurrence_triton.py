@@ -331,20 +331,27 @@ def _noncausal_bwd(q, k, v, g, mask, do, state, lse, dq, dk, dv, dg, L, DK, DV, 
 
 
 def _causal_blocks(dk, dv, chunk=None):
-    """(chunk, key block, value block, warps): all keys in one block (at most 256), values in blocks."""
+    """(chunk, key block, value block, warps): all keys in one block (at most 256), values in blocks.
+
+    Chunks of 16 steps and value blocks of 32 (16 past 128 keys) on 8 warps: the largest that compile
+    for sm_90 without spilling registers up to 128 keys (python -m lra.kernels.compile_check).
+    """
     if chunk is not None and (chunk < 16 or chunk & (chunk - 1)):
         raise ValueError(f"chunk={chunk} must be a power of two of at least 16 (tl.dot's smallest block)")
     bk = max(16, triton.next_power_of_2(dk))
     if bk > 256:
         raise ValueError(f"the causal Triton kernel holds all d_k={dk} key channels of a head in one block and "
                          "takes at most 256; use fewer channels per head or set LRA_KERNELS=reference")
-    bv = max(16, min(64 if bk <= 128 else 32, triton.next_power_of_2(dv)))
-    return chunk or (64 if bk <= 64 else 32), bk, bv, 4 if bk <= 64 else 8
+    bv = max(16, min(32 if bk <= 128 else 16, triton.next_power_of_2(dv)))
+    return chunk or 16, bk, bv, 8
 
 
 def _noncausal_blocks(dk, dv):
-    """(steps per block, key block, value block, warps): each key channel's softmax is its own, so keys split too."""
-    return 32, max(16, min(64, triton.next_power_of_2(dk))), max(16, min(32, triton.next_power_of_2(dv))), 4
+    """(steps per block, key block, value block, warps): each key channel's softmax is its own, so keys split too.
+
+    The largest blocks that compile for sm_90 without spilling registers (python -m lra.kernels.compile_check).
+    """
+    return 16, max(16, min(64, triton.next_power_of_2(dk))), max(16, min(32, triton.next_power_of_2(dv))), 4
 
 
 def _precision(dtype):

@@ -256,18 +256,22 @@ def _dq(Q, K, V, DO, DQ, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb,
 def _configs(d, dtype):
     """Tile sizes and launch options of the forward, dk/dv and dq kernels for head dim d and an input dtype.
 
-    Under the interpreter: small tiles, with BLOCK_M != BLOCK_N so the tests cover uneven ones.
+    Under the interpreter: small tiles, with BLOCK_M != BLOCK_N so the tests cover uneven ones. On a GPU:
+    the largest tiles that compile for sm_90 without spilling registers (python -m lra.kernels.compile_check).
     """
     if interpreting():
         return {"fwd": dict(BLOCK_M=32, BLOCK_N=16), "dkdv": dict(BLOCK_M=16, BLOCK_N=32),
                 "dq": dict(BLOCK_M=32, BLOCK_N=16)}
-    if dtype == torch.float32:  # twice the bytes per tile: smaller tiles, fewer stages
-        return {"fwd": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
-                "dkdv": dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=2),
-                "dq": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)}
+    if dtype == torch.float32:  # IEEE dots run on the FMA units and hold more per thread: smaller tiles
+        if d > 64:
+            tile = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+            return {"fwd": tile, "dkdv": tile, "dq": tile}
+        return {"fwd": dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2),
+                "dkdv": dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2),
+                "dq": dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2)}
     warps = 8 if d > 64 else 4
     return {"fwd": dict(BLOCK_M=128, BLOCK_N=64, num_warps=warps, num_stages=3),
-            "dkdv": dict(BLOCK_M=32, BLOCK_N=128 if d <= 64 else 64, num_warps=warps, num_stages=3),
+            "dkdv": dict(BLOCK_M=32, BLOCK_N=128 if d <= 64 else 64, num_warps=8, num_stages=3),
             "dq": dict(BLOCK_M=128 if d <= 64 else 64, BLOCK_N=32, num_warps=warps, num_stages=3)}
 
 

@@ -47,8 +47,8 @@ def check(fast, reference, args, device, dtype=torch.float32, tol=1e-5, grad_tol
 
 CAUSAL_CASES = {  # B, H, L, d_k, d_v, gain shape, chunk
     "3 chunks of 16, gain (L, d_k)": (1, 2, 37, 6, 5, (37, 6), 16),
-    "batch 3, 2 chunks of 64, no gain": (3, 1, 100, 12, 20, None, None),
-    "2 value blocks, gain (B, 1, L, d_k)": (2, 1, 70, 20, 70, (2, 1, 70, 20), None),
+    "batch 3, 2 chunks of 64, no gain": (3, 1, 100, 12, 20, None, 64),
+    "3 value blocks, gain (B, 1, L, d_k)": (2, 1, 70, 20, 70, (2, 1, 70, 20), None),
 }
 
 
@@ -78,7 +78,7 @@ def test_causal_large_keys_stay_exact(triton_device, keys):
 
 NONCAUSAL_CASES = {  # B, H, L, d_k, d_v, gain shape, lengths (None: no mask), key scale
     "ragged lengths with an empty row": (3, 2, 37, 6, 5, (37, 6), [37, 11, 0], 3.0),
-    "4 chunks, 3 value blocks, no mask": (1, 1, 100, 12, 70, None, None, 3.0),
+    "7 blocks of 16 steps, 3 value blocks, no mask": (1, 1, 100, 12, 70, None, None, 3.0),
     "2 key blocks, keys of 50, ragged": (2, 1, 70, 70, 9, (2, 1, 70, 70), [70, 33], 50.0),
 }
 

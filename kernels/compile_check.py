@@ -1,0 +1,214 @@
+"""Compile every Triton kernel for a CUDA GPU on a machine that has none.
+
+Triton lowers a kernel all the way to a cubin with the ptxas it ships, no driver needed. This module
+stands in a driver that reports the target GPU, runs each kernel family's launcher, forward and backward,
+on CPU tensors at the head and state sizes the experiments use, and compiles each launch instead of
+running it. It catches, before any GPU time is spent, what the interpreter cannot: code the compiler
+rejects (dot shapes, dtypes), tiles needing more shared memory than the GPU has, and register spills
+(a stack frame: with 255 registers full, the rest lives in slow local memory).
+
+    python -m lra.kernels.compile_check                  # H100/H200 (sm_90), every family
+    python -m lra.kernels.compile_check --arch 80 --families attention
+
+Run it in a process where TRITON_INTERPRET is unset (the interpreter replaces the kernels at import).
+The launchers' outputs are left uninitialised: only the compiled kernels are looked at.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes of shared memory a block may opt into
+
+
+@dataclass
+class Compiled:
+    family: str
+    case: str
+    kernel: str
+    warps: int
+    stages: int
+    shared: int  # bytes
+    registers: int  # per thread
+    stack: int  # bytes per thread: spilled registers
+
+
+class _CompileOnlyDriver:
+    """Enough of Triton's driver for a launch to compile for `arch` and stop there."""
+
+    def __init__(self, arch):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+
+def _resources(cubin):
+    """(registers, stack bytes) per thread of a cubin, read with the cuobjdump Triton ships."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True)
+    fields = dict(item.split(":", 1) for line in out.stdout.splitlines() if "REG:" in line for item in line.split())
+    return int(fields["REG"]), int(fields["STACK"])
+
+
+def _attention(dtype, sizes):
+    import torch
+
+    from lra.kernels.attention_triton import flash_attention
+
+    for d, causal in sizes:
+        q, k, v = (torch.randn(2, 2, 100, d, dtype=dtype, requires_grad=True) for _ in range(3))
+        yield f"d={d}{' causal' if causal else ''}", partial(flash_attention, q, k, v, torch.tensor([100, 60]), causal)
+
+
+def _selective_scan(dtype, sizes):
+    import torch
+
+    from lra.kernels.selective_scan_triton import selective_scan_triton
+
+    for N in sizes:
+        x, dt = (torch.rand(2, 256, 50, dtype=dtype, requires_grad=True) for _ in range(2))
+        B, C = (torch.randn(2, N, 50, dtype=dtype, requires_grad=True) for _ in range(2))
+        A, D = -torch.rand(256, N, requires_grad=True), torch.ones(256, requires_grad=True)
+        yield f"N={N}", partial(selective_scan_triton, x, dt, A, B, C, D)
+
+
+def _additive_recurrence(dtype, sizes):
+    """LightNet's shapes: with LRPE a head of width w has 2w keys (a gain per position) and w values."""
+    import torch
+
+    from lra.kernels.additive_recurrence_triton import causal_triton, noncausal_triton
+
+    for width in sizes:
+        q, k = (torch.randn(2, 2, 50, 2 * width, dtype=dtype, requires_grad=True) for _ in range(2))
+        v = torch.randn(2, 2, 50, width, dtype=dtype, requires_grad=True)
+        gain, mask = torch.randn(50, 2 * width, dtype=dtype), torch.arange(50) < torch.tensor([[50], [30]])
+        yield f"w={width} causal", partial(causal_triton, q, k, v, gain)
+        yield f"w={width}", partial(noncausal_triton, q, k, v, mask, gain)
+
+
+def _vandermonde(dtype, sizes):
+    import torch
+
+    from lra.kernels.vandermonde_triton import vandermonde_triton
+
+    for modes in sizes:
+        C = torch.randn(2, 16, modes, dtype=torch.complex64, requires_grad=True)
+        dtA = torch.complex(-torch.rand(16, modes), torch.randn(16, modes)).requires_grad_()
+        yield f"modes={modes}", partial(vandermonde_triton, C, dtA, 100)
+
+
+def _cauchy(dtype, sizes):
+    import torch
+
+    from lra.kernels.cauchy_triton import cauchy_triton
+
+    for conj in sizes:
+        v = torch.randn(4, 16, 32, dtype=torch.complex64, requires_grad=True)
+        w = torch.randn(16, 32, dtype=torch.complex64, requires_grad=True)
+        z = torch.randn(51, dtype=torch.complex64)
+        yield "conj" if conj else "plain", partial(cauchy_triton, v, z, w, conj)
+
+
+ATTENTION_SIZES = [(d, causal) for d in (16, 32, 64, 128) for causal in (False, True)]  # the experiments: 16-64
+FAMILIES = {  # family: (cases, the dtypes its models run it in, sizes, the sizes of a --quick check)
+    "attention": (_attention, ("float32", "bfloat16"), ATTENTION_SIZES, [(64, True), (128, False)]),
+    "selective_scan": (_selective_scan, ("float32", "bfloat16"), (4, 16, 64), (16,)),  # state sizes
+    "additive_recurrence": (_additive_recurrence, ("float32", "bfloat16"), (26, 34, 40, 64, 72), (64,)),  # head widths
+    "vandermonde": (_vandermonde, ("float32",), (2, 32), (32,)),  # S4D's N / 2 for state 4 and 64
+    "cauchy": (_cauchy, ("float32",), (False, True), (True,)),
+}
+
+
+def compile_all(arch=90, families=tuple(FAMILIES), quick=False):
+    """Compile each family's kernels for sm_`arch`, forward and backward; yields a Compiled per launch."""
+    if os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0"):
+        raise RuntimeError("TRITON_INTERPRET is set: the kernels are interpreted, not compiled; "
+                           "run the compile check in a process without it")
+    import torch
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown kernel families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
+    launches, launch = [], JITFunction.run
+
+    def compile_instead(self, *args, grid, warmup, **kwargs):
+        kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
+        launches.append((self.fn.__name__, kernel))
+        return kernel
+
+    previous = driver._active
+    driver.set_active(_CompileOnlyDriver(arch))
+    JITFunction.run = compile_instead
+    try:
+        for family in families:
+            cases, dtypes, sizes, quick_sizes = FAMILIES[family]
+            for dtype_name in dtypes:
+                for case, run in cases(getattr(torch, dtype_name), quick_sizes if quick else sizes):
+                    launches.clear()
+                    run().real.sum().backward()
+                    for name, kernel in launches:
+                        meta = kernel.metadata
+                        registers, stack = _resources(kernel.asm["cubin"])
+                        yield Compiled(family, f"{dtype_name} {case}", name, meta.num_warps, meta.num_stages,
+                                       meta.shared, registers, stack)
+    finally:
+        JITFunction.run = launch
+        driver._active = previous  # None: built on first use, as before
+
+
+def over_shared_memory(results, arch):
+    """The launches that need more shared memory than sm_`arch` gives a block: they would fail to launch."""
+    limit = SHARED_LIMIT.get(arch)
+    return [r for r in results if limit is not None and r.shared > limit]
+
+
+def spilled(results):
+    """The launches whose registers spill to local memory: they run, slower."""
+    return [r for r in results if r.stack]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m lra.kernels.compile_check", description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10: 90 H100/H200, 80 A100")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--quick", action="store_true", help="one or two sizes per family instead of all")
+    parser.add_argument("--strict", action="store_true", help="fail on spilled registers too, not only on "
+                        "launches over the shared memory limit")
+    args = parser.parse_args(argv)
+    results = []
+    print(f"{'family':<20} {'case':<28} {'kernel':<18} warps stages shared_B regs stack_B")
+    for r in compile_all(args.arch, args.families, args.quick):
+        results.append(r)
+        print(f"{r.family:<20} {r.case:<28} {r.kernel:<18} {r.warps:>5} {r.stages:>6} {r.shared:>8} "
+              f"{r.registers:>4} {r.stack:>7}", flush=True)
+    too_big, spills = over_shared_memory(results, args.arch), spilled(results)
+    print(f"\n{len(results)} launches compiled for sm_{args.arch}")
+    for r in too_big:
+        print(f"  too big: {r.family} {r.case} {r.kernel} needs {r.shared} B of shared memory, "
+              f"sm_{args.arch} has {SHARED_LIMIT[args.arch]}")
+    for r in spills:
+        print(f"  spills: {r.family} {r.case} {r.kernel}: {r.registers} registers and {r.stack} B of stack a thread")
+    return 1 if too_big or (args.strict and spills) else 0
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Every Triton kernel compiles for an H100 (sm_90) on this GPU-less machine (lra.kernels.compile_check):
+forward and backward, float32 and bfloat16, within the shared memory a block may use, and spilling
+registers only where docs/performance.md says so."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lra.kernels.compile_check import FAMILIES, Compiled, compile_all, over_shared_memory, spilled
+
+pytestmark = pytest.mark.kernels
+
+KNOWN_SPILLS = {("additive_recurrence", "_causal_bwd_dkv"),  # the causal reverse walk (docs/performance.md)
+                ("vandermonde", "_backward_kernel")}  # 8 bytes
+KERNELS = {"attention": {"_fwd", "_delta", "_dkdv", "_dq"}, "selective_scan": {"_scan_fwd", "_scan_bwd"},
+           "additive_recurrence": {"_causal_fwd", "_causal_bwd_dq", "_causal_bwd_dkv", "_noncausal_fwd", "_noncausal_bwd"},
+           "vandermonde": {"_forward_kernel", "_backward_kernel"}, "cauchy": {"_forward_kernel", "_backward_kernel"}}
+
+
+def test_every_kernel_compiles_for_sm90_within_its_limits():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled, not interpreted
+    script = ("import dataclasses, json; from lra.kernels.compile_check import compile_all; "
+              "print(json.dumps([dataclasses.asdict(r) for r in compile_all(90, quick=True)]))")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = [Compiled(**r) for r in json.loads(run.stdout.splitlines()[-1])]
+
+    assert {r.family for r in results} == set(FAMILIES)
+    for family, kernels in KERNELS.items():
+        assert {r.kernel for r in results if r.family == family} == kernels
+    for case in {(r.family, r.case) for r in results}:  # each case's forward and backward
+        assert len([r for r in results if (r.family, r.case) == case]) >= 2, case
+    assert all(r.registers > 0 and r.warps > 0 for r in results)
+    assert over_shared_memory(results, 90) == []
+    assert {(r.family, r.kernel) for r in spilled(results)} <= KNOWN_SPILLS, [
+        dataclasses.astuple(r) for r in spilled(results)]
+
+
+def test_the_compile_check_refuses_to_run_interpreted(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="run the compile check in a process without it"):
+        next(compile_all(90))
+
+
+def test_an_unknown_family_is_named(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="unknown kernel families \\['flashy'\\]; known: attention"):
+        next(compile_all(90, ["flashy"]))
+
+
+def test_over_the_limit_and_spills_are_reported():
+    fits = Compiled("attention", "bfloat16 d=64", "_fwd", 4, 3, 65536, 200, 0)
+    too_big = dataclasses.replace(fits, shared=300_000)
+    spills = dataclasses.replace(fits, registers=255, stack=416)
+    assert over_shared_memory([fits, too_big, spills], 90) == [too_big]
+    assert over_shared_memory([fits], 86) == []  # 64 KiB fits an sm_86 block (99 KiB)
+    assert spilled([fits, too_big, spills]) == [spills]
