@@ -6,20 +6,21 @@ z_t = logcumsumexp(k)_t per key channel and an optional gain g (1 without one):
     causal:      o_t = sum_j q_tj sum_{s<=t} exp(k_sj - z_tj) g_sj v_s
     non-causal:  o_t = q_t^T S,    S = sum_s softmax_s(k)_s g_s v_s^T      (softmax over the real positions)
 
-Causal, chunked like gated linear attention: one program per (batch x head, block of value
-channels) walks the sequence in chunks of C steps, carrying the state S_e = sum_{s<=e}
-exp(k_s - z_e) g_s v_s^T (d_k x d_v, in registers) normalised at the last step e seen. In a chunk:
-  - z: an associative scan of logaddexp over the chunk's keys, from the previous chunk's z_e
-    (a running max of k with its sum, so no exp overflows);
-  - intra-chunk: the (C, C) scores (q_t exp(m - z_t)) . (exp(k_s - m) g_s) for s <= t, one tl.dot,
-    with the mid reference m = (z_first + z_last) / 2: each factor is at most exp(R / 2), R the
-    rise of z in the chunk;
-  - inter-chunk: q_t exp(z_e - z_t) S_e, then S <- exp(z_e - z_e') S_e + sum_s exp(k_s - z_e') g_s v_s^T.
-Every factor but the two intra-chunk ones is <= 1. A chunk whose rise R passes RISE (where exp(R / 2)
-leaves float32's accurate range) runs the recurrence one step at a time instead: exact for keys of any size.
-
-Backward: a forward walk recomputes S and gives dq; a reverse walk carries
-dS_e = sum_{t>e} q_t exp(z_e - z_t) do_t^T and gives dv, dg and, per key channel,
+Causal, chunked like gated linear attention, with z = logcumsumexp(k) from torch. The state
+S_e = sum_{s<=e} exp(k_s - z_e) g_s v_s^T (d_k x d_v) is normalised at the step e it was taken, so
+every factor that carries it forward, exp(z_e - z_e') and exp(k_s - z_e'), is at most 1:
+  1. _causal_states walks the chunks of C steps once per (key block, value block), writing S before
+     each chunk: S <- exp(z_prev - z_last) S + sum_s exp(k_s - z_last) g_s v_s^T;
+  2. _causal_out computes every chunk at once: q_t exp(z_prev - z_t) S_prev, plus the (C, C) scores
+     inside the chunk, (q_t exp(ref - z_t)) . (exp(k_s - ref) g_s) for s <= t, summed over key blocks
+     in one tl.dot each, with ref = (z_first + z_last) / 2 so each factor is at most exp(R / 2), R the
+     rise of z in the chunk. A key block whose rise passes RISE (where exp(R / 2) leaves float32's
+     accurate range) takes the scores one key step at a time instead: exact for keys of any size.
+Every program but the walks' has one chunk, so a sequence gives L / C times the parallel work of
+one walk; the states (B H L/C d_k d_v floats) are kept for the backward.
+Backward, the same way: dq per chunk from S_prev and the scores; a reverse walk writes, after each
+chunk, D_e = sum_{t>e} q_t exp(z_e - z_t) do_t^T and C_e = sum_{t>e} exp(z_e - z_t) q_t dq_t; then
+per chunk dv, dg and, per key channel,
 
     dk_u = g_u dg_u - exp(k_u - z_u) c_u,      c_u = sum_{t>=u} exp(z_u - z_t) q_t dq_t.
 
@@ -42,16 +43,12 @@ import torch
 import triton
 import triton.language as tl
 
+from lra.kernels.dispatch import interpreting
+
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 NEG = tl.constexpr(-3.4028234663852886e38)  # float32's lowest: a key of weight 0, never -inf (no inf - inf)
 # the largest rise R of z in a chunk for the one-dot form: exp(R / 2) * tiny stays below eps (R < ~143)
 RISE = tl.constexpr(2 * (math.log(torch.finfo(torch.float32).eps) - math.log(torch.finfo(torch.float32).tiny)))
-
-
-@triton.jit
-def _logaddexp(a, b):
-    hi = tl.maximum(a, b)
-    return hi + tl.log(1.0 + tl.exp(tl.minimum(a, b) - hi))
 
 
 @triton.jit
@@ -77,166 +74,230 @@ def _load_z(z, offsets, inside, rows, L):
 
 
 @triton.jit
-def _causal_fwd(q, k, v, g, o, z, L, DK, DV, H, sgb, sgh, sgt, sgc,
-                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                HAS_GAIN: tl.constexpr, STORE_Z: tl.constexpr, PRECISION: tl.constexpr):
-    iv, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    steps, ck, cv = tl.arange(0, BT), tl.arange(0, BK), iv * BV + tl.arange(0, BV)
-    q, k, z = q + bh * L * DK, k + bh * L * DK, z + bh * L * DK
-    v, o = v + bh * L * DV, o + bh * L * DV
-    g += (bh // H) * sgb + (bh % H) * sgh
-    causal = steps[:, None] >= steps[None, :]  # (t, s)
-    S = tl.zeros((BK, BV), tl.float32)  # normalised at z_prev
-    z_prev = tl.full((BK,), NEG, tl.float32)
-    z_rows = tl.where(iv == 0, L, 0)  # the first value block writes z
-    for start in range(0, L, BT):
-        rows = start + steps
-        mk = (rows[:, None] < L) & (ck[None, :] < DK)  # (BT, BK)
-        mv = (rows[:, None] < L) & (cv[None, :] < DV)  # (BT, BV)
-        pk, pv = rows[:, None] * DK + ck[None, :], rows[:, None] * DV + cv[None, :]
-        qc = tl.load(q + pk, mask=mk, other=0.0).to(tl.float32)
-        kc = tl.where(mk, tl.load(k + pk, mask=mk, other=0.0).to(tl.float32), NEG)
-        vc = tl.load(v + pv, mask=mv, other=0.0).to(tl.float32)
-        gc = _load_gain(g, rows, ck, mk, sgt, sgc, HAS_GAIN)
-        zc = _logaddexp(z_prev[None, :], tl.associative_scan(kc, 0, _logaddexp))  # (BT, BK), rising
-        z_first, z_last = tl.min(zc, 0), tl.max(zc, 0)
-        if tl.max(z_last - z_first, 0) < RISE:
-            ref = z_first + (z_last - z_first) * 0.5
-            scores = tl.dot(qc * tl.exp(ref[None, :] - zc), tl.trans(tl.exp(kc - ref[None, :]) * gc),
-                            input_precision=PRECISION)  # (BT, BT)
-            oc = tl.dot(tl.where(causal, scores, 0.0), vc, input_precision=PRECISION)
-            oc += tl.dot(qc * tl.exp(z_prev[None, :] - zc), S, input_precision=PRECISION)
-            S = S * tl.exp(z_prev - z_last)[:, None] + tl.dot(tl.trans(tl.exp(kc - z_last[None, :]) * gc), vc,
-                                                              input_precision=PRECISION)
-        else:  # one step at a time: S_t = exp(z_{t-1} - z_t) S_{t-1} + exp(k_t - z_t) g_t v_t^T, o_t = S_t^T q_t
-            oc = tl.zeros((BT, BV), tl.float32)
-            z_t = z_prev
-            for i in range(BT):
-                here = steps[:, None] == i
-                z_s, z_t = z_t, _row(zc, here)
-                key = tl.exp(_row(kc, here) - z_t) * _row(gc, here)  # (BK,)
-                S = S * tl.exp(z_s - z_t)[:, None] + key[:, None] * _row(vc, here)[None, :]
-                oc = tl.where(here, tl.sum(_row(qc, here)[:, None] * S, 0)[None, :], oc)
-        tl.store(o + pv, oc, mask=mv)
-        if STORE_Z:
-            tl.store(z + pk, zc, mask=(rows[:, None] < z_rows) & (ck[None, :] < DK))
-        z_prev = z_last
+def _chunk_start(z, ck, c, BT: tl.constexpr, DK):
+    """z one step before chunk c, per key channel (NEG before the first chunk)."""
+    before = ck < tl.where(c > 0, DK, 0)
+    return tl.where(before, tl.load(z + (c * BT - 1) * DK + ck, mask=before, other=0.0), NEG)
 
 
 @triton.jit
-def _causal_bwd_dq(k, v, g, z, do, dq, L, DK, DV, H, sgb, sgh, sgt, sgc,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   HAS_GAIN: tl.constexpr, PRECISION: tl.constexpr):
-    """dq_t = sum_{s<=t} exp(k_s - z_t) g_s (do_t . v_s), this block of value channels' share."""
-    iv, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    steps, ck, cv = tl.arange(0, BT), tl.arange(0, BK), iv * BV + tl.arange(0, BV)
-    k, z = k + bh * L * DK, z + bh * L * DK
-    dq += (iv * tl.num_programs(1) + bh) * L * DK
-    v, do = v + bh * L * DV, do + bh * L * DV
+def _causal_states(k, v, g, z, states, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_GAIN: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    """S before each chunk, normalised at the step before it: S <- exp(z_prev - z_last) S + sum exp(k - z_last) g v^T."""
+    ik, iv, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    steps, ck, cv = tl.arange(0, BT), ik * BK + tl.arange(0, BK), iv * BV + tl.arange(0, BV)
+    k, z, v = k + bh * L * DK, z + bh * L * DK, v + bh * L * DV
     g += (bh // H) * sgb + (bh % H) * sgh
-    causal = steps[:, None] >= steps[None, :]
+    states += bh * NT * DK * DV + ck[:, None] * DV + cv[None, :]
+    ms = (ck[:, None] < DK) & (cv[None, :] < DV)
     S = tl.zeros((BK, BV), tl.float32)
     z_prev = tl.full((BK,), NEG, tl.float32)
-    for start in range(0, L, BT):
-        rows = start + steps
+    for c in range(NT):
+        tl.store(states + c * DK * DV, S, mask=ms)
+        rows = c * BT + steps
         mk = (rows[:, None] < L) & (ck[None, :] < DK)
-        mv = (rows[:, None] < L) & (cv[None, :] < DV)
-        pk, pv = rows[:, None] * DK + ck[None, :], rows[:, None] * DV + cv[None, :]
+        pk = rows[:, None] * DK + ck[None, :]
         kc = tl.where(mk, tl.load(k + pk, mask=mk, other=0.0).to(tl.float32), NEG)
-        vc = tl.load(v + pv, mask=mv, other=0.0).to(tl.float32)
-        doc = tl.load(do + pv, mask=mv, other=0.0).to(tl.float32)
+        vc = _load_tile(v, rows, cv, L, DV)
         gc = _load_gain(g, rows, ck, mk, sgt, sgc, HAS_GAIN)
-        zc, z_last = _load_z(z, pk, mk, rows, L)
-        z_first = tl.min(zc, 0)
-        if tl.max(z_last - z_first, 0) < RISE:
-            ref = z_first + (z_last - z_first) * 0.5
-            dp = tl.where(causal, tl.dot(doc, tl.trans(vc), input_precision=PRECISION), 0.0)  # (t, s)
-            dqc = tl.exp(ref[None, :] - zc) * tl.dot(dp, tl.exp(kc - ref[None, :]) * gc, input_precision=PRECISION)
-            dqc += tl.exp(z_prev[None, :] - zc) * tl.dot(doc, tl.trans(S), input_precision=PRECISION)
-            S = S * tl.exp(z_prev - z_last)[:, None] + tl.dot(tl.trans(tl.exp(kc - z_last[None, :]) * gc), vc,
-                                                              input_precision=PRECISION)
-        else:
-            dqc = tl.zeros((BT, BK), tl.float32)
-            z_t = z_prev
-            for i in range(BT):
-                here = steps[:, None] == i
-                z_s, z_t = z_t, _row(zc, here)
-                key = tl.exp(_row(kc, here) - z_t) * _row(gc, here)
-                S = S * tl.exp(z_s - z_t)[:, None] + key[:, None] * _row(vc, here)[None, :]
-                dqc = tl.where(here, tl.sum(S * _row(doc, here)[None, :], 1)[None, :], dqc)
-        tl.store(dq + pk, dqc, mask=mk)
+        _, z_last = _load_z(z, pk, mk, rows, L)
+        S = S * tl.exp(z_prev - z_last)[:, None] + tl.dot(tl.trans(tl.exp(kc - z_last[None, :]) * gc), vc,
+                                                          input_precision=PRECISION)
         z_prev = z_last
 
 
 @triton.jit
-def _causal_bwd_dkv(q, k, v, g, z, do, dq, dk, dv, dg, L, DK, DV, H, sgb, sgh, sgt, sgc,
-                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    HAS_GAIN: tl.constexpr, STORE_DG: tl.constexpr, PRECISION: tl.constexpr):
-    """The reverse walk: dv (whole), and this value block's share of dg and dk (block 0 adds the c term)."""
-    iv, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    steps, ck, cv = tl.arange(0, BT), tl.arange(0, BK), iv * BV + tl.arange(0, BV)
-    q, k, z, dq = q + bh * L * DK, k + bh * L * DK, z + bh * L * DK, dq + bh * L * DK
-    share = (iv * tl.num_programs(1) + bh) * L * DK
-    dk, dg = dk + share, dg + share
-    v, do, dv = v + bh * L * DV, do + bh * L * DV, dv + bh * L * DV
+def _chunk_keys(k, g, z, rows, ck, c, L, DK, sgt, sgc, BT: tl.constexpr, HAS_GAIN: tl.constexpr):
+    """A chunk's keys (NEG outside), gains, z (z_last past the end), z_last, z before the chunk, and the
+    reference ref = (z_first + z_last) / 2 of the one-dot form with whether every channel's rise allows it."""
+    mk = (rows[:, None] < L) & (ck[None, :] < DK)
+    pk = rows[:, None] * DK + ck[None, :]
+    kc = tl.where(mk, tl.load(k + pk, mask=mk, other=0.0).to(tl.float32), NEG)
+    gc = _load_gain(g, rows, ck, mk, sgt, sgc, HAS_GAIN)
+    zc, z_last = _load_z(z, pk, mk, rows, L)
+    z_first = tl.min(zc, 0)
+    one_dot = tl.max(z_last - z_first, 0) < RISE
+    return kc, gc, zc, z_last, _chunk_start(z, ck, c, BT, DK), z_first + (z_last - z_first) * 0.5, one_dot
+
+
+@triton.jit
+def _load_tile(x, rows, cols, L, D):
+    """x[rows, cols] of a (L, D) matrix in float32, 0 outside."""
+    return tl.load(x + rows[:, None] * D + cols[None, :], mask=(rows[:, None] < L) & (cols[None, :] < D),
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _causal_out(q, k, v, g, z, states, o, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
+                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_GAIN: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """One chunk's outputs, all chunks at once: the state before it, plus the scores inside it."""
+    iv, c, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    steps, cv = tl.arange(0, BT), iv * BV + tl.arange(0, BV)
+    rows = c * BT + steps
+    q, k, z, v, o = q + bh * L * DK, k + bh * L * DK, z + bh * L * DK, v + bh * L * DV, o + bh * L * DV
     g += (bh // H) * sgb + (bh % H) * sgh
-    causal = steps[:, None] >= steps[None, :]
-    dS = tl.zeros((BK, BV), tl.float32)  # sum over later chunks of q_t exp(z_e - z_t) do_t^T
-    C = tl.zeros((BK,), tl.float32)  # sum over later chunks of exp(z_e - z_t) q_t dq_t
-    n = tl.cdiv(L, BT)
-    for back in range(n):
-        start = (n - 1 - back) * BT
-        rows = start + steps
+    states += (bh * NT + c) * DK * DV
+    vc = _load_tile(v, rows, cv, L, DV)
+    causal = steps[:, None] >= steps[None, :]  # (t, s)
+    oc = tl.zeros((BT, BV), tl.float32)
+    scores = tl.zeros((BT, BT), tl.float32)
+    for kb in range(0, DK, BK):
+        ck = kb + tl.arange(0, BK)
+        kc, gc, zc, z_last, z_prev, ref, one_dot = _chunk_keys(k, g, z, rows, ck, c, L, DK, sgt, sgc, BT, HAS_GAIN)
+        qc = _load_tile(q, rows, ck, L, DK)
+        S = _load_tile(states, ck, cv, DK, DV)
+        oc += tl.dot(qc * tl.exp(z_prev[None, :] - zc), S, input_precision=PRECISION)
+        if one_dot:
+            scores += tl.dot(qc * tl.exp(ref[None, :] - zc), tl.trans(tl.exp(kc - ref[None, :]) * gc),
+                             input_precision=PRECISION)
+        else:  # step by step: exp(k_s - z_t) <= 1 for s <= t, exact for keys of any size
+            for s in range(BT):
+                here = steps[:, None] == s
+                key = tl.exp(tl.minimum(_row(kc, here)[None, :] - zc, 0.0)) * _row(gc, here)[None, :]
+                weight = tl.where(steps >= s, tl.sum(qc * key, 1), 0.0)  # (t,)
+                oc += weight[:, None] * _row(vc, here)[None, :]
+    oc += tl.dot(tl.where(causal, scores, 0.0), vc, input_precision=PRECISION)
+    tl.store(o + rows[:, None] * DV + cv[None, :], oc, mask=(rows[:, None] < L) & (cv[None, :] < DV))
+
+
+@triton.jit
+def _causal_dq(k, v, g, z, states, do, dq, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
+               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_GAIN: tl.constexpr,
+               PRECISION: tl.constexpr):
+    """dq_t = sum_{s<=t} exp(k_s - z_t) g_s (do_t . v_s): the state before the chunk, plus the chunk."""
+    ik, c, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    steps, ck = tl.arange(0, BT), ik * BK + tl.arange(0, BK)
+    rows = c * BT + steps
+    k, z, dq, v, do = k + bh * L * DK, z + bh * L * DK, dq + bh * L * DK, v + bh * L * DV, do + bh * L * DV
+    g += (bh // H) * sgb + (bh % H) * sgh
+    states += (bh * NT + c) * DK * DV
+    kc, gc, zc, z_last, z_prev, ref, one_dot = _chunk_keys(k, g, z, rows, ck, c, L, DK, sgt, sgc, BT, HAS_GAIN)
+    dp = tl.zeros((BT, BT), tl.float32)  # do_t . v_s
+    dqc = tl.zeros((BT, BK), tl.float32)
+    for vb in range(0, DV, BV):
+        cv = vb + tl.arange(0, BV)
+        vc, doc = _load_tile(v, rows, cv, L, DV), _load_tile(do, rows, cv, L, DV)
+        S = _load_tile(states, ck, cv, DK, DV)
+        dp += tl.dot(doc, tl.trans(vc), input_precision=PRECISION)
+        dqc += tl.dot(doc, tl.trans(S), input_precision=PRECISION)
+    dqc *= tl.exp(z_prev[None, :] - zc)
+    dp = tl.where(steps[:, None] >= steps[None, :], dp, 0.0)
+    if one_dot:
+        dqc += tl.exp(ref[None, :] - zc) * tl.dot(dp, tl.exp(kc - ref[None, :]) * gc, input_precision=PRECISION)
+    else:
+        for s in range(BT):
+            here = steps[:, None] == s
+            key = tl.exp(tl.minimum(_row(kc, here)[None, :] - zc, 0.0)) * _row(gc, here)[None, :]
+            dqc += tl.sum(tl.where(steps[None, :] == s, dp, 0.0), 1)[:, None] * key  # dp[:, s]
+    tl.store(dq + rows[:, None] * DK + ck[None, :], dqc, mask=(rows[:, None] < L) & (ck[None, :] < DK))
+
+
+@triton.jit
+def _causal_states_back(q, z, do, dq, dstates, cstates, L, DK, DV, NT,
+                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
+    """After each chunk, normalised at its last step z_e: D = sum_{t>e} q_t exp(z_e - z_t) do_t^T and
+    C = sum_{t>e} exp(z_e - z_t) q_t dq_t (value block 0 writes C), walking the chunks backwards."""
+    ik, iv, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    steps, ck, cv = tl.arange(0, BT), ik * BK + tl.arange(0, BK), iv * BV + tl.arange(0, BV)
+    q, z, dq, do = q + bh * L * DK, z + bh * L * DK, dq + bh * L * DK, do + bh * L * DV
+    dstates += bh * NT * DK * DV + ck[:, None] * DV + cv[None, :]
+    cstates += bh * NT * DK + ck
+    ms = (ck[:, None] < DK) & (cv[None, :] < DV)
+    c_cols = tl.where(iv == 0, DK, 0)
+    D = tl.zeros((BK, BV), tl.float32)
+    C = tl.zeros((BK,), tl.float32)
+    for back in range(NT):
+        c = NT - 1 - back
+        tl.store(dstates + c * DK * DV, D, mask=ms)
+        tl.store(cstates + c * DK, C, mask=ck < c_cols)
+        rows = c * BT + steps
         mk = (rows[:, None] < L) & (ck[None, :] < DK)
-        mv = (rows[:, None] < L) & (cv[None, :] < DV)
-        pk, pv = rows[:, None] * DK + ck[None, :], rows[:, None] * DV + cv[None, :]
-        qc = tl.load(q + pk, mask=mk, other=0.0).to(tl.float32)
-        kc = tl.where(mk, tl.load(k + pk, mask=mk, other=0.0).to(tl.float32), NEG)
-        vc = tl.load(v + pv, mask=mv, other=0.0).to(tl.float32)
-        doc = tl.load(do + pv, mask=mv, other=0.0).to(tl.float32)
-        gc = _load_gain(g, rows, ck, mk, sgt, sgc, HAS_GAIN)
-        r = qc * tl.load(dq + pk, mask=mk, other=0.0)  # (BT, BK)
+        pk = rows[:, None] * DK + ck[None, :]
+        qc, doc = _load_tile(q, rows, ck, L, DK), _load_tile(do, rows, cv, L, DV)
+        r = qc * _load_tile(dq, rows, ck, L, DK)
         zc, z_last = _load_z(z, pk, mk, rows, L)
-        z_first = tl.min(zc, 0)
-        before = ck < tl.where(start > 0, DK, 0)  # z one step before the chunk, if any
-        z_prev = tl.where(before, tl.load(z + (start - 1) * DK + ck, mask=before, other=0.0), NEG)
-        if tl.max(z_last - z_first, 0) < RISE:
-            ref = z_first + (z_last - z_first) * 0.5
-            qs, kr = qc * tl.exp(ref[None, :] - zc), tl.exp(kc - ref[None, :])
-            scores = tl.where(causal, tl.dot(qs, tl.trans(kr * gc), input_precision=PRECISION), 0.0)  # (t, s)
-            dp = tl.where(causal, tl.dot(doc, tl.trans(vc), input_precision=PRECISION), 0.0)  # (t, s)
-            kl = tl.exp(kc - z_last[None, :])
-            dvc = tl.dot(tl.trans(scores), doc, input_precision=PRECISION)
-            dvc += tl.dot(kl * gc, dS, input_precision=PRECISION)
-            dgc = kr * tl.dot(tl.trans(dp), qs, input_precision=PRECISION)
-            dgc += kl * tl.dot(vc, tl.trans(dS), input_precision=PRECISION)
-            cc = tl.exp(zc - ref[None, :]) * tl.cumsum(tl.exp(ref[None, :] - zc) * r, 0, reverse=True)
-            cc += tl.exp(zc - z_last[None, :]) * C[None, :]
-            decay, qp = tl.exp(z_prev - z_last), tl.exp(z_prev[None, :] - zc)
-            dS = dS * decay[:, None] + tl.dot(tl.trans(qc * qp), doc, input_precision=PRECISION)
-            C = C * decay + tl.sum(r * qp, 0)
-        else:  # one step at a time, backwards; dS and C normalised at z_t while at step t
-            dvc = tl.zeros((BT, BV), tl.float32)
-            dgc = tl.zeros((BT, BK), tl.float32)
-            cc = tl.zeros((BT, BK), tl.float32)
-            for i in range(BT):
-                t = BT - 1 - i
+        z_prev = _chunk_start(z, ck, c, BT, DK)
+        qp, decay = tl.exp(z_prev[None, :] - zc), tl.exp(z_prev - z_last)
+        D = D * decay[:, None] + tl.dot(tl.trans(qc * qp), doc, input_precision=PRECISION)
+        C = C * decay + tl.sum(r * qp, 0)
+
+
+@triton.jit
+def _causal_dv(q, k, g, z, dstates, do, dv, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
+               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_GAIN: tl.constexpr,
+               PRECISION: tl.constexpr):
+    """dv_s = sum_{t>=s} sum_j q_tj exp(k_sj - z_tj) g_sj do_t: the chunk's scores, plus D after it."""
+    iv, c, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    steps, cv = tl.arange(0, BT), iv * BV + tl.arange(0, BV)
+    rows = c * BT + steps
+    q, k, z, do, dv = q + bh * L * DK, k + bh * L * DK, z + bh * L * DK, do + bh * L * DV, dv + bh * L * DV
+    g += (bh // H) * sgb + (bh % H) * sgh
+    dstates += (bh * NT + c) * DK * DV
+    doc = _load_tile(do, rows, cv, L, DV)
+    dvc = tl.zeros((BT, BV), tl.float32)
+    scores = tl.zeros((BT, BT), tl.float32)  # (t, s)
+    for kb in range(0, DK, BK):
+        ck = kb + tl.arange(0, BK)
+        kc, gc, zc, z_last, _, ref, one_dot = _chunk_keys(k, g, z, rows, ck, c, L, DK, sgt, sgc, BT, HAS_GAIN)
+        qc = _load_tile(q, rows, ck, L, DK)
+        D = _load_tile(dstates, ck, cv, DK, DV)
+        dvc += tl.dot(tl.exp(kc - z_last[None, :]) * gc, D, input_precision=PRECISION)
+        if one_dot:
+            scores += tl.dot(qc * tl.exp(ref[None, :] - zc), tl.trans(tl.exp(kc - ref[None, :]) * gc),
+                             input_precision=PRECISION)
+        else:
+            for t in range(BT):
                 here = steps[:, None] == t
-                z_t = _row(zc, here)
-                z_s = tl.where(t == 0, z_prev, _row(zc, steps[:, None] == t - 1))
-                dS += _row(qc, here)[:, None] * _row(doc, here)[None, :]
-                C += _row(r, here)
-                key = tl.exp(_row(kc, here) - z_t)
-                dvc = tl.where(here, tl.sum((key * _row(gc, here))[:, None] * dS, 0)[None, :], dvc)
-                dgc = tl.where(here, (key * tl.sum(dS * _row(vc, here)[None, :], 1))[None, :], dgc)
-                cc = tl.where(here, C[None, :], cc)
-                back_one = tl.exp(z_s - z_t)
-                dS, C = dS * back_one[:, None], C * back_one
-        dkc = gc * dgc - tl.where(iv == 0, tl.exp(kc - zc) * cc, 0.0)
-        tl.store(dv + pv, dvc, mask=mv)
-        tl.store(dk + pk, dkc, mask=mk)
-        if STORE_DG:
-            tl.store(dg + pk, dgc, mask=mk)
+                key = tl.exp(tl.minimum(kc - _row(zc, here)[None, :], 0.0)) * gc  # (s, j)
+                weight = tl.where(steps <= t, tl.sum(key * _row(qc, here)[None, :], 1), 0.0)  # (s,)
+                dvc += weight[:, None] * _row(doc, here)[None, :]
+    dvc += tl.dot(tl.trans(tl.where(steps[:, None] >= steps[None, :], scores, 0.0)), doc, input_precision=PRECISION)
+    tl.store(dv + rows[:, None] * DV + cv[None, :], dvc, mask=(rows[:, None] < L) & (cv[None, :] < DV))
+
+
+@triton.jit
+def _causal_dk(q, k, v, g, z, dstates, cstates, do, dq, dk, dg, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
+               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_GAIN: tl.constexpr,
+               STORE_DG: tl.constexpr, PRECISION: tl.constexpr):
+    """dg_sj = sum_{t>=s} exp(k_sj - z_tj) q_tj (do_t . v_s) and dk = g dg - exp(k - z) c, with
+    c_u = sum_{t>=u} exp(z_u - z_t) q_t dq_t: the chunk's part, plus D and C after it."""
+    ik, c, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    steps, ck = tl.arange(0, BT), ik * BK + tl.arange(0, BK)
+    rows = c * BT + steps
+    q, k, z, dq = q + bh * L * DK, k + bh * L * DK, z + bh * L * DK, dq + bh * L * DK
+    dk, dg, v, do = dk + bh * L * DK, dg + bh * L * DK, v + bh * L * DV, do + bh * L * DV
+    g += (bh // H) * sgb + (bh % H) * sgh
+    dstates += (bh * NT + c) * DK * DV
+    kc, gc, zc, z_last, _, ref, one_dot = _chunk_keys(k, g, z, rows, ck, c, L, DK, sgt, sgc, BT, HAS_GAIN)
+    qc = _load_tile(q, rows, ck, L, DK)
+    r = qc * _load_tile(dq, rows, ck, L, DK)
+    dp = tl.zeros((BT, BT), tl.float32)  # (t, s): do_t . v_s
+    vD = tl.zeros((BT, BK), tl.float32)  # (s, j): v_s . D_j
+    for vb in range(0, DV, BV):
+        cv = vb + tl.arange(0, BV)
+        vc, doc = _load_tile(v, rows, cv, L, DV), _load_tile(do, rows, cv, L, DV)
+        D = _load_tile(dstates, ck, cv, DK, DV)
+        dp += tl.dot(doc, tl.trans(vc), input_precision=PRECISION)
+        vD += tl.dot(vc, tl.trans(D), input_precision=PRECISION)
+    dp = tl.where(steps[:, None] >= steps[None, :], dp, 0.0)
+    dgc = tl.exp(kc - z_last[None, :]) * vD
+    cc = tl.exp(zc - z_last[None, :]) * tl.load(cstates + (bh * NT + c) * DK + ck, mask=ck < DK, other=0.0)[None, :]
+    if one_dot:
+        qs = qc * tl.exp(ref[None, :] - zc)
+        dgc += tl.exp(kc - ref[None, :]) * tl.dot(tl.trans(dp), qs, input_precision=PRECISION)
+        cc += tl.exp(zc - ref[None, :]) * tl.cumsum(tl.exp(ref[None, :] - zc) * r, 0, reverse=True)
+    else:
+        for t in range(BT):
+            here = steps[:, None] == t
+            z_t = _row(zc, here)[None, :]
+            dgc += tl.exp(tl.minimum(kc - z_t, 0.0)) * _row(qc, here)[None, :] * _row(dp, here)[:, None]
+            cc += tl.where(steps[:, None] <= t, tl.exp(tl.minimum(zc - z_t, 0.0)) * _row(r, here)[None, :], 0.0)
+    mk = (rows[:, None] < L) & (ck[None, :] < DK)
+    tl.store(dk + rows[:, None] * DK + ck[None, :], gc * dgc - tl.exp(kc - zc) * cc, mask=mk)
+    if STORE_DG:
+        tl.store(dg + rows[:, None] * DK + ck[None, :], dgc, mask=mk)
 
 
 @triton.jit
@@ -331,19 +392,16 @@ def _noncausal_bwd(q, k, v, g, mask, do, state, lse, dq, dk, dv, dg, L, DK, DV, 
 
 
 def _causal_blocks(dk, dv, chunk=None):
-    """(chunk, key block, value block, warps): all keys in one block (at most 256), values in blocks.
+    """(chunk, key block, value block, warps); the kernels loop over the key and value blocks they need whole.
 
-    Chunks of 16 steps and value blocks of 32 (16 past 128 keys) on 8 warps: the largest that compile
-    for sm_90 without spilling registers up to 128 keys (python -m lra.kernels.compile_check).
+    On a GPU, chunks of 64 and blocks of 32 on 8 warps: none of the six kernels spills registers on sm_90
+    (python -m lra.kernels.compile_check). Under the interpreter, blocks of 16, so the tests cover several.
     """
     if chunk is not None and (chunk < 16 or chunk & (chunk - 1)):
         raise ValueError(f"chunk={chunk} must be a power of two of at least 16 (tl.dot's smallest block)")
-    bk = max(16, triton.next_power_of_2(dk))
-    if bk > 256:
-        raise ValueError(f"the causal Triton kernel holds all d_k={dk} key channels of a head in one block and "
-                         "takes at most 256; use fewer channels per head or set LRA_KERNELS=reference")
-    bv = max(16, min(32 if bk <= 128 else 16, triton.next_power_of_2(dv)))
-    return chunk or 16, bk, bv, 8
+    widest = 16 if interpreting() else 32
+    bk, bv = (max(16, min(widest, triton.next_power_of_2(d))) for d in (dk, dv))
+    return chunk or 64, bk, bv, 8
 
 
 def _noncausal_blocks(dk, dv):
@@ -380,7 +438,8 @@ def _gain_args(gain, k):
 
 
 def _reduce_gain(dg, gain):
-    return dg.sum(0).sum_to_size(gain.shape).to(gain.dtype)
+    """The gain's gradient from dg (B, H, L, d_k), summed over the dimensions the gain broadcasts along."""
+    return dg.sum_to_size(gain.shape).to(gain.dtype)
 
 
 class _Causal(torch.autograd.Function):
@@ -390,35 +449,44 @@ class _Causal(torch.autograd.Function):
         B, H, L, d_k = q.shape
         d_v = v.shape[-1]
         bt, bk, bv, warps = _causal_blocks(d_k, d_v, chunk)
+        n_chunks = triton.cdiv(L, bt)
         g, gs = _gain_args(gain, k)
+        z = torch.logcumsumexp(k.float(), dim=2)  # (B, H, L, d_k) float32
+        states = torch.empty(B * H, n_chunks, d_k, d_v, device=q.device, dtype=torch.float32)  # before each chunk
+        common = dict(BT=bt, BK=bk, BV=bv, HAS_GAIN=gain is not None, PRECISION=_precision(q.dtype), num_warps=warps)
+        _causal_states[(triton.cdiv(d_k, bk), triton.cdiv(d_v, bv), B * H)](
+            k, v, g, z, states, L, d_k, d_v, H, n_chunks, *gs, **common)
         o = torch.empty_like(v)
-        store_z = any(ctx.needs_input_grad[:4])
-        z = torch.empty(B, H, L, d_k, device=q.device, dtype=torch.float32) if store_z else o
-        _causal_fwd[(triton.cdiv(d_v, bv), B * H)](
-            q, k, v, g, o, z, L, d_k, d_v, H, *gs, BT=bt, BK=bk, BV=bv, HAS_GAIN=gain is not None,
-            STORE_Z=store_z, PRECISION=_precision(q.dtype), num_warps=warps)
-        ctx.save_for_backward(q, k, v, gain, z)
-        ctx.blocks = bt, bk, bv, warps
+        _causal_out[(triton.cdiv(d_v, bv), n_chunks, B * H)](q, k, v, g, z, states, o, L, d_k, d_v, H, n_chunks, *gs,
+                                                              **common)
+        ctx.save_for_backward(q, k, v, gain, z, states)
+        ctx.common = common
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, gain, z = ctx.saved_tensors
-        do = do.contiguous()
+        q, k, v, gain, z, states = ctx.saved_tensors
+        do, common = do.contiguous(), ctx.common
         B, H, L, d_k = q.shape
-        d_v = v.shape[-1]
-        bt, bk, bv, warps = ctx.blocks
+        d_v, n_chunks = v.shape[-1], states.shape[1]
+        key_blocks, value_blocks = triton.cdiv(d_k, common["BK"]), triton.cdiv(d_v, common["BV"])
         g, gs = _gain_args(gain, k)
-        grid = (triton.cdiv(d_v, bv), B * H)
-        common = dict(BT=bt, BK=bk, BV=bv, HAS_GAIN=gain is not None, PRECISION=_precision(q.dtype), num_warps=warps)
-        dq = _shares(grid[0], q)
-        _causal_bwd_dq[grid](k, v, g, z, do, dq, L, d_k, d_v, H, *gs, **common)
-        dq = dq.sum(0)  # (B, H, L, d_k) float32
+        dq = torch.empty(B, H, L, d_k, device=q.device, dtype=torch.float32)
+        _causal_dq[(key_blocks, n_chunks, B * H)](k, v, g, z, states, do, dq, L, d_k, d_v, H, n_chunks, *gs, **common)
+        after, after_c = torch.empty_like(states), torch.empty(B * H, n_chunks, d_k, device=q.device,
+                                                               dtype=torch.float32)
+        _causal_states_back[(key_blocks, value_blocks, B * H)](
+            q, z, do, dq, after, after_c, L, d_k, d_v, n_chunks, BT=common["BT"], BK=common["BK"], BV=common["BV"],
+            PRECISION=common["PRECISION"], num_warps=common["num_warps"])
+        dv = torch.empty_like(v)
+        _causal_dv[(value_blocks, n_chunks, B * H)](q, k, g, z, after, do, dv, L, d_k, d_v, H, n_chunks, *gs,
+                                                    **common)
         store_dg = gain is not None and ctx.needs_input_grad[3]
-        dk, dv = _shares(grid[0], q), torch.empty_like(v)
-        dg = _shares(grid[0], q) if store_dg else dk
-        _causal_bwd_dkv[grid](q, k, v, g, z, do, dq, dk, dv, dg, L, d_k, d_v, H, *gs, STORE_DG=store_dg, **common)
-        return dq.to(q.dtype), dk.sum(0).to(k.dtype), dv, _reduce_gain(dg, gain) if store_dg else None, None
+        dk = torch.empty(B, H, L, d_k, device=q.device, dtype=torch.float32)
+        dg = torch.empty_like(dk) if store_dg else dk
+        _causal_dk[(key_blocks, n_chunks, B * H)](q, k, v, g, z, after, after_c, do, dq, dk, dg, L, d_k, d_v, H,
+                                                  n_chunks, *gs, STORE_DG=store_dg, **common)
+        return dq.to(q.dtype), dk.to(k.dtype), dv, _reduce_gain(dg, gain) if store_dg else None, None
 
 
 class _NonCausal(torch.autograd.Function):
@@ -456,7 +524,7 @@ class _NonCausal(torch.autograd.Function):
             q, k, v, g, m, do.contiguous(), state, lse, dq, dk, dv, dg, L, d_k, d_v, H, *gs, BT=bt, BK=bk, BV=bv,
             HAS_GAIN=gain is not None, HAS_MASK=ctx.has_mask, STORE_DG=store_dg, PRECISION=_precision(q.dtype),
             num_warps=warps)
-        dgain = _reduce_gain(dg, gain) if store_dg else None
+        dgain = _reduce_gain(dg.sum(0), gain) if store_dg else None
         return dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.sum(0).to(v.dtype), None, dgain
 
 

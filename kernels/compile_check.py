@@ -97,9 +97,10 @@ def _additive_recurrence(dtype, sizes):
     from lra.kernels.additive_recurrence_triton import causal_triton, noncausal_triton
 
     for width in sizes:
-        q, k = (torch.randn(2, 2, 50, 2 * width, dtype=dtype, requires_grad=True) for _ in range(2))
-        v = torch.randn(2, 2, 50, width, dtype=dtype, requires_grad=True)
-        gain, mask = torch.randn(50, 2 * width, dtype=dtype), torch.arange(50) < torch.tensor([[50], [30]])
+        L = 300  # several chunks: a loop over one chunk would be specialised away
+        q, k = (torch.randn(2, 2, L, 2 * width, dtype=dtype, requires_grad=True) for _ in range(2))
+        v = torch.randn(2, 2, L, width, dtype=dtype, requires_grad=True)
+        gain, mask = torch.randn(L, 2 * width, dtype=dtype), torch.arange(L) < torch.tensor([[L], [180]])
         yield f"w={width} causal", partial(causal_triton, q, k, v, gain)
         yield f"w={width}", partial(noncausal_triton, q, k, v, mask, gain)
 

@@ -47,8 +47,8 @@ def check(fast, reference, args, device, dtype=torch.float32, tol=1e-5, grad_tol
 
 CAUSAL_CASES = {  # B, H, L, d_k, d_v, gain shape, chunk
     "3 chunks of 16, gain (L, d_k)": (1, 2, 37, 6, 5, (37, 6), 16),
-    "batch 3, 2 chunks of 64, no gain": (3, 1, 100, 12, 20, None, 64),
-    "3 value blocks, gain (B, 1, L, d_k)": (2, 1, 70, 20, 70, (2, 1, 70, 20), None),
+    "batch 3, 2 chunks of 64, 2 value blocks, no gain": (3, 1, 100, 12, 20, None, 64),
+    "2 key blocks, 5 value blocks, gain (B, 1, L, d_k)": (2, 1, 70, 20, 70, (2, 1, 70, 20), None),
 }
 
 
@@ -68,7 +68,7 @@ def test_causal_large_keys_stay_exact(triton_device, keys):
     chunks (the one-dot branch); keys of +-500 put every chunk on the step-by-step branch."""
     from lra.kernels.additive_recurrence_triton import causal_triton
 
-    q, k, v, gain = inputs(2, 1, 60, 6, 5, (60, 6), key_scale=500.0 if keys == "500" else 3.0)
+    q, k, v, gain = inputs(2, 1, 60, 20, 5, (60, 20), key_scale=500.0 if keys == "500" else 3.0)  # 2 key blocks
     if keys == "ramp":
         k[:, :, 20:36] += 40.0 * torch.arange(16, dtype=torch.float64)[:, None]
     check(lambda q, k, v, g: causal_triton(q, k, v, g, chunk=16),

@@ -13,10 +13,11 @@ from lra.kernels.compile_check import FAMILIES, Compiled, compile_all, over_shar
 
 pytestmark = pytest.mark.kernels
 
-KNOWN_SPILLS = {("additive_recurrence", "_causal_bwd_dkv"),  # the causal reverse walk (docs/performance.md)
+KNOWN_SPILLS = {("additive_recurrence", "_causal_states_back"),  # float32: 8-40 bytes (docs/performance.md)
                 ("vandermonde", "_backward_kernel")}  # 8 bytes
 KERNELS = {"attention": {"_fwd", "_delta", "_dkdv", "_dq"}, "selective_scan": {"_scan_fwd", "_scan_bwd"},
-           "additive_recurrence": {"_causal_fwd", "_causal_bwd_dq", "_causal_bwd_dkv", "_noncausal_fwd", "_noncausal_bwd"},
+           "additive_recurrence": {"_causal_states", "_causal_out", "_causal_dq", "_causal_states_back", "_causal_dv",
+                                   "_causal_dk", "_noncausal_fwd", "_noncausal_bwd"},
            "vandermonde": {"_forward_kernel", "_backward_kernel"}, "cauchy": {"_forward_kernel", "_backward_kernel"}}
 
 
