@@ -24,11 +24,12 @@ per chunk dv, dg and, per key channel,
 
     dk_u = g_u dg_u - exp(k_u - z_u) c_u,      c_u = sum_{t>=u} exp(z_u - z_t) q_t dq_t.
 
-Non-causal, one program per (batch x head, block of key channels, block of value channels): each key
-channel's softmax is its own, so one walk keeps the masked online-softmax statistics (running max,
-sum) and S's tile, a second walk writes this key block's share of o = q S. Its backward: dS = sum_t
-q_t do_t^T, then per position dv = (w g) dS, dg = w (v dS^T), dk = w (g (v dS^T) - c) with
-c_j = sum_v dS_jv S_jv and w the softmax weights.
+Non-causal, one program per (batch x head x split of the sequence, block of key channels, block of
+value channels): each key channel's softmax is its own, so keys split like values. _noncausal_stats
+keeps a split's masked online-softmax statistics (max, sum) and S's tile; torch merges the splits
+(rescaling each by exp(m_split - m)); _noncausal_out writes each split's o = q S. Its backward:
+dS = sum_t q_t do_t^T by splits, then per position dv = (w g) dS, dg = w (v dS^T),
+dk = w (g (v dS^T) - c) with c_j = sum_v dS_jv S_jv and w the softmax weights.
 
 Inputs float32, float16 or bfloat16; the math is float32 (dots in TF32x3 for float32 inputs, TF32
 otherwise); outputs and gradients come in the input dtype.
@@ -309,25 +310,30 @@ def _real_rows(mask, b, rows, L, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
-def _noncausal_fwd(q, k, v, g, mask, o, state, lse, L, DK, DV, H, sgb, sgh, sgt, sgc,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   HAS_GAIN: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
-    """One (value block, key block): S's tile, lse (value block 0), and this key block's share of o."""
-    iv, ik, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+def _split(NS, LS: tl.constexpr):
+    """Axis 2 runs over (batch x head) x splits of LS steps: this program's batch x head and first step."""
+    pid = tl.program_id(2)
+    return (pid // NS).to(tl.int64), (pid % NS) * LS
+
+
+@triton.jit
+def _noncausal_stats(k, v, g, mask, m_part, total_part, s_part, L, NS, DK, DV, H, sgb, sgh, sgt, sgc,
+                     LS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     HAS_GAIN: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
+    """One split's real keys: their max m, the sum of exp(k - m), and S's tile, sum exp(k - m) g v^T."""
+    iv, ik, part = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    bh, first = _split(NS, LS)
     steps, ck, cv = tl.arange(0, BT), ik * BK + tl.arange(0, BK), iv * BV + tl.arange(0, BV)
-    q, k = q + bh * L * DK, k + bh * L * DK
-    v, o = v + bh * L * DV, o + (ik * tl.num_programs(2) + bh) * L * DV
+    k, v = k + bh * L * DK, v + bh * L * DV
     g += (bh // H) * sgb + (bh % H) * sgh
-    m = tl.full((BK,), NEG, tl.float32)  # running max of the real keys
-    total = tl.zeros((BK,), tl.float32)  # sum of exp(k - m) over them
-    S = tl.zeros((BK, BV), tl.float32)  # sum of exp(k - m) g v^T over them
-    for start in range(0, L, BT):
+    m = tl.full((BK,), NEG, tl.float32)
+    total = tl.zeros((BK,), tl.float32)
+    S = tl.zeros((BK, BV), tl.float32)
+    for start in range(first, first + LS, BT):
         rows = start + steps
         real = _real_rows(mask, bh // H, rows, L, HAS_MASK)[:, None] & (ck[None, :] < DK)
-        mv = (rows[:, None] < L) & (cv[None, :] < DV)
-        pk = rows[:, None] * DK + ck[None, :]
-        kc = tl.where(real, tl.load(k + pk, mask=real, other=0.0).to(tl.float32), NEG)
-        vc = tl.load(v + rows[:, None] * DV + cv[None, :], mask=mv, other=0.0).to(tl.float32)
+        kc = tl.where(real, tl.load(k + rows[:, None] * DK + ck[None, :], mask=real, other=0.0).to(tl.float32), NEG)
+        vc = _load_tile(v, rows, cv, L, DV)
         gc = _load_gain(g, rows, ck, real, sgt, sgc, HAS_GAIN)
         m_new = tl.maximum(m, tl.max(kc, 0))
         p = tl.where(real, tl.exp(kc - m_new[None, :]), 0.0)  # (BT, BK)
@@ -335,52 +341,68 @@ def _noncausal_fwd(q, k, v, g, mask, o, state, lse, L, DK, DV, H, sgb, sgh, sgt,
         total = total * scale + tl.sum(p, 0)
         S = S * scale[:, None] + tl.dot(tl.trans(p * gc), vc, input_precision=PRECISION)
         m = m_new
-    S = S / tl.where(total > 0, total, 1.0)[:, None]  # a sequence with no real token keeps S = 0
-    ms = (ck[:, None] < DK) & (cv[None, :] < DV)
-    tl.store(state + bh * DK * DV + ck[:, None] * DV + cv[None, :], S, mask=ms)
-    lse_cols = tl.where(iv == 0, DK, 0)  # the first value block writes lse
-    tl.store(lse + bh * DK + ck, m + tl.log(tl.where(total > 0, total, 1.0)), mask=ck < lse_cols)
-    for start in range(0, L, BT):
-        rows = start + steps
-        mk = (rows[:, None] < L) & (ck[None, :] < DK)
-        mv = (rows[:, None] < L) & (cv[None, :] < DV)
-        qc = tl.load(q + rows[:, None] * DK + ck[None, :], mask=mk, other=0.0).to(tl.float32)
-        tl.store(o + rows[:, None] * DV + cv[None, :], tl.dot(qc, S, input_precision=PRECISION), mask=mv)
+    tl.store(s_part + (part * DK + ck[:, None]) * DV + cv[None, :], S, mask=(ck[:, None] < DK) & (cv[None, :] < DV))
+    stats = ck < tl.where(iv == 0, DK, 0)  # the first value block writes m and the sum
+    tl.store(m_part + part * DK + ck, m, mask=stats)
+    tl.store(total_part + part * DK + ck, total, mask=stats)
 
 
 @triton.jit
-def _noncausal_bwd(q, k, v, g, mask, do, state, lse, dq, dk, dv, dg, L, DK, DV, H, sgb, sgh, sgt, sgc,
-                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   HAS_GAIN: tl.constexpr, HAS_MASK: tl.constexpr, STORE_DG: tl.constexpr, PRECISION: tl.constexpr):
-    """One (value block, key block): its shares of dq, dk, dg (over value blocks) and of dv (over key blocks)."""
-    iv, ik, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+def _noncausal_out(q, state, o, L, NS, DK, DV, LS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, PRECISION: tl.constexpr):
+    """One split's o = q S, this key block's share."""
+    iv, ik = tl.program_id(0), tl.program_id(1)
+    bh, first = _split(NS, LS)
+    steps, ck, cv = tl.arange(0, BT), ik * BK + tl.arange(0, BK), iv * BV + tl.arange(0, BV)
+    q, o = q + bh * L * DK, o + (ik * (tl.num_programs(2) // NS) + bh) * L * DV
+    S = _load_tile(state + bh * DK * DV, ck, cv, DK, DV)
+    for start in range(first, first + LS, BT):
+        rows = start + steps
+        tl.store(o + rows[:, None] * DV + cv[None, :], tl.dot(_load_tile(q, rows, ck, L, DK), S, input_precision=PRECISION),
+                 mask=(rows[:, None] < L) & (cv[None, :] < DV))
+
+
+@triton.jit
+def _noncausal_dstate(q, do, ds_part, L, NS, DK, DV, LS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, PRECISION: tl.constexpr):
+    """One split's share of dS = sum_t q_t do_t^T."""
+    iv, ik, part = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    bh, first = _split(NS, LS)
+    steps, ck, cv = tl.arange(0, BT), ik * BK + tl.arange(0, BK), iv * BV + tl.arange(0, BV)
+    q, do = q + bh * L * DK, do + bh * L * DV
+    dS = tl.zeros((BK, BV), tl.float32)
+    for start in range(first, first + LS, BT):
+        rows = start + steps
+        dS += tl.dot(tl.trans(_load_tile(q, rows, ck, L, DK)), _load_tile(do, rows, cv, L, DV), input_precision=PRECISION)
+    tl.store(ds_part + (part * DK + ck[:, None]) * DV + cv[None, :], dS, mask=(ck[:, None] < DK) & (cv[None, :] < DV))
+
+
+@triton.jit
+def _noncausal_bwd(q, k, v, g, mask, do, state, lse, dstate, dq, dk, dv, dg, L, NS, DK, DV, H, sgb, sgh, sgt, sgc,
+                   LS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_GAIN: tl.constexpr,
+                   HAS_MASK: tl.constexpr, STORE_DG: tl.constexpr, PRECISION: tl.constexpr):
+    """One split, one (value block, key block): its shares of dq, dk, dg (over value blocks) and dv (over key blocks)."""
+    iv, ik = tl.program_id(0), tl.program_id(1)
+    bh, first = _split(NS, LS)
+    BH = tl.num_programs(2) // NS
     steps, ck, cv = tl.arange(0, BT), ik * BK + tl.arange(0, BK), iv * BV + tl.arange(0, BV)
     q, k = q + bh * L * DK, k + bh * L * DK
-    share = (iv * tl.num_programs(2) + bh) * L * DK
+    share = (iv * BH + bh) * L * DK
     dq, dk, dg = dq + share, dk + share, dg + share
-    v, do, dv = v + bh * L * DV, do + bh * L * DV, dv + (ik * tl.num_programs(2) + bh) * L * DV
+    v, do, dv = v + bh * L * DV, do + bh * L * DV, dv + (ik * BH + bh) * L * DV
     g += (bh // H) * sgb + (bh % H) * sgh
-    ms = (ck[:, None] < DK) & (cv[None, :] < DV)
-    S = tl.load(state + bh * DK * DV + ck[:, None] * DV + cv[None, :], mask=ms, other=0.0)  # (BK, BV)
+    S = _load_tile(state + bh * DK * DV, ck, cv, DK, DV)
+    dS = _load_tile(dstate + bh * DK * DV, ck, cv, DK, DV)
     lse_k = tl.load(lse + bh * DK + ck, mask=ck < DK, other=0.0)
-    dS = tl.zeros((BK, BV), tl.float32)
-    for start in range(0, L, BT):
-        rows = start + steps
-        mk = (rows[:, None] < L) & (ck[None, :] < DK)
-        mv = (rows[:, None] < L) & (cv[None, :] < DV)
-        qc = tl.load(q + rows[:, None] * DK + ck[None, :], mask=mk, other=0.0).to(tl.float32)
-        doc = tl.load(do + rows[:, None] * DV + cv[None, :], mask=mv, other=0.0).to(tl.float32)
-        dS += tl.dot(tl.trans(qc), doc, input_precision=PRECISION)
-    c = tl.sum(dS * S, 1)  # (BK,)
-    for start in range(0, L, BT):
+    c = tl.sum(dS * S, 1)  # (BK,): this value block's share of sum_v dS S
+    for start in range(first, first + LS, BT):
         rows = start + steps
         mk = (rows[:, None] < L) & (ck[None, :] < DK)
         mv = (rows[:, None] < L) & (cv[None, :] < DV)
         real = _real_rows(mask, bh // H, rows, L, HAS_MASK)[:, None] & (ck[None, :] < DK)
         pk, pv = rows[:, None] * DK + ck[None, :], rows[:, None] * DV + cv[None, :]
         kc = tl.load(k + pk, mask=real, other=0.0).to(tl.float32)
-        vc = tl.load(v + pv, mask=mv, other=0.0).to(tl.float32)
-        doc = tl.load(do + pv, mask=mv, other=0.0).to(tl.float32)
+        vc, doc = _load_tile(v, rows, cv, L, DV), _load_tile(do, rows, cv, L, DV)
         gc = _load_gain(g, rows, ck, real, sgt, sgc, HAS_GAIN)
         w = tl.where(real, tl.exp(tl.where(real, kc, lse_k[None, :]) - lse_k[None, :]), 0.0)  # softmax weights
         dw = tl.dot(vc, tl.trans(dS), input_precision=PRECISION)  # (BT, BK)
@@ -405,11 +427,22 @@ def _causal_blocks(dk, dv, chunk=None):
 
 
 def _noncausal_blocks(dk, dv):
-    """(steps per block, key block, value block, warps): each key channel's softmax is its own, so keys split too.
+    """(steps per block, steps per split, key block, value block, warps): each key channel's softmax is its
+    own, so keys split too, and the sequence splits into parts of 256 steps merged afterwards (of 32 under
+    the interpreter, so the tests cover several). The largest blocks that compile for sm_90 without
+    spilling registers (python -m lra.kernels.compile_check)."""
+    return (16, 32 if interpreting() else 256, max(16, min(64, triton.next_power_of_2(dk))),
+            max(16, min(32, triton.next_power_of_2(dv))), 4)
 
-    The largest blocks that compile for sm_90 without spilling registers (python -m lra.kernels.compile_check).
-    """
-    return 16, max(16, min(64, triton.next_power_of_2(dk))), max(16, min(32, triton.next_power_of_2(dv))), 4
+
+def _merge_splits(m, total, s):
+    """Each sequence's normalised S and log-sum-exp of keys from its splits' max m, sum of exp(k - m) and
+    sum of exp(k - m) g v^T: (B, H, splits, d_k[, d_v]) -> (B, H, d_k, d_v), (B, H, d_k)."""
+    top = m.amax(2, keepdim=True)
+    scale = torch.exp(m - top)  # 0 for a split without real keys (m = NEG)
+    total = (scale * total).sum(2)
+    total = torch.where(total > 0, total, torch.ones_like(total))  # a sequence with no real token keeps S = 0
+    return (scale[..., None] * s).sum(2) / total[..., None], top.squeeze(2) + total.log()
 
 
 def _precision(dtype):
@@ -495,35 +528,39 @@ class _NonCausal(torch.autograd.Function):
         q, k, v = (t.contiguous() for t in (q, k, v))
         B, H, L, d_k = q.shape
         d_v = v.shape[-1]
-        bt, bk, bv, warps = _noncausal_blocks(d_k, d_v)
-        grid = (triton.cdiv(d_v, bv), triton.cdiv(d_k, bk), B * H)
+        bt, ls, bk, bv, warps = _noncausal_blocks(d_k, d_v)
+        n_splits = triton.cdiv(L, ls)
+        grid = (triton.cdiv(d_v, bv), triton.cdiv(d_k, bk), B * H * n_splits)
         g, gs = _gain_args(gain, k)
         m = q if mask is None else mask.to(torch.uint8).contiguous()
+        blocks = dict(LS=ls, BT=bt, BK=bk, BV=bv, PRECISION=_precision(q.dtype), num_warps=warps)
+        top, total = (torch.empty(B, H, n_splits, d_k, device=q.device, dtype=torch.float32) for _ in range(2))
+        parts = torch.empty(B, H, n_splits, d_k, d_v, device=q.device, dtype=torch.float32)
+        _noncausal_stats[grid](k, v, g, m, top, total, parts, L, n_splits, d_k, d_v, H, *gs,
+                               HAS_GAIN=gain is not None, HAS_MASK=mask is not None, **blocks)
+        state, lse = _merge_splits(top, total, parts)
         o = torch.empty_like(v) if grid[1] == 1 else _shares(grid[1], v)  # key blocks' shares, summed
-        state = torch.empty(B, H, d_k, d_v, device=q.device, dtype=torch.float32)  # normalised S
-        lse = torch.empty(B, H, d_k, device=q.device, dtype=torch.float32)  # log sum_s exp(k_s) over real s
-        _noncausal_fwd[grid](
-            q, k, v, g, m, o, state, lse, L, d_k, d_v, H, *gs, BT=bt, BK=bk, BV=bv, HAS_GAIN=gain is not None,
-            HAS_MASK=mask is not None, PRECISION=_precision(q.dtype), num_warps=warps)
+        _noncausal_out[grid](q, state, o, L, n_splits, d_k, d_v, **blocks)
         ctx.save_for_backward(q, k, v, m, gain, state, lse)
-        ctx.has_mask, ctx.blocks = mask is not None, (bt, bk, bv, warps)
+        ctx.has_mask, ctx.blocks = mask is not None, blocks
         return o if grid[1] == 1 else o.sum(0).to(v.dtype)
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, m, gain, state, lse = ctx.saved_tensors
+        do, blocks = do.contiguous(), ctx.blocks
         B, H, L, d_k = q.shape
         d_v = v.shape[-1]
-        bt, bk, bv, warps = ctx.blocks
-        grid = (triton.cdiv(d_v, bv), triton.cdiv(d_k, bk), B * H)
+        n_splits = triton.cdiv(L, blocks["LS"])
+        grid = (triton.cdiv(d_v, blocks["BV"]), triton.cdiv(d_k, blocks["BK"]), B * H * n_splits)
+        parts = torch.empty(B, H, n_splits, d_k, d_v, device=q.device, dtype=torch.float32)
+        _noncausal_dstate[grid](q, do, parts, L, n_splits, d_k, d_v, **blocks)
         g, gs = _gain_args(gain, k)
         store_dg = gain is not None and ctx.needs_input_grad[4]
         dq, dk, dv = _shares(grid[0], q), _shares(grid[0], q), _shares(grid[1], v)
         dg = _shares(grid[0], q) if store_dg else dk
-        _noncausal_bwd[grid](
-            q, k, v, g, m, do.contiguous(), state, lse, dq, dk, dv, dg, L, d_k, d_v, H, *gs, BT=bt, BK=bk, BV=bv,
-            HAS_GAIN=gain is not None, HAS_MASK=ctx.has_mask, STORE_DG=store_dg, PRECISION=_precision(q.dtype),
-            num_warps=warps)
+        _noncausal_bwd[grid](q, k, v, g, m, do, state, lse, parts.sum(2), dq, dk, dv, dg, L, n_splits, d_k, d_v, H,
+                             *gs, HAS_GAIN=gain is not None, HAS_MASK=ctx.has_mask, STORE_DG=store_dg, **blocks)
         dgain = _reduce_gain(dg.sum(0), gain) if store_dg else None
         return dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.sum(0).to(v.dtype), None, dgain
 

@@ -17,7 +17,8 @@ KNOWN_SPILLS = {("additive_recurrence", "_causal_states_back"),  # float32: 8-40
                 ("vandermonde", "_backward_kernel")}  # 8 bytes
 KERNELS = {"attention": {"_fwd", "_delta", "_dkdv", "_dq"}, "selective_scan": {"_scan_fwd", "_scan_bwd"},
            "additive_recurrence": {"_causal_states", "_causal_out", "_causal_dq", "_causal_states_back", "_causal_dv",
-                                   "_causal_dk", "_noncausal_fwd", "_noncausal_bwd"},
+                                   "_causal_dk", "_noncausal_stats", "_noncausal_out", "_noncausal_dstate",
+                                   "_noncausal_bwd"},
            "vandermonde": {"_forward_kernel", "_backward_kernel"}, "cauchy": {"_forward_kernel", "_backward_kernel"}}
 
 
