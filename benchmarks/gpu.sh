@@ -2,44 +2,55 @@
 # The GPU checks the open issues ask for, in stages that each fit one call of the device tool
 # (10 minutes a call, 30 a session). From the repository root on the GPU machine:
 #
+#   bash benchmarks/gpu.sh check    # installs, imports, and one Triton kernel on the GPU (a minute)
 #   bash benchmarks/gpu.sh tests    # pytest -m "kernels or gpu" on CUDA, then the model equivalence tests
 #   bash benchmarks/gpu.sh bench    # lra bench layers|kernels|train --device cuda
 #   bash benchmarks/gpu.sh train    # generated full ListOps, then S4D's published recipe for 9 minutes
 #
 # The machine has torch, triton, lightning, pandas, pyarrow and pytest but no network: the rest
-# comes from wheels/ (git-ignored; carry it), fetched beforehand on a machine with pip access:
-#   pip download --python-version 3.12 --only-binary=:all: --no-deps -d wheels \
-#       hydra-core==1.3.2 omegaconf==2.3.0 datasets dill multiprocess wandb
-#   pip wheel --no-deps -w wheels antlr4-python3-runtime==4.9.3
+# comes from wheels/ (git-ignored; carry it), fetched beforehand on a machine with pip access by
+# `bash benchmarks/fetch_wheels.sh`; only the wheels whose packages are missing get installed.
 # What a stage writes (benchmarks/results/*.json named by device, leaderboard/runs/**) is copied
 # to $OUT, which the device tool brings back; commit it from there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?"which stage: tests, bench or train"}
+stage=${1:?"which stage: check, tests, bench or train"}
 export WANDB_MODE=disabled TRITON_INTERPRET=0
 
-pip install -q --no-index --find-links wheels --no-deps hydra-core omegaconf antlr4-python3-runtime \
-    datasets dill multiprocess wandb
+python benchmarks/install_wheels.py wheels
 pip install -q --no-deps --no-build-isolation -e .
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 case "$stage" in
+  check)
+    python - <<'PY'
+import datasets, hydra, lightning, torch, triton
+from lra.kernels.attention import attention
+print(f"torch {torch.__version__}, triton {triton.__version__}, lightning {lightning.__version__}, "
+      f"hydra {hydra.__version__}, datasets {datasets.__version__}, {torch.cuda.get_device_name()}")
+q = torch.randn(2, 4, 300, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+out = attention(q, q, q, torch.tensor([300, 123], device="cuda"))
+out.float().sum().backward()
+print("Triton attention ran forward and backward:", tuple(out.shape), "finite:", bool(q.grad.isfinite().all()))
+PY
+    python -m lra list
+    ;;
   tests)
     python -m pytest -q -m "kernels or gpu" -p no:cacheprovider
     python -m pytest -q -p no:cacheprovider tests/test_s4.py tests/test_s4d.py tests/test_mamba.py \
         tests/test_lightnet.py tests/test_flash.py tests/test_models.py
     ;;
   bench)
-    lra bench layers --device cuda
-    lra bench kernels --device cuda
-    lra bench train --device cuda
+    python -m lra bench layers --device cuda
+    python -m lra bench kernels --device cuda
+    python -m lra bench train --device cuda
     ;;
   train)
-    lra data generate listops --workers "$(nproc)"
-    lra train experiment=s4d/listops trainer.max_time=00:00:09:00 trainer.progress=false
+    python -m lra data generate listops --workers "$(nproc)"
+    python -m lra train experiment=s4d/listops trainer.max_time=00:00:09:00 trainer.progress=false
     ;;
   *)
-    echo "unknown stage $stage: tests, bench or train" >&2
+    echo "unknown stage $stage: check, tests, bench or train" >&2
     exit 2
     ;;
 esac
