@@ -109,6 +109,14 @@ def _causal_states(k, v, g, z, states, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
 
 
 @triton.jit
+def _chunk_program(BT: tl.constexpr):
+    """(block, chunk, batch x head, steps, rows) of a per-chunk program: axis 1 runs over the chunks."""
+    c = tl.program_id(1)
+    steps = tl.arange(0, BT)
+    return tl.program_id(0), c, tl.program_id(2).to(tl.int64), steps, c * BT + steps
+
+
+@triton.jit
 def _chunk_keys(k, g, z, rows, ck, c, L, DK, sgt, sgc, BT: tl.constexpr, HAS_GAIN: tl.constexpr):
     """A chunk's keys (NEG outside), gains, z (z_last past the end), z_last, z before the chunk, and the
     reference ref = (z_first + z_last) / 2 of the one-dot form with whether every channel's rise allows it."""
@@ -123,6 +131,12 @@ def _chunk_keys(k, g, z, rows, ck, c, L, DK, sgt, sgc, BT: tl.constexpr, HAS_GAI
 
 
 @triton.jit
+def _chunk_scores(qc, kc, gc, zc, ref, PRECISION: tl.constexpr):
+    """(t, s) scores sum_j q_tj exp(k_sj - z_tj) g_sj of a key block, as (q exp(ref - z)) . (exp(k - ref) g)."""
+    return tl.dot(qc * tl.exp(ref[None, :] - zc), tl.trans(tl.exp(kc - ref[None, :]) * gc), input_precision=PRECISION)
+
+
+@triton.jit
 def _load_tile(x, rows, cols, L, D):
     """x[rows, cols] of a (L, D) matrix in float32, 0 outside."""
     return tl.load(x + rows[:, None] * D + cols[None, :], mask=(rows[:, None] < L) & (cols[None, :] < D),
@@ -134,9 +148,8 @@ def _causal_out(q, k, v, g, z, states, o, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_GAIN: tl.constexpr,
                 PRECISION: tl.constexpr):
     """One chunk's outputs, all chunks at once: the state before it, plus the scores inside it."""
-    iv, c, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    steps, cv = tl.arange(0, BT), iv * BV + tl.arange(0, BV)
-    rows = c * BT + steps
+    iv, c, bh, steps, rows = _chunk_program(BT)
+    cv = iv * BV + tl.arange(0, BV)
     q, k, z, v, o = q + bh * L * DK, k + bh * L * DK, z + bh * L * DK, v + bh * L * DV, o + bh * L * DV
     g += (bh // H) * sgb + (bh % H) * sgh
     states += (bh * NT + c) * DK * DV
@@ -151,8 +164,7 @@ def _causal_out(q, k, v, g, z, states, o, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
         S = _load_tile(states, ck, cv, DK, DV)
         oc += tl.dot(qc * tl.exp(z_prev[None, :] - zc), S, input_precision=PRECISION)
         if one_dot:
-            scores += tl.dot(qc * tl.exp(ref[None, :] - zc), tl.trans(tl.exp(kc - ref[None, :]) * gc),
-                             input_precision=PRECISION)
+            scores += _chunk_scores(qc, kc, gc, zc, ref, PRECISION)
         else:  # step by step: exp(k_s - z_t) <= 1 for s <= t, exact for keys of any size
             for s in range(BT):
                 here = steps[:, None] == s
@@ -168,9 +180,8 @@ def _causal_dq(k, v, g, z, states, do, dq, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_GAIN: tl.constexpr,
                PRECISION: tl.constexpr):
     """dq_t = sum_{s<=t} exp(k_s - z_t) g_s (do_t . v_s): the state before the chunk, plus the chunk."""
-    ik, c, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    steps, ck = tl.arange(0, BT), ik * BK + tl.arange(0, BK)
-    rows = c * BT + steps
+    ik, c, bh, steps, rows = _chunk_program(BT)
+    ck = ik * BK + tl.arange(0, BK)
     k, z, dq, v, do = k + bh * L * DK, z + bh * L * DK, dq + bh * L * DK, v + bh * L * DV, do + bh * L * DV
     g += (bh // H) * sgb + (bh % H) * sgh
     states += (bh * NT + c) * DK * DV
@@ -230,9 +241,8 @@ def _causal_dv(q, k, g, z, dstates, do, dv, L, DK, DV, H, NT, sgb, sgh, sgt, sgc
                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_GAIN: tl.constexpr,
                PRECISION: tl.constexpr):
     """dv_s = sum_{t>=s} sum_j q_tj exp(k_sj - z_tj) g_sj do_t: the chunk's scores, plus D after it."""
-    iv, c, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    steps, cv = tl.arange(0, BT), iv * BV + tl.arange(0, BV)
-    rows = c * BT + steps
+    iv, c, bh, steps, rows = _chunk_program(BT)
+    cv = iv * BV + tl.arange(0, BV)
     q, k, z, do, dv = q + bh * L * DK, k + bh * L * DK, z + bh * L * DK, do + bh * L * DV, dv + bh * L * DV
     g += (bh // H) * sgb + (bh % H) * sgh
     dstates += (bh * NT + c) * DK * DV
@@ -246,8 +256,7 @@ def _causal_dv(q, k, g, z, dstates, do, dv, L, DK, DV, H, NT, sgb, sgh, sgt, sgc
         D = _load_tile(dstates, ck, cv, DK, DV)
         dvc += tl.dot(tl.exp(kc - z_last[None, :]) * gc, D, input_precision=PRECISION)
         if one_dot:
-            scores += tl.dot(qc * tl.exp(ref[None, :] - zc), tl.trans(tl.exp(kc - ref[None, :]) * gc),
-                             input_precision=PRECISION)
+            scores += _chunk_scores(qc, kc, gc, zc, ref, PRECISION)
         else:
             for t in range(BT):
                 here = steps[:, None] == t
@@ -264,9 +273,8 @@ def _causal_dk(q, k, v, g, z, dstates, cstates, do, dq, dk, dg, L, DK, DV, H, NT
                STORE_DG: tl.constexpr, PRECISION: tl.constexpr):
     """dg_sj = sum_{t>=s} exp(k_sj - z_tj) q_tj (do_t . v_s) and dk = g dg - exp(k - z) c, with
     c_u = sum_{t>=u} exp(z_u - z_t) q_t dq_t: the chunk's part, plus D and C after it."""
-    ik, c, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    steps, ck = tl.arange(0, BT), ik * BK + tl.arange(0, BK)
-    rows = c * BT + steps
+    ik, c, bh, steps, rows = _chunk_program(BT)
+    ck = ik * BK + tl.arange(0, BK)
     q, k, z, dq = q + bh * L * DK, k + bh * L * DK, z + bh * L * DK, dq + bh * L * DK
     dk, dg, v, do = dk + bh * L * DK, dg + bh * L * DK, v + bh * L * DV, do + bh * L * DV
     g += (bh // H) * sgb + (bh % H) * sgh
