@@ -20,8 +20,10 @@ Backward, with P_ij = 2^(s_ij - lse_i) recomputed block by block and nothing of 
     dv_j = sum_i P_ij dO_i,   dk_j = sum_i dS_ij q_i / sqrt(d)   (_dkdv: a program per key block, over query blocks)
     dq_i = sum_j dS_ij k_j / sqrt(d)                           (_dq: a program per query block, over key blocks)
 
+Queries past n_b are padding: their outputs are zeros and lse = +inf, so the backward gives them
+P = 0; query blocks wholly past n_b visit no key, and key blocks go over query blocks up to n_b only.
 Key blocks past n_b visit no query and write zero dk, dv; the padded keys of a row's last block write
-zeros too. Queries past n_b are not padding for the math (they attend to the real keys) and are computed.
+zeros too.
 Softmax statistics and accumulators are fp32; tl.dot takes the input dtype (float16, bfloat16, float32).
 Dropout is not implemented here: `lra.kernels.attention.attention` keeps its other paths for dropout_p > 0.
 
@@ -108,19 +110,20 @@ def _fwd(Q, K, V, O, LSE, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, 
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    # key blocks every query here sees in full, then the rest up to the row's length (and the diagonal)
-    n_full = n // BLOCK_N
-    end = n
+    # key blocks every query here sees in full, then the rest up to the row's length (and the diagonal);
+    # none for a block of padding queries
+    n_full = tl.where(start_m < n, n // BLOCK_N, 0)
+    end = tl.where(start_m < n, n, 0)
     if CAUSAL:
         n_full = tl.minimum(n_full, (start_m + 1) // BLOCK_N)
-        end = tl.minimum(n, start_m + BLOCK_M)
+        end = tl.minimum(end, start_m + BLOCK_M)
     m, l, acc = _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, 0, n_full * BLOCK_N, n, qk_scale,
                             HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, PRECISION)
     m, l, acc = _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, n_full * BLOCK_N, end, n, qk_scale,
                             HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, PRECISION)
-    has_key = l > 0  # False only when n = 0
+    has_key = (l > 0) & (rows < n)  # False for padding queries and when n = 0
     l = tl.where(has_key, l, 1.0)
-    o = acc / l[:, None]
+    o = tl.where(has_key[:, None], acc / l[:, None], 0.0)
     lse = tl.where(has_key, m + tl.log2(l), float("inf"))  # +inf makes P = 0 in the backward
     _store_tile(O + bh * L * HEAD_DIM, o, rows, cols, L, HEAD_DIM)
     tl.store(LSE + bh * L + rows, lse, mask=rows < L)
@@ -183,8 +186,8 @@ def _dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl
     DELTA += bh * L
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    # query blocks: [lo, mid) cross the diagonal (causal), [mid, l_full) are whole, [.., last) holds row L - 1
-    last = tl.where(start_n < n, L, 0)  # a block of padding keys visits no query
+    # query blocks: [lo, mid) cross the diagonal (causal), [mid, l_full) are whole, [.., last) holds row n - 1
+    last = tl.where(start_n < n, n, 0)  # a block of padding keys visits no query, padding queries give P = 0
     lo = 0
     mid = 0
     if CAUSAL:
@@ -241,11 +244,11 @@ def _dq(Q, K, V, DO, DQ, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb,
     lse = tl.load(LSE + bh * L + rows, mask=rows < L, other=float("inf"))
     delta = tl.load(DELTA + bh * L + rows, mask=rows < L, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    n_full = n // BLOCK_N  # the same key blocks as the forward
-    end = n
+    n_full = tl.where(start_m < n, n // BLOCK_N, 0)  # the same key blocks as the forward
+    end = tl.where(start_m < n, n, 0)
     if CAUSAL:
         n_full = tl.minimum(n_full, (start_m + 1) // BLOCK_N)
-        end = tl.minimum(n, start_m + BLOCK_M)
+        end = tl.minimum(end, start_m + BLOCK_M)
     dq = _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, 0, n_full * BLOCK_N, n, qk_scale,
                     HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, PRECISION)
     dq = _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, n_full * BLOCK_N, end, n, qk_scale,

@@ -19,7 +19,8 @@ Candidates, timed in one process (forward + backward, median of --repeats after 
     default     blocks and training: LRA_KERNELS unset, as `lra train` runs (Triton where it exists and runs)
     reference   LRA_KERNELS=reference: the PyTorch references
     anchors     found at run time: sdpa-<backend> (torch.nn.attention.sdpa_kernel), flex (FlexAttention with a
-                key-padding block mask, CUDA), mambapy, fla (fla-core's chunk_lightnet, CUDA), s4d-minimal
+                key-padding block mask, CUDA; flex-qk: padding queries masked too, as ours skip them), mambapy,
+                fla (fla-core's chunk_lightnet, CUDA), s4d-minimal
 A missing anchor is reported as "not found", one that cannot run here as "skipped", never as an error.
 
 Reported per candidate: ms; tokens/s = batch x length / time (padded positions included); peak memory (CUDA:
@@ -29,7 +30,7 @@ of the device's limit:
     memory-bound:  bytes / time / peak HBM bandwidth,
                    bytes = 3 x (inputs that get a gradient, parameters included) + 2 x (other inputs) + 2 x outputs
                    (each input read forward and backward, its gradient written; each output written, its gradient read)
-    attention:     FLOPs / time / peak dense bf16 FLOP/s,  FLOPs = 2.5 x 4 B h L^2 d x (mean length / L) (x 1/2 if causal)
+    attention:     FLOPs / time / peak dense bf16 FLOP/s,  FLOPs = 2.5 x 4 B h L^2 d x mean((n / L)^2) (x 1/2 if causal)
 Results: benchmarks/results/{kernels,train}-<device>-<stamp>.json and a printed table; docs/performance.md.
 """
 import contextlib
@@ -65,7 +66,8 @@ BYTES = ("3 x (inputs that get a gradient, parameters included) + 2 x (other inp
          "in bytes: each input read forward and backward and its gradient written, each output written "
          "and its gradient read")
 MEMORY = "torch.cuda.max_memory_allocated over the warm-up and timed steps, inputs included"
-FLOPS = "2.5 x 4 B h L^2 d x (mean key length / L), x 1/2 if causal (forward 4 B h L^2 d, backward 1.5x that)"
+FLOPS = ("2.5 x 4 B h L^2 d x mean((n / L)^2) over rows of length n, x 1/2 if causal (forward 4 B h L^2 d, "
+         "backward 1.5x that; real queries x real keys)")
 
 
 def device_peaks(name):
@@ -185,11 +187,14 @@ def attention_case(shape, interpret):
                           ("cudnn", SDPBackend.CUDNN_ATTENTION), ("math", SDPBackend.MATH)):
         candidates[f"sdpa-{name}"] = Candidate("anchor", partial(sdpa, backend))
     candidates["flex"] = _flex_candidate(q, k, v, n, shape)
-    real = 1.0 if n is None else n.float().mean().item() / L
+    candidates["flex-qk"] = _flex_candidate(q, k, v, n, shape, queries=True)
+    real = 1.0 if n is None else (n.float() / L).square().mean().item()  # real queries x real keys
     return Setup([q, k, v], B * L, candidates, flops=2.5 * 4 * B * heads * L * L * d * real)
 
 
-def _flex_candidate(q, k, v, n, shape):
+def _flex_candidate(q, k, v, n, shape, queries=False):
+    """FlexAttention with a block mask of the padding keys (queries=True: and of the padding queries,
+    which our kernels skip too; its output there is then undefined, ours zero)."""
     import torch
 
     flex, missing = _optional("torch.nn.attention.flex_attention", "torch.nn.attention.flex_attention (torch >= 2.5)")
@@ -200,7 +205,7 @@ def _flex_candidate(q, k, v, n, shape):
     block_mask = None
     if n is not None:
         def keep(b, h, q_idx, kv_idx):
-            return kv_idx < n[b]
+            return (kv_idx < n[b]) & (q_idx < n[b]) if queries else kv_idx < n[b]
         block_mask = flex.create_block_mask(keep, shape.batch, None, shape.length, shape.length, device=shape.device)
     compiled = torch.compile(flex.flex_attention)
     return Candidate("anchor", lambda: compiled(q, k, v, block_mask=block_mask))

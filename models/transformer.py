@@ -64,6 +64,8 @@ class Attention(nn.Module):
         # a finite fill: a row with every key masked gets uniform weights (then zeroed), never NaN
         att = att.masked_fill(~allowed, torch.finfo(att.dtype).min).softmax(-1)
         att = att * allowed.any(-1, keepdim=True)
+        if mask is not None:  # padding queries get zeros, as in lra.kernels.attention
+            att = att * mask[:, None, :, None]
         y = self.drop(att) @ v  # (B, nh, L, hs)
         return self.proj(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
 

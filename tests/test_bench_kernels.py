@@ -57,8 +57,9 @@ def test_bench_kernels_lists_every_case_candidate_and_anchor(lra, tmp_path, monk
         assert row["candidates"]["reference"]["lra_kernels"] == "reference"
         _check_ratios(row)
     attention = rows["attention"]
-    assert {"sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "flex"} <= set(attention["candidates"])
+    assert {"sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "flex", "flex-qk"} <= set(attention["candidates"])
     assert attention["candidates"]["flex"]["status"] == "skipped" and attention["flops"] > 0
+    assert attention["candidates"]["flex-qk"]["status"] == "skipped"
     assert rows["additive_causal"]["candidates"]["fla"]["status"] == "not found"
     assert record["anchors"]["fla"] == "not found" and record["anchors"]["mambapy"] == "found"
     mamba = rows["mamba"]

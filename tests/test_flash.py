@@ -29,6 +29,8 @@ def test_blockwise_and_sdpa_match_reference(B, L, causal, monkeypatch):
     lengths = torch.tensor([L, L - 5, 1] if B == 3 else [L - 5])
     g = torch.randn(q.shape, dtype=torch.float64)
     want = forward_and_grads(lambda *a: attention_reference(*a, lengths, causal), q, k, v, g)
+    for i, n in enumerate(lengths.tolist()):  # padding queries: zeros, and no gradient to their q
+        assert (want[0][i, :, n:] == 0).all() and (want[1][i, :, n:] == 0).all()
     monkeypatch.delenv("LRA_KERNELS", raising=False)
     paths = {
         "blockwise": lambda *a: blockwise_attention(*a, lengths, causal, block_size=16),

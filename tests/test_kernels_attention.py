@@ -124,3 +124,16 @@ def test_bad_inputs_fail_clearly(triton_device):
     big = torch.zeros(1, 1, 8, 256, device=triton_device)
     with pytest.raises(ValueError, match="head dims up to 128, got 256"):
         flash_attention(big, big, big)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padding_queries_get_zeros_and_give_nothing(causal, triton_device):
+    """Queries past a row's length: zero output and zero dq, and their values (here huge) change nothing else."""
+    q, k, v = qkv(3, 100, 16, triton_device)
+    lengths = torch.tensor([100, 40, 7])
+    loud = q.detach().clone()
+    for i, n in enumerate(lengths.tolist()):
+        loud[i, :, n:] = 1e4 * torch.randn_like(loud[i, :, n:])
+    o, dq, dk, dv = compare(loud.requires_grad_(), k, v, lengths, causal, 1e-5)
+    for i, n in enumerate(lengths.tolist()):
+        assert (o[i, :, n:] == 0).all() and (dq[i, :, n:] == 0).all()
