@@ -116,7 +116,7 @@ def causal_chunked(q, k, v, chunk=64, gain=None):
 def noncausal(q, k, v, mask=None, gain=None):
     """o_t = q_t^T (softmax_s(k)^T V): one softmax over the real positions per key channel.
 
-    Pads (mask False) get weight 0; a sequence with no real position gives o = 0.
+    Pads (mask False) get key weight 0 and output 0; a sequence with no real position gives o = 0.
     """
     if mask is not None:
         m = mask[:, None, :, None]  # (B, 1, L, 1)
@@ -126,16 +126,18 @@ def noncausal(q, k, v, mask=None, gain=None):
         w = w * m
     if gain is not None:
         w = w * gain
-    return q @ (w.transpose(-1, -2) @ v)  # (B, H, dk, dv) -> (B, H, L, dv)
+    o = q @ (w.transpose(-1, -2) @ v)  # (B, H, dk, dv) -> (B, H, L, dv)
+    return o if mask is None else o * m
 
 
 def additive_recurrence(q, k, v, mask=None, causal=False, gain=None):
     """Dispatch: the chunked causal form or the non-causal softmax form, by Triton or PyTorch.
 
-    mask (B, L) bool, True at real tokens, padding at the end: pads get key weight 0. In
-    the causal form pads only follow real tokens, so they never reach them; their keys are
-    still set to weight 0. float64 stays in PyTorch unless Triton is forced (then the kernel
-    refuses it: it computes in float32).
+    mask (B, L) bool, True at real tokens, padding at the end: pads get key weight 0 (and, in
+    the non-causal form, output 0, so the kernels skip them). In the causal form pads only
+    follow real tokens, so they never reach them; their keys are still set to weight 0.
+    float64 stays in PyTorch unless Triton is forced (then the kernel refuses it: it computes
+    in float32).
     """
     triton = use_triton("the additive recurrence", q) and (q.dtype != torch.float64 or forced() == "triton")
     if triton:

@@ -27,9 +27,10 @@ per chunk dv, dg and, per key channel,
 Non-causal, one program per (batch x head x split of the sequence, block of key channels, block of
 value channels): each key channel's softmax is its own, so keys split like values. _noncausal_stats
 keeps a split's masked online-softmax statistics (max, sum) and S's tile; torch merges the splits
-(rescaling each by exp(m_split - m)); _noncausal_out writes each split's o = q S. Its backward:
-dS = sum_t q_t do_t^T by splits, then per position dv = (w g) dS, dg = w (v dS^T),
-dk = w (g (v dS^T) - c) with c_j = sum_v dS_jv S_jv and w the softmax weights.
+(rescaling each by exp(m_split - m)); _noncausal_out writes each split's o = q S, zero at pads,
+whose queries it does not read. Its backward: dS = sum_t q_t do_t^T over real t by splits, then
+per position dv = (w g) dS, dg = w (v dS^T), dk = w (g (v dS^T) - c) with c_j = sum_v dS_jv S_jv
+and w the softmax weights.
 
 Inputs float32, float16 or bfloat16; the math is float32 (dots in TF32x3 for float32 inputs, TF32
 otherwise); outputs and gradients come in the input dtype.
@@ -318,6 +319,13 @@ def _real_rows(mask, b, rows, L, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
+def _load_real(x, rows, cols, real_rows, D):
+    """x[rows, cols] of a (L, D) matrix in float32, 0 at padded rows (not read) and past D."""
+    return tl.load(x + rows[:, None] * D + cols[None, :], mask=real_rows[:, None] & (cols[None, :] < D),
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _split(NS, LS: tl.constexpr):
     """Axis 2 runs over (batch x head) x splits of LS steps: this program's batch x head and first step."""
     pid = tl.program_id(2)
@@ -356,9 +364,9 @@ def _noncausal_stats(k, v, g, mask, m_part, total_part, s_part, L, NS, DK, DV, H
 
 
 @triton.jit
-def _noncausal_out(q, state, o, L, NS, DK, DV, LS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, PRECISION: tl.constexpr):
-    """One split's o = q S, this key block's share."""
+def _noncausal_out(q, mask, state, o, L, NS, DK, DV, H, LS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
+    """One split's o = q S, this key block's share; zero at pads, whose queries are not read."""
     iv, ik = tl.program_id(0), tl.program_id(1)
     bh, first = _split(NS, LS)
     steps, ck, cv = tl.arange(0, BT), ik * BK + tl.arange(0, BK), iv * BV + tl.arange(0, BV)
@@ -366,14 +374,15 @@ def _noncausal_out(q, state, o, L, NS, DK, DV, LS: tl.constexpr, BT: tl.constexp
     S = _load_tile(state + bh * DK * DV, ck, cv, DK, DV)
     for start in range(first, first + LS, BT):
         rows = start + steps
-        tl.store(o + rows[:, None] * DV + cv[None, :], tl.dot(_load_tile(q, rows, ck, L, DK), S, input_precision=PRECISION),
+        qc = _load_real(q, rows, ck, _real_rows(mask, bh // H, rows, L, HAS_MASK), DK)
+        tl.store(o + rows[:, None] * DV + cv[None, :], tl.dot(qc, S, input_precision=PRECISION),
                  mask=(rows[:, None] < L) & (cv[None, :] < DV))
 
 
 @triton.jit
-def _noncausal_dstate(q, do, ds_part, L, NS, DK, DV, LS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, PRECISION: tl.constexpr):
-    """One split's share of dS = sum_t q_t do_t^T."""
+def _noncausal_dstate(q, mask, do, ds_part, L, NS, DK, DV, H, LS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
+    """One split's share of dS = sum_t q_t do_t^T over the real positions t."""
     iv, ik, part = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     bh, first = _split(NS, LS)
     steps, ck, cv = tl.arange(0, BT), ik * BK + tl.arange(0, BK), iv * BV + tl.arange(0, BV)
@@ -381,7 +390,9 @@ def _noncausal_dstate(q, do, ds_part, L, NS, DK, DV, LS: tl.constexpr, BT: tl.co
     dS = tl.zeros((BK, BV), tl.float32)
     for start in range(first, first + LS, BT):
         rows = start + steps
-        dS += tl.dot(tl.trans(_load_tile(q, rows, ck, L, DK)), _load_tile(do, rows, cv, L, DV), input_precision=PRECISION)
+        real = _real_rows(mask, bh // H, rows, L, HAS_MASK)
+        dS += tl.dot(tl.trans(_load_real(q, rows, ck, real, DK)), _load_real(do, rows, cv, real, DV),
+                     input_precision=PRECISION)
     tl.store(ds_part + (part * DK + ck[:, None]) * DV + cv[None, :], dS, mask=(ck[:, None] < DK) & (cv[None, :] < DV))
 
 
@@ -407,10 +418,11 @@ def _noncausal_bwd(q, k, v, g, mask, do, state, lse, dstate, dq, dk, dv, dg, L, 
         rows = start + steps
         mk = (rows[:, None] < L) & (ck[None, :] < DK)
         mv = (rows[:, None] < L) & (cv[None, :] < DV)
-        real = _real_rows(mask, bh // H, rows, L, HAS_MASK)[:, None] & (ck[None, :] < DK)
+        real_rows = _real_rows(mask, bh // H, rows, L, HAS_MASK)
+        real = real_rows[:, None] & (ck[None, :] < DK)
         pk, pv = rows[:, None] * DK + ck[None, :], rows[:, None] * DV + cv[None, :]
         kc = tl.load(k + pk, mask=real, other=0.0).to(tl.float32)
-        vc, doc = _load_tile(v, rows, cv, L, DV), _load_tile(do, rows, cv, L, DV)
+        vc, doc = _load_tile(v, rows, cv, L, DV), _load_real(do, rows, cv, real_rows, DV)  # pads' output is 0
         gc = _load_gain(g, rows, ck, real, sgt, sgc, HAS_GAIN)
         w = tl.where(real, tl.exp(tl.where(real, kc, lse_k[None, :]) - lse_k[None, :]), 0.0)  # softmax weights
         dw = tl.dot(vc, tl.trans(dS), input_precision=PRECISION)  # (BT, BK)
@@ -548,7 +560,7 @@ class _NonCausal(torch.autograd.Function):
                                HAS_GAIN=gain is not None, HAS_MASK=mask is not None, **blocks)
         state, lse = _merge_splits(top, total, parts)
         o = torch.empty_like(v) if grid[1] == 1 else _shares(grid[1], v)  # key blocks' shares, summed
-        _noncausal_out[grid](q, state, o, L, n_splits, d_k, d_v, **blocks)
+        _noncausal_out[grid](q, m, state, o, L, n_splits, d_k, d_v, H, HAS_MASK=mask is not None, **blocks)
         ctx.save_for_backward(q, k, v, m, gain, state, lse)
         ctx.has_mask, ctx.blocks = mask is not None, blocks
         return o if grid[1] == 1 else o.sum(0).to(v.dtype)
@@ -562,7 +574,7 @@ class _NonCausal(torch.autograd.Function):
         n_splits = triton.cdiv(L, blocks["LS"])
         grid = (triton.cdiv(d_v, blocks["BV"]), triton.cdiv(d_k, blocks["BK"]), B * H * n_splits)
         parts = torch.empty(B, H, n_splits, d_k, d_v, device=q.device, dtype=torch.float32)
-        _noncausal_dstate[grid](q, do, parts, L, n_splits, d_k, d_v, **blocks)
+        _noncausal_dstate[grid](q, m, do, parts, L, n_splits, d_k, d_v, H, HAS_MASK=ctx.has_mask, **blocks)
         g, gs = _gain_args(gain, k)
         store_dg = gain is not None and ctx.needs_input_grad[4]
         dq, dk, dv = _shares(grid[0], q), _shares(grid[0], q), _shares(grid[1], v)

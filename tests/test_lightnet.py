@@ -67,9 +67,10 @@ def test_noncausal_equals_the_explicit_softmax_form():
             assert out[b].abs().max() == 0  # no real token: nothing to read
             continue
         w = k[b, :, :n].exp() / k[b, :, :n].exp().sum(1, keepdim=True)  # (H, n, dk), softmax over time
-        want = torch.einsum("htj,hsj,sj,hsv->htv", q[b], w, gain[:n], v[b, :, :n])
-        err = rel_err(out[b], want)
+        want = torch.einsum("htj,hsj,sj,hsv->htv", q[b, :, :n], w, gain[:n], v[b, :, :n])
+        err = rel_err(out[b, :, :n], want)
         assert err < 1e-12, f"sequence {b} (length {n}): rel err {err:.1e}"
+        assert (out[b, :, n:] == 0).all()  # pads output nothing
 
 
 @pytest.mark.parametrize("magnitude", [50.0, 500.0])
