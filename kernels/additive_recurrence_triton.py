@@ -69,7 +69,7 @@ def _load_gain(g, rows, ck, inside, sgt, sgc, HAS_GAIN: tl.constexpr):
 
 @triton.jit
 def _load_z(z, offsets, inside, rows, L):
-    """Saved z for a chunk: NEG in padded channels, z_last past the end (as the forward scan leaves it)."""
+    """z over a chunk: NEG in padded channels, z_last past the end; z rises, so z_last is its max."""
     zc = tl.where(inside, tl.load(z + offsets, mask=inside, other=0.0), NEG)
     z_last = tl.max(zc, 0)
     return tl.where(rows[:, None] < L, zc, z_last[None, :]), z_last
