@@ -44,6 +44,8 @@ PY
     python -m lra bench layers --device cuda
     python -m lra bench kernels --device cuda
     python -m lra bench train --device cuda
+    python -m lra bench report "$(ls -t benchmarks/results/kernels-*.json | head -1)" \
+        "$(ls -t benchmarks/results/train-*.json | head -1)" | tee benchmarks/results/report-gpu.md
     ;;
   train)
     python -m lra data generate listops --workers "$(nproc)"

@@ -15,6 +15,7 @@
     lra bench kernels               each kernel at the LRA task shapes against SDPA, FlexAttention, mambapy, fla
     lra bench train                 one training step of each model, Triton kernels against the references
     lra bench data                  our ListOps and Pathfinder generators against slow references of the originals
+    lra bench report FILE...        bench JSON as Markdown tables, with the issue's H100 targets checked
     lra doctor                      list result files the leaderboard cannot use, and why
 
 Bad input ends with one paragraph and exit status 2; `--debug` shows the traceback.
@@ -196,6 +197,14 @@ def doctor_command(args):
 
 
 def bench_command(args):
+    if args.files and args.what != "report":
+        raise UserError(f"lra bench {args.what} takes options, not files ({' '.join(args.files)}); "
+                        "files go to `lra bench report`.")
+    if args.what == "report":
+        from lra.bench_report import report
+
+        report(args.files)
+        return
     if args.what == "data":
         from lra.bench import bench_data
 
@@ -348,9 +357,11 @@ def parser():
     doctor = sub.add_parser("doctor", help="list result files the leaderboard cannot use")
     doctor.add_argument("--runs", default="leaderboard/runs", help="folder of result files")
     bench = sub.add_parser("bench", help="time layers, kernels or training steps against anchors")
-    bench.add_argument("what", choices=["layers", "kernels", "train", "data"],
+    bench.add_argument("what", choices=["layers", "kernels", "train", "data", "report"],
                        help="layers: one block per model; kernels: each kernel at the LRA task shapes; "
-                            "train: one optimizer step per model and task; data: the generators")
+                            "train: one optimizer step per model and task; data: the generators; "
+                            "report: kernels/train JSON files as Markdown tables with the targets checked")
+    bench.add_argument("files", nargs="*", help="report: JSON files of lra bench kernels|train")
     bench.add_argument("--models", nargs="*", help="layers, train: default every registered model")
     bench.add_argument("--batch", type=int, help="layers: default 8; train: default the experiment's, scaled")
     bench.add_argument("--length", type=int, default=1024, help="layers")
