@@ -5,7 +5,8 @@ stands in a driver that reports the target GPU, runs each kernel family's launch
 on CPU tensors at the head and state sizes the experiments use, and compiles each launch instead of
 running it. It catches, before any GPU time is spent, what the interpreter cannot: code the compiler
 rejects (dot shapes, dtypes), tiles needing more shared memory than the GPU has, and register spills
-(a stack frame: with 255 registers full, the rest lives in slow local memory).
+(a stack frame: with 255 registers full, the rest lives in slow local memory). It also says how many
+blocks of each fit on an SM at once, by registers and shared memory (occupancy: what hides latency).
 
     python -m lra.kernels.compile_check                  # H100/H200 (sm_90), every family
     python -m lra.kernels.compile_check --arch 80 --families attention
@@ -23,6 +24,8 @@ from functools import partial
 from pathlib import Path
 
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes of shared memory a block may opt into
+# per SM: (shared memory bytes, warps, blocks); every one of these has 65,536 registers and reserves 1 KB per block
+SM = {80: (167936, 64, 32), 86: (102400, 48, 16), 89: (102400, 48, 24), 90: (233472, 64, 32)}
 
 
 @dataclass
@@ -183,6 +186,16 @@ def over_shared_memory(results, arch):
     return [r for r in results if limit is not None and r.shared > limit]
 
 
+def blocks_per_sm(r, arch):
+    """How many blocks of a launch fit on one SM of sm_`arch` at once (by registers, shared memory, warps);
+    fewer warps resident leave less to hide memory latency with. None for an architecture not in SM."""
+    if arch not in SM:
+        return None
+    shared, warps, blocks = SM[arch]
+    per_warp = -(-r.registers * 32 // 256) * 256  # registers are given out per warp, 256 at a time
+    return min(65536 // per_warp // r.warps, shared // (r.shared + 1024), warps // r.warps, blocks)
+
+
 def spilled(results):
     """The launches whose registers spill to local memory: they run, slower."""
     return [r for r in results if r.stack]
@@ -197,11 +210,12 @@ def main(argv=None):
                         "launches over the shared memory limit")
     args = parser.parse_args(argv)
     results = []
-    print(f"{'family':<20} {'case':<28} {'kernel':<18} warps stages shared_B regs stack_B")
+    print(f"{'family':<20} {'case':<28} {'kernel':<20} warps stages shared_B regs stack_B blocks/SM")
     for r in compile_all(args.arch, args.families, args.quick):
         results.append(r)
-        print(f"{r.family:<20} {r.case:<28} {r.kernel:<18} {r.warps:>5} {r.stages:>6} {r.shared:>8} "
-              f"{r.registers:>4} {r.stack:>7}", flush=True)
+        blocks = blocks_per_sm(r, args.arch)
+        print(f"{r.family:<20} {r.case:<28} {r.kernel:<20} {r.warps:>5} {r.stages:>6} {r.shared:>8} "
+              f"{r.registers:>4} {r.stack:>7} {'-' if blocks is None else blocks:>9}", flush=True)
     too_big, spills = over_shared_memory(results, args.arch), spilled(results)
     print(f"\n{len(results)} launches compiled for sm_{args.arch}")
     for r in too_big:

@@ -60,3 +60,15 @@ def test_over_the_limit_and_spills_are_reported():
     assert over_shared_memory([fits, too_big, spills], 90) == [too_big]
     assert over_shared_memory([fits], 86) == []  # 64 KiB fits an sm_86 block (99 KiB)
     assert spilled([fits, too_big, spills]) == [spills]
+
+
+def test_blocks_per_sm_by_registers_shared_memory_and_warps():
+    from lra.kernels.compile_check import blocks_per_sm
+
+    base = Compiled("attention", "bfloat16 d=64", "_fwd", 8, 3, 0, 255, 0)
+    assert blocks_per_sm(base, 90) == 1  # 255 registers x 256 threads: the register file holds one block
+    assert blocks_per_sm(dataclasses.replace(base, warps=4, registers=128), 90) == 4  # 16 warps' worth
+    assert blocks_per_sm(dataclasses.replace(base, warps=4, registers=32, shared=100_000), 90) == 2  # 228 KB
+    assert blocks_per_sm(dataclasses.replace(base, warps=1, registers=16), 90) == 32  # the block limit
+    assert blocks_per_sm(dataclasses.replace(base, warps=4, registers=32), 86) == 12  # 48 warps on sm_86
+    assert blocks_per_sm(base, 75) is None
