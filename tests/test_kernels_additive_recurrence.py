@@ -169,3 +169,16 @@ def test_noncausal_pads_give_zeros_and_their_queries_are_never_read(triton_devic
     want = ar.noncausal(q, k, v, mask, gain)
     assert torch.isfinite(out).all() and (out[1, :, 19:] == 0).all() and (grads[0][1, :, 19:] == 0).all()
     assert rel_err(out.cpu(), want) < 1e-5
+
+
+def test_gpu_blocks_compute_the_same(triton_device, monkeypatch):
+    """The blocks picked for a GPU (causal: chunks of 64, key and value blocks of 32; non-causal: parts of
+    256 steps), not the interpreter's small ones, give the same results: 3 key blocks, 2 value blocks."""
+    import lra.kernels.additive_recurrence_triton as additive_triton
+
+    monkeypatch.setattr(additive_triton, "interpreting", lambda: False)
+    args = inputs(2, 1, 300, 70, 40, (300, 70))
+    mask = torch.arange(300) < torch.tensor([[300], [180]])
+    check(additive_triton.causal_triton, lambda q, k, v, g: ar.causal_chunked(q, k, v, gain=g), args, triton_device)
+    check(lambda q, k, v, g: additive_triton.noncausal_triton(q, k, v, mask.to(triton_device), g),
+          lambda q, k, v, g: ar.noncausal(q, k, v, mask, g), args, triton_device)

@@ -137,3 +137,13 @@ def test_padding_queries_get_zeros_and_give_nothing(causal, triton_device):
     o, dq, dk, dv = compare(loud.requires_grad_(), k, v, lengths, causal, 1e-5)
     for i, n in enumerate(lengths.tolist()):
         assert (o[i, :, n:] == 0).all() and (dq[i, :, n:] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gpu_tiles_compute_the_same(dtype, triton_device, monkeypatch):
+    """The tiles picked for a GPU, not the interpreter's small ones, give the same results."""
+    import lra.kernels.attention_triton as attention_triton
+
+    monkeypatch.setattr(attention_triton, "interpreting", lambda: False)
+    q, k, v = qkv(3, 200, 64, triton_device, dtype)
+    compare(q, k, v, torch.tensor([200, 130, 1]), causal=True, tol=1e-5 if dtype == torch.float32 else 5e-3)
