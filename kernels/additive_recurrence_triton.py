@@ -27,8 +27,8 @@ per chunk dv, dg and, per key channel,
 Non-causal, one program per (batch x head x split of the sequence, block of key channels, block of
 value channels): each key channel's softmax is its own, so keys split like values. _noncausal_stats
 keeps a split's masked online-softmax statistics (max, sum) and S's tile; torch merges the splits
-(rescaling each by exp(m_split - m)); _noncausal_out writes each split's o = q S, zero at pads,
-whose queries it does not read. Its backward: dS = sum_t q_t do_t^T over real t by splits, then
+(rescaling each by exp(m_split - m)); _noncausal_out writes each split's o = q S, zero at pads:
+no kernel reads a pad's query, key, value or output gradient. Its backward: dS = sum_t q_t do_t^T over real t by splits, then
 per position dv = (w g) dS, dg = w (v dS^T), dk = w (g (v dS^T) - c) with c_j = sum_v dS_jv S_jv
 and w the softmax weights.
 
@@ -347,9 +347,10 @@ def _noncausal_stats(k, v, g, mask, m_part, total_part, s_part, L, NS, DK, DV, H
     S = tl.zeros((BK, BV), tl.float32)
     for start in range(first, first + LS, BT):
         rows = start + steps
-        real = _real_rows(mask, bh // H, rows, L, HAS_MASK)[:, None] & (ck[None, :] < DK)
+        real_rows = _real_rows(mask, bh // H, rows, L, HAS_MASK)
+        real = real_rows[:, None] & (ck[None, :] < DK)
         kc = tl.where(real, tl.load(k + rows[:, None] * DK + ck[None, :], mask=real, other=0.0).to(tl.float32), NEG)
-        vc = _load_tile(v, rows, cv, L, DV)
+        vc = _load_real(v, rows, cv, real_rows, DV)
         gc = _load_gain(g, rows, ck, real, sgt, sgc, HAS_GAIN)
         m_new = tl.maximum(m, tl.max(kc, 0))
         p = tl.where(real, tl.exp(kc - m_new[None, :]), 0.0)  # (BT, BK)
@@ -422,7 +423,7 @@ def _noncausal_bwd(q, k, v, g, mask, do, state, lse, dstate, dq, dk, dv, dg, L, 
         real = real_rows[:, None] & (ck[None, :] < DK)
         pk, pv = rows[:, None] * DK + ck[None, :], rows[:, None] * DV + cv[None, :]
         kc = tl.load(k + pk, mask=real, other=0.0).to(tl.float32)
-        vc, doc = _load_tile(v, rows, cv, L, DV), _load_real(do, rows, cv, real_rows, DV)  # pads' output is 0
+        vc, doc = _load_real(v, rows, cv, real_rows, DV), _load_real(do, rows, cv, real_rows, DV)  # pads: w = 0, o = 0
         gc = _load_gain(g, rows, ck, real, sgt, sgc, HAS_GAIN)
         w = tl.where(real, tl.exp(tl.where(real, kc, lse_k[None, :]) - lse_k[None, :]), 0.0)  # softmax weights
         dw = tl.dot(vc, tl.trans(dS), input_precision=PRECISION)  # (BT, BK)
