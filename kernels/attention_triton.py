@@ -95,6 +95,18 @@ def _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, lo, hi, n, qk_scale,
 
 
 @triton.jit
+def _key_range(start_m, n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """A query block's key loop: [0, full) are key blocks every query in it sees whole, [full, end) the rest
+    up to the row's length n (causal: and the block's diagonal); nothing for a block of padding queries."""
+    full = tl.where(start_m < n, n // BLOCK_N * BLOCK_N, 0)
+    end = tl.where(start_m < n, n, 0)
+    if CAUSAL:
+        full = tl.minimum(full, (start_m + 1) // BLOCK_N * BLOCK_N)
+        end = tl.minimum(end, start_m + BLOCK_M)
+    return full, end
+
+
+@triton.jit
 def _fwd(Q, K, V, O, LSE, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, H, L, qk_scale,
          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
          CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
@@ -110,16 +122,10 @@ def _fwd(Q, K, V, O, LSE, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, 
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    # key blocks every query here sees in full, then the rest up to the row's length (and the diagonal);
-    # none for a block of padding queries
-    n_full = tl.where(start_m < n, n // BLOCK_N, 0)
-    end = tl.where(start_m < n, n, 0)
-    if CAUSAL:
-        n_full = tl.minimum(n_full, (start_m + 1) // BLOCK_N)
-        end = tl.minimum(end, start_m + BLOCK_M)
-    m, l, acc = _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, 0, n_full * BLOCK_N, n, qk_scale,
+    full, end = _key_range(start_m, n, BLOCK_M, BLOCK_N, CAUSAL)
+    m, l, acc = _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, 0, full, n, qk_scale,
                             HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, PRECISION)
-    m, l, acc = _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, n_full * BLOCK_N, end, n, qk_scale,
+    m, l, acc = _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, full, end, n, qk_scale,
                             HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, PRECISION)
     has_key = (l > 0) & (rows < n)  # False for padding queries and when n = 0
     l = tl.where(has_key, l, 1.0)
@@ -244,14 +250,10 @@ def _dq(Q, K, V, DO, DQ, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb,
     lse = tl.load(LSE + bh * L + rows, mask=rows < L, other=float("inf"))
     delta = tl.load(DELTA + bh * L + rows, mask=rows < L, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    n_full = tl.where(start_m < n, n // BLOCK_N, 0)  # the same key blocks as the forward
-    end = tl.where(start_m < n, n, 0)
-    if CAUSAL:
-        n_full = tl.minimum(n_full, (start_m + 1) // BLOCK_N)
-        end = tl.minimum(end, start_m + BLOCK_M)
-    dq = _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, 0, n_full * BLOCK_N, n, qk_scale,
+    full, end = _key_range(start_m, n, BLOCK_M, BLOCK_N, CAUSAL)  # the same key blocks as the forward
+    dq = _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, 0, full, n, qk_scale,
                     HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, PRECISION)
-    dq = _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, n_full * BLOCK_N, end, n, qk_scale,
+    dq = _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, full, end, n, qk_scale,
                     HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, PRECISION)
     _store_tile(DQ + bh * L * HEAD_DIM, dq * sm_scale, rows, cols, L, HEAD_DIM)
 
