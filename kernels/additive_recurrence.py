@@ -62,6 +62,38 @@ def causal_quadratic(q, k, v, gain=None):
     return A @ v  # (B, H, L, dv)
 
 
+SPAN = 40.0  # the widest spread of keys a chunk of `logcumsumexp` sums at once: exp(-SPAN) and 1 / exp(-SPAN)
+# stay far inside float32's range (the backward divides by the running sums)
+
+
+def logcumsumexp(k, chunk=64):
+    """torch.logcumsumexp(k, dim=-2) in chunks, from exp and cumsum: several times faster on a CPU, forward
+    and backward (torch's backward alone takes two more log-cumsum-exps).
+
+    A chunk sums exp(k - r) with r its largest key (detached: the result does not depend on it), so nothing
+    overflows, then joins the total of the chunks before it by logaddexp. A chunk whose keys spread more
+    than SPAN is split in halves, so no sum underflows; keys at the dtype's lowest (weight 0, as the
+    dispatch masks pads) do not count towards the spread.
+    """
+    L, lowest = k.shape[-2], torch.finfo(k.dtype).min
+    C = min(chunk, L)
+    n = -(-L // C)
+    kp = torch.nn.functional.pad(k, (0, 0, 0, n * C - L), mode="replicate") if n * C > L else k
+    kc = kp.reshape(*k.shape[:-2], n, C, k.shape[-1])
+    r = kc.amax(-2, keepdim=True).detach()  # (..., n, 1, dk)
+    spread = (r - torch.where(kc > lowest / 2, kc, r).amin(-2, keepdim=True)).max().item()
+    if C > 1 and spread > SPAN:
+        return logcumsumexp(k, C // 2)
+    local = r + torch.log(torch.cumsum(torch.exp(kc - r), dim=-2))  # (..., n, C, dk): within each chunk
+    totals = [local[..., 0, -1, :]]
+    for c in range(1, n):  # each chunk's total joined to those before it
+        totals.append(torch.logaddexp(totals[-1], local[..., c, -1, :]))
+    if n > 1:
+        before = torch.stack(totals[:-1], -2).unsqueeze(-2)  # (..., n-1, 1, dk)
+        local = torch.cat([local[..., :1, :, :], torch.logaddexp(before, local[..., 1:, :, :])], dim=-3)
+    return local.reshape(kp.shape)[..., :L, :]
+
+
 def causal_chunked(q, k, v, chunk=64, gain=None):
     """Chunked like gated linear attention: quadratic inside a chunk, a carried state across.
 
@@ -84,7 +116,7 @@ def causal_chunked(q, k, v, chunk=64, gain=None):
     g = torch.ones_like(k) if gain is None else gain.expand_as(k)
     qp, vp, gp = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (q, v, g))
     kp = torch.nn.functional.pad(k, (0, 0, 0, pad), value=torch.finfo(k.dtype).min)
-    z = torch.logcumsumexp(kp, dim=-2)  # (B, H, nC, dk)
+    z = logcumsumexp(kp)  # (B, H, nC, dk)
     qc, kc, zc, gc = (t.reshape(B, H, n, C, dk) for t in (qp, kp, z, gp))
     vc = vp.reshape(B, H, n, C, dv)
     zf, ze = zc[..., :1, :], zc[..., -1:, :]  # (B, H, n, 1, dk): z at each chunk's first and last step

@@ -7,6 +7,7 @@ from lra.kernels.additive_recurrence import (
     causal_chunked,
     causal_quadratic,
     causal_reference,
+    logcumsumexp,
     noncausal,
 )
 from lra.models.lightnet import TPE, LightNet, lrpe_angles
@@ -176,3 +177,16 @@ def test_tpe_on_a_grid_mixes_along_rows_and_columns_only():
 def test_bad_options_fail_clearly(bad, match):
     with pytest.raises(ValueError, match=match):
         LightNet(**{"d_model": 16, "n_layers": 1, **bad})
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 500.0])  # 30 and 500 split chunks (down to one step at 500)
+def test_chunked_logcumsumexp_equals_torchs(scale):
+    g = torch.Generator().manual_seed(0)
+    k = (scale * torch.randn(3, 2, 337, 7, generator=g, dtype=torch.float64)).requires_grad_()
+    k.data[1, :, 300:] = torch.finfo(torch.float64).min  # weight-0 keys, as the dispatch masks pads
+    w = torch.randn(k.shape, generator=g, dtype=torch.float64)
+    want = torch.logcumsumexp(k, dim=-2)
+    got = logcumsumexp(k)
+    assert rel_err(got, want) < 1e-12
+    (want_grad,), (got_grad,) = (torch.autograd.grad((z * w).sum(), k) for z in (want, got))
+    assert rel_err(got_grad, want_grad) < 1e-10
