@@ -15,18 +15,17 @@ from pathlib import Path
 from lra.errors import UserError
 
 RECORDED_MS = {"s4d": 4.92, "s4": 6.67}  # state-spaces/s4 with its CUDA extension, B16 H256 L4096 (text shape)
-PADDED = ("listops", "text", "retrieval")
 
 
-def target(row):
-    """(what the issue asks of this row, whether this run met it), or None where it asks nothing."""
+def target(row, kind):
+    """(what the issue asks of a row of a `kind` bench, whether this run met it), or None where it asks nothing."""
     case, task, timed = row["case"], row["task"], _timed(row)
-    ours = timed.get("default" if row.get("kind") == "train" else "triton")
+    ours = timed.get("default" if kind == "train" else "triton")
     if ours is None:
         return None
-    if row.get("kind") == "train":
+    if kind == "train":
         return _faster("2x the reference's tokens/s", ours, timed.get("reference"), 2.0)
-    if case == "attention" and task in PADDED:
+    if case == "attention" and row["shape"]["padded"]:
         return _faster("faster than flex", ours, timed.get("flex"), 1.0)
     if case == "attention":
         return _faster("within 1.1x of sdpa-flash", ours, timed.get("sdpa-flash"), 1 / 1.1)
@@ -78,11 +77,10 @@ def markdown(record, source):
              "|" + "---|" * (5 + len(names) + len(anchors))]
     goals = []
     for row in record["rows"]:
-        row = dict(row, kind=record["kind"])
         timed = _timed(row)
         shape = f"{row['shape']['batch']} x {row['shape']['length']}"
         cells = [f"{timed[n]:.3g}" if n in timed else "-" for n in (*names, *anchors)]
-        goal = target(row) if gpu else None
+        goal = target(row, record["kind"]) if gpu else None
         verdict = "" if goal is None else {True: "yes", False: "**no**", None: "anchor missing"}[goal[1]]
         goals += [goal] if goal else []
         lines.append(f"| {row['case']} | {row['task']} | {shape} | " + " | ".join(cells)
