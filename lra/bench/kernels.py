@@ -63,7 +63,8 @@ from lra.bench.core import (
     write_record,
 )
 
-# torch and the kernels are imported inside the functions, after Triton's interpreter is chosen.
+# torch and the kernels are imported inside the functions: Triton's interpreter is chosen
+# (prepare_device) before Triton is imported.
 
 
 @dataclass
