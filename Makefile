@@ -34,7 +34,8 @@ data: install  ## generate full ListOps (96K/2K/2K) under ./data/listops and tok
 	$(BIN)/lra data generate listops
 	$(BIN)/lra data prepare listops
 
-bench: install  ## time one block of every model (fwd+bwd, B8 L1024 D128 N64, one thread) -> benchmarks/results/; `lra bench kernels|train`: docs/performance.md
+# `lra bench kernels|train|data|report`: docs/performance.md
+bench: install  ## one block of each model (B8 L1024 D128 N64, 1 thread) -> benchmarks/results/
 	OMP_NUM_THREADS=1 $(BIN)/lra bench layers
 
 kernels-check: install  ## compile every Triton kernel for an H100 (sm_90) without a GPU: shared memory, registers, spills

@@ -3,9 +3,9 @@
 # (10 minutes a call, 30 a session). From the repository root on the GPU machine:
 #
 #   bash benchmarks/gpu.sh check    # installs, imports, and one Triton kernel on the GPU (a minute)
-#   bash benchmarks/gpu.sh tests    # pytest -m "kernels or gpu" on CUDA, then the model equivalence tests
+#   bash benchmarks/gpu.sh tests    # pytest -m "kernels or gpu" on CUDA, then the model tests
 #   bash benchmarks/gpu.sh bench    # lra bench layers|kernels|train --device cuda
-#   bash benchmarks/gpu.sh train    # generated full ListOps, then S4D's published recipe for 9 minutes
+#   bash benchmarks/gpu.sh train    # full ListOps generated, then S4D's recipe for 9 minutes
 #
 # The machine has torch, triton, lightning, pandas, pyarrow and pytest but no network: the rest
 # comes from wheels/ (git-ignored; carry it), fetched beforehand on a machine with pip access by
@@ -31,7 +31,8 @@ print(f"torch {torch.__version__}, triton {triton.__version__}, lightning {light
 q = torch.randn(2, 4, 300, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 out = attention(q, q, q, torch.tensor([300, 123], device="cuda"))
 out.float().sum().backward()
-print("Triton attention ran forward and backward:", tuple(out.shape), "finite:", bool(q.grad.isfinite().all()))
+print("Triton attention ran forward and backward:", tuple(out.shape),
+      "finite:", bool(q.grad.isfinite().all()))
 PY
     python -m lra list
     ;;

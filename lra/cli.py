@@ -201,38 +201,41 @@ def bench_command(args):
         raise UserError(f"lra bench {args.what} takes options, not files ({' '.join(args.files)}); "
                         "files go to `lra bench report`.")
     if args.what == "report":
-        from lra.bench_report import report
+        from lra.bench.report import report
 
         report(args.files)
         return
     if args.what == "data":
-        from lra.bench import bench_data
+        from lra.bench.data import GENERATORS, bench_data
 
-        tasks = args.tasks or ["listops", "pathfinder", "pathx"]
-        if not set(tasks) <= {"listops", "pathfinder", "pathx"} or (args.n is not None and args.n < 1):
-            raise UserError(f"lra bench data times the generators of listops, pathfinder and pathx (not "
-                            f"{', '.join(sorted(set(tasks) - {'listops', 'pathfinder', 'pathx'})) or 'those'}) "
-                            f"for --n N >= 1 Pathfinder images; got --tasks {' '.join(tasks)} --n {args.n}.")
+        tasks = args.tasks or list(GENERATORS)
+        others = sorted(set(tasks) - set(GENERATORS))
+        if others or (args.n is not None and args.n < 1):
+            raise UserError(f"lra bench data times the generators of listops, pathfinder and pathx "
+                            f"(not {', '.join(others) or 'those'}) for --n N >= 1 Pathfinder "
+                            f"images; got --tasks {' '.join(tasks)} --n {args.n}.")
         bench_data(n=args.n or 1000, tasks=tasks, out_dir=args.out)
         return
     if args.what == "layers":
-        from lra.bench import bench_layers
+        from lra.bench.layers import bench_layers
 
         bench_layers(args.models, out_dir=args.out, batch=args.batch or 8, length=args.length,
                      d_model=args.d_model or 128, d_state=args.d_state, repeats=args.repeats or 3,
                      threads=args.threads, device=args.device or "cpu")
         return
-    from lra import bench_kernels, bench_train
+    from lra.bench.kernels import bench_kernels
+    from lra.bench.train import bench_train
 
     if args.scale is not None and not 0 < args.scale <= 1:
-        raise UserError(f"--scale {args.scale} must be in (0, 1]: it shrinks each batch and length.")
+        raise UserError(f"--scale {args.scale} must be in (0, 1]: it shrinks each batch and "
+                        "length.")
     common = dict(tasks=args.tasks, scale=args.scale, device=args.device, repeats=args.repeats,
                   interpret=args.interpret, threads=args.threads, out_dir=args.out)
     if args.what == "kernels":
-        bench_kernels.bench_kernels(args.cases, **common)
+        bench_kernels(args.cases, **common)
     else:
-        bench_train.bench_train(args.models, d_model=args.d_model, n_layers=args.n_layers, batch=args.batch,
-                                **common)
+        bench_train(args.models, d_model=args.d_model, n_layers=args.n_layers, batch=args.batch,
+                    **common)
 
 
 def leaderboard_command(args):
@@ -339,9 +342,9 @@ def data_command(args):
 
 
 def _bench_cases():
-    from lra.bench_kernels import CASES  # imports nothing heavy
+    from lra.bench.core import KERNEL_CASES  # a static list: imports nothing heavy
 
-    return CASES
+    return KERNEL_CASES
 
 
 def parser():

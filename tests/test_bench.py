@@ -1,12 +1,22 @@
-"""`lra bench layers` writes a JSON record with same-run anchor ratios."""
+"""`lra bench layers` writes a JSON record with same-run anchor ratios; the core every bench
+shares (timing, the JSON files) and the package's layout."""
+import ast
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
+import torch
 from omegaconf import OmegaConf
 
 from lra import registry
+from lra.bench.core import time_steps, write_record
 
 CONF = Path(__file__).parents[1] / "conf"
+BENCH = Path(__file__).parents[1] / "lra" / "bench"
 
 
 def test_bench_layers_writes_ratios_to_same_run_anchors(lra, tmp_path):
@@ -35,3 +45,47 @@ def test_list_models_counts_parameters_at_a_given_width(lra):
     del options["name"]
     built = registry.model("s4d")(**{**options, "d_model": 16})
     assert count[16] == sum(p.numel() for p in built.parameters())
+
+
+def test_time_steps_on_a_cpu_times_repeats_after_the_warm_up():
+    calls = []
+    seconds, times, peak = time_steps(lambda: calls.append(1), repeats=3, cuda=False, warmup=2)
+    assert len(calls) == 5 and len(times) == 3 and peak is None
+    assert seconds == sorted(times)[1]
+
+
+def test_time_steps_cuts_the_repeats_to_the_budget():
+    seconds, times, _ = time_steps(lambda: time.sleep(0.05), repeats=5, cuda=False, warmup=1,
+                                   budget=0.12)
+    assert 1 <= len(times) <= 2 and seconds >= 0.05
+
+
+@pytest.mark.gpu
+def test_time_steps_on_cuda_go_through_do_bench():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    a = torch.randn(1024, 1024, device="cuda")
+    seconds, times, peak = time_steps(lambda: a @ a, repeats=5, cuda=True, warmup=1)
+    assert seconds > 0 and len(times) >= 1 and peak >= 4
+
+
+def test_write_record_names_the_file_by_kind_device_and_time(tmp_path):
+    record = {"kind": "kernels", "device": "NVIDIA H100 80GB/HBM3",
+              "created": "2026-01-02T03:04:05", "rows": []}
+    path = write_record(record, tmp_path / "out")
+    assert path.name == "kernels-NVIDIA_H100_80GB_HBM3-20260102-030405.json"
+    assert json.loads(path.read_text()) == record and os.listdir(tmp_path / "out") == [path.name]
+
+
+def test_the_bench_package_imports_no_torch():
+    code = "import sys, lra.bench, lra.bench.core; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_no_bench_module_imports_another_ones_private_names():
+    for path in BENCH.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lra"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"

@@ -1,5 +1,6 @@
-"""`lra bench kernels` and `lra bench train` at tiny scales on the CPU: every case, candidate and anchor is
-listed (found or not), timed candidates carry positive times, and the ratios are those of the times."""
+"""`lra bench kernels` and `lra bench train` at tiny scales on the CPU: every case, candidate and
+anchor is listed (found or not), timed candidates carry positive times, and the ratios are those of
+the times."""
 import json
 import sys
 import types
@@ -7,7 +8,8 @@ import types
 import pytest
 import torch
 
-from lra.bench_kernels import CASES, device_peaks
+from lra.bench.core import KERNEL_CASES, device_peaks
+from lra.bench.kernels import CASES
 
 STATES = {"ok", "skipped", "not found", "failed", "unavailable"}
 
@@ -30,7 +32,8 @@ def _check_ratios(row):
 
 
 class _FakeMamba(torch.nn.Module):
-    """Stands in for mambapy's Mamba (forward returns (y, hiddens)), to show a found anchor is timed."""
+    """Stands in for mambapy's Mamba (forward returns (y, hiddens)), to show a found anchor is
+    timed."""
 
     def __init__(self, config):
         super().__init__()
@@ -45,8 +48,9 @@ def test_bench_kernels_lists_every_case_candidate_and_anchor(lra, tmp_path, monk
     fake.Mamba, fake.MambaConfig = _FakeMamba, lambda **options: types.SimpleNamespace(**options)
     monkeypatch.setitem(sys.modules, "mambapy", types.ModuleType("mambapy"))
     monkeypatch.setitem(sys.modules, "mambapy.mamba", fake)
-    monkeypatch.setitem(sys.modules, "fla", None)  # fla-core missing, whether or not it is installed
-    result = lra("bench", "kernels", "--tasks", "listops", "--scale", "0.004", "--repeats", "1", "--out", "out")
+    monkeypatch.setitem(sys.modules, "fla", None)  # fla-core missing, installed or not
+    result = lra("bench", "kernels", "--tasks", "listops", "--scale", "0.004", "--repeats", "1",
+                 "--out", "out")
     assert result.code == 0, result.err
     record = _record(tmp_path, "kernels")
     rows = {row["case"]: row for row in record["rows"]}
@@ -57,7 +61,8 @@ def test_bench_kernels_lists_every_case_candidate_and_anchor(lra, tmp_path, monk
         assert row["candidates"]["reference"]["lra_kernels"] == "reference"
         _check_ratios(row)
     attention = rows["attention"]
-    assert {"sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "flex", "flex-qk"} <= set(attention["candidates"])
+    anchors = {"sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "flex", "flex-qk"}
+    assert anchors <= set(attention["candidates"])
     assert attention["candidates"]["flex"]["status"] == "skipped" and attention["flops"] > 0
     assert attention["candidates"]["flex-qk"]["status"] == "skipped"
     assert rows["additive_causal"]["candidates"]["fla"]["status"] == "not found"
@@ -66,10 +71,13 @@ def test_bench_kernels_lists_every_case_candidate_and_anchor(lra, tmp_path, monk
     assert mamba["candidates"]["mambapy"]["status"] == "ok" and mamba["anchor"] == "mambapy"
     assert rows["s4d"]["candidates"]["s4d-minimal"]["status"] == "ok"
     vandermonde = rows["vandermonde"]  # one kernel for every sequence
-    assert vandermonde["shape"]["batch"] == 1 and vandermonde["tokens"] == vandermonde["shape"]["length"]
+    assert vandermonde["shape"]["batch"] == 1
+    assert vandermonde["tokens"] == vandermonde["shape"]["length"]
     scan = rows["selective_scan"]
-    L, B = scan["shape"]["length"], scan["shape"]["batch"]  # x, dt (B, 512, L), B, C (B, 16, L), A (512, 16), D (512,)
-    assert scan["bytes"] == 4 * (3 * (2 * B * 512 * L + 2 * B * 16 * L + 512 * 16 + 512) + 2 * B * 512 * L)
+    # x, dt (B, 512, L), B, C (B, 16, L), A (512, 16), D (512,); the output (B, 512, L)
+    L, B = scan["shape"]["length"], scan["shape"]["batch"]
+    inputs = 2 * B * 512 * L + 2 * B * 16 * L + 512 * 16 + 512
+    assert scan["bytes"] == 4 * (3 * inputs + 2 * B * 512 * L)
     assert record["peaks"] is None and record["options"]["scale"] == 0.004
     assert "fla" in result.out and "not found" in result.out and "wrote" in result.out
 
@@ -91,22 +99,25 @@ def test_bench_kernels_interpret_times_the_triton_attention(lra, tmp_path, monke
 
 
 def test_bench_train_times_a_step_per_model_and_task(lra, tmp_path):
-    result = lra("bench", "train", "--models", "s4d", "transformer", "--tasks", "listops", "retrieval",
-                 "--scale", "0.004", "--d-model", "16", "--batch", "1", "--repeats", "1", "--out", "out")
+    result = lra("bench", "train", "--models", "s4d", "transformer",
+                 "--tasks", "listops", "retrieval", "--scale", "0.004", "--d-model", "16",
+                 "--batch", "1", "--repeats", "1", "--out", "out")
     assert result.code == 0, result.err
     record = _record(tmp_path, "train")
     rows = {(row["case"], row["task"]): row for row in record["rows"]}
     assert set(rows) == {(m, t) for m in ("s4d", "transformer") for t in ("listops", "retrieval")}
     for (model, task), row in rows.items():
         shape = row["shape"]
-        assert shape["d_model"] == 16 and shape["n_layers"] == 1 and shape["batch"] == 1  # n_layers: 1 on a CPU
+        # n_layers: 1 on a CPU
+        assert shape["d_model"] == 16 and shape["n_layers"] == 1 and shape["batch"] == 1
         assert row["tokens"] == shape["batch"] * shape["documents"] * shape["length"]
         assert f"{model}/{task}" in row["what"]  # the S4 LRA experiment's config
         assert row["candidates"]["triton"]["status"] == "skipped"
         assert {row["candidates"][c]["status"] for c in ("default", "reference")} == {"ok"}
         assert row["anchor"] == "reference"
         _check_ratios(row)
-    assert rows[("s4d", "retrieval")]["shape"]["documents"] == 2 and rows[("s4d", "retrieval")]["shape"]["length"] == 16
+    retrieval = rows[("s4d", "retrieval")]["shape"]
+    assert retrieval["documents"] == 2 and retrieval["length"] == 16
     assert "no GPU" in result.out and "wrote" in result.out
 
 
@@ -124,4 +135,9 @@ def test_bench_rejects_bad_options(lra, args, message):
 def test_device_peaks_by_name():
     assert device_peaks("NVIDIA H100 80GB HBM3")["hbm_bytes_per_s"] == 3.35e12
     assert device_peaks("NVIDIA H200")["bf16_flop_per_s"] == 989e12
-    assert device_peaks("NVIDIA A100-SXM4-40GB") is None and device_peaks("NVIDIA H100 PCIe") is None
+    assert device_peaks("NVIDIA A100-SXM4-40GB") is None
+    assert device_peaks("NVIDIA H100 PCIe") is None
+
+
+def test_the_cli_lists_the_cases_the_bench_has():
+    assert KERNEL_CASES == tuple(CASES)

@@ -1,7 +1,11 @@
-"""`lra bench report`: bench JSON as Markdown, each H100 target of the kernels issue checked on GPU runs only."""
+"""`lra bench report`: bench JSON as Markdown, each H100 target of the kernels issue checked on
+GPU runs only."""
 import json
+from pathlib import Path
 
-from lra.bench_report import markdown
+from lra.bench.report import markdown
+
+RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
 
 
 def candidate(ms, kind="anchor"):
@@ -9,40 +13,47 @@ def candidate(ms, kind="anchor"):
 
 
 def row(case, task, length=1024, **candidates):
-    padded = task in ("listops", "text", "retrieval")  # as lra.bench_kernels.TASKS says
+    padded = task in ("listops", "text", "retrieval")  # as lra.bench.core.TASKS says
     return {"case": case, "task": task, "shape": {"batch": 2, "length": length, "padded": padded},
             "candidates": candidates}
 
 
 def record(rows, device="NVIDIA H100 80GB HBM3", scale=1, kind="kernels"):
-    return {"kind": kind, "device": device, "torch": "2.11", "options": {"scale": scale}, "rows": rows}
+    return {"kind": kind, "device": device, "torch": "2.11", "options": {"scale": scale},
+            "rows": rows}
 
 
 KERNELS = [
-    row("attention", "listops", triton=candidate(1.0, "ours"), flex=candidate(1.2)),  # faster than flex: yes
-    row("attention", "image", triton=candidate(1.3, "ours"), **{"sdpa-flash": candidate(1.18)}),  # 1.10x: no
+    # faster than flex: yes
+    row("attention", "listops", triton=candidate(1.0, "ours"), flex=candidate(1.2)),
+    # 1.10x: no
+    row("attention", "image", triton=candidate(1.3, "ours"), **{"sdpa-flash": candidate(1.18)}),
     row("additive_causal", "pathx", triton=candidate(5.0, "ours"),
         fla={"kind": "anchor", "status": "not found"}),  # no anchor to compare
     row("s4d", "text", triton=candidate(2.0, "ours")),  # 4.92 recorded / 2.0 = 2.46x: yes
-    row("selective_scan", "text", triton=candidate(3.0, "ours"), reference=candidate(30.0, "reference")),  # none
+    row("selective_scan", "text", triton=candidate(3.0, "ours"),
+        reference=candidate(30.0, "reference")),  # no target
 ]
 
 
 def test_gpu_run_checks_each_target_from_the_same_run():
     text = markdown(record(KERNELS), "k.json")
-    lines = {line.split(" | ")[0] + line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| ")}
+    lines = {line.split(" | ")[0] + line.split(" | ")[1]: line
+             for line in text.splitlines() if line.startswith("| ")}
     assert lines["| attentionlistops"].endswith("| faster than flex | yes |")
     assert lines["| attentionimage"].endswith("| within 1.1x of sdpa-flash | **no** |")
     assert lines["| additive_causalpathx"].endswith("| faster than fla at 16K | anchor missing |")
     assert "2x state-spaces/s4 (4.92 ms, recorded) | yes |" in lines["| s4dtext"]
     assert lines["| selective_scantext"].endswith("|  |  |")
-    assert "| 1 | - | 1.2 |" in lines["| attentionlistops"]  # triton, reference, flex, then sdpa-flash
+    # triton, reference, flex, then sdpa-flash
+    assert "| 1 | - | 1.2 |" in lines["| attentionlistops"]
     assert "Targets met: 2 of 3 checked; 1 without their anchor." in text
 
 
 def test_training_steps_need_twice_the_reference_throughput():
-    rows = [row("s4d", "text", default=candidate(10.0, "ours"), reference=candidate(25.0, "reference")),
-            row("mamba", "text", default=candidate(10.0, "ours"), reference=candidate(15.0, "reference"))]
+    rows = [row(model, "text", default=candidate(10.0, "ours"),
+                reference=candidate(reference, "reference"))
+            for model, reference in (("s4d", 25.0), ("mamba", 15.0))]
     text = markdown(record(rows, kind="train"), "t.json")
     assert "| s4d | text | 2 x 1024 | 10 | 25 | 2x the reference's tokens/s | yes |" in text
     assert "| mamba | text | 2 x 1024 | 10 | 15 | 2x the reference's tokens/s | **no** |" in text
@@ -69,3 +80,13 @@ def test_report_names_what_it_cannot_use(lra, tmp_path):
     assert result.code == 2 and "takes one or more JSON files" in result.err
     result = lra("bench", "kernels", "gpu.json")
     assert result.code == 2 and "files go to `lra bench report`" in result.err
+
+
+def test_report_reads_the_files_benches_wrote_before():
+    files = sorted(RESULTS.glob("kernels-cpu-*.json")) + sorted(RESULTS.glob("train-cpu-*.json"))
+    assert files
+    for path in files:
+        record = json.loads(path.read_text())
+        text = markdown(record, path.name)
+        assert f"### `lra bench {record['kind']}` on {record['device']}" in text
+        assert text.count("\n| ") == 1 + len(record["rows"])  # the header, then a line a row

@@ -1,24 +1,29 @@
-"""`lra bench report`: bench JSON files as Markdown tables, with the H100 targets of the kernels issue checked.
+"""`lra bench report`: bench JSON files as Markdown tables, with the H100 targets of the
+kernels issue checked.
 
     lra bench report benchmarks/results/kernels-NVIDIA_H100_80GB_HBM3-*.json
     lra bench report benchmarks/results/train-*.json > report.md
 
-One row per case and task shape: the milliseconds of ours (`triton`; `default` for training steps), of
-the PyTorch reference and of every anchor that ran, and, where the issue sets a target for that row, the
-target and whether this run met it. Ratios come from the same run, except for the state-spaces/s4 blocks,
-which cannot run here and are compared with their recorded H100 times. Targets are checked only for GPU
-runs at full scale (`--scale 1`); a CPU run's table says so instead.
+One row per case and task shape: the milliseconds of ours (`triton`; `default` for training
+steps), of the PyTorch reference and of every anchor that ran, and, where the issue sets a target
+for that row, the target and whether this run met it. Ratios come from the same run, except for
+the state-spaces/s4 blocks, which cannot run here and are compared with their recorded H100
+times. Targets are checked only for GPU runs at full scale (`--scale 1`); a CPU run's table says
+so instead.
 """
 import json
 from pathlib import Path
 
 from lra.errors import UserError
 
-RECORDED_MS = {"s4d": 4.92, "s4": 6.67}  # state-spaces/s4 with its CUDA extension, B16 H256 L4096 (text shape)
+# state-spaces/s4 with its CUDA extension, B16 H256 L4096 (the text shape)
+RECORDED_MS = {"s4d": 4.92, "s4": 6.67}
+VERDICTS = {True: "yes", False: "**no**", None: "anchor missing"}  # met, missed, not comparable
 
 
 def target(row, kind):
-    """(what the issue asks of a row of a `kind` bench, whether this run met it), or None where it asks nothing."""
+    """(what the issue asks of a row of a `kind` bench, whether this run met it), or None where
+    it asks nothing."""
     case, task, timed = row["case"], row["task"], _timed(row)
     ours = timed.get("default" if kind == "train" else "triton")
     if ours is None:
@@ -36,7 +41,8 @@ def target(row, kind):
             return _faster("faster than fla at 16K", ours, timed.get("fla"), 1.0)
         return _faster("within 1.2x of fla", ours, timed.get("fla"), 1 / 1.2)
     if case in RECORDED_MS and task == "text":
-        return _faster(f"2x state-spaces/s4 ({RECORDED_MS[case]} ms, recorded)", ours, RECORDED_MS[case], 2.0)
+        recorded = RECORDED_MS[case]
+        return _faster(f"2x state-spaces/s4 ({recorded} ms, recorded)", ours, recorded, 2.0)
     return None
 
 
@@ -55,24 +61,28 @@ def load(path):
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read bench results {path}: {err}. Give the JSON files `lra bench kernels` or "
-                        "`lra bench train` wrote (benchmarks/results/).") from err
+        raise UserError(f"cannot read bench results {path}: {err}. Give the JSON files "
+                        "`lra bench kernels` or `lra bench train` wrote "
+                        "(benchmarks/results/).") from err
     if record.get("kind") not in ("kernels", "train") or not isinstance(record.get("rows"), list):
         raise UserError(f"{path} is not a `lra bench kernels` or `lra bench train` result (kind "
-                        f"{record.get('kind')!r}); `lra bench layers` and `data` files have their own tables.")
+                        f"{record.get('kind')!r}); `lra bench layers` and `data` files have their "
+                        "own tables.")
     return record
 
 
 def markdown(record, source):
     """One record as a Markdown section: a heading, how it was run, and the table."""
     gpu = not record["device"].startswith("cpu") and record["options"].get("scale") == 1
-    names = [n for n in ("triton", "default", "reference") if any(n in r["candidates"] for r in record["rows"])]
+    names = [n for n in ("triton", "default", "reference")
+             if any(n in r["candidates"] for r in record["rows"])]
     anchors = sorted({n for r in record["rows"] for n, c in r["candidates"].items()
                       if c.get("kind") == "anchor" and c.get("status") == "ok"})
+    unit = "ms per training step" if record["kind"] == "train" else "ms, forward + backward"
     lines = [f"### `lra bench {record['kind']}` on {record['device']}", "",
              f"`{source}`: torch {record['torch']}, options {json.dumps(record['options'])}; "
-             + ("ms per training step" if record["kind"] == "train" else "ms, forward + backward")
-             + ("" if gpu else "; targets are for a GPU at full scale, not checked here"), "",
+             + unit + ("" if gpu else "; targets are for a GPU at full scale, not checked here"),
+             "",
              "| case | task | B x L | " + " | ".join([*names, *anchors]) + " | target | met |",
              "|" + "---|" * (5 + len(names) + len(anchors))]
     goals = []
@@ -81,13 +91,14 @@ def markdown(record, source):
         shape = f"{row['shape']['batch']} x {row['shape']['length']}"
         cells = [f"{timed[n]:.3g}" if n in timed else "-" for n in (*names, *anchors)]
         goal = target(row, record["kind"]) if gpu else None
-        verdict = "" if goal is None else {True: "yes", False: "**no**", None: "anchor missing"}[goal[1]]
+        verdict = "" if goal is None else VERDICTS[goal[1]]
         goals += [goal] if goal else []
         lines.append(f"| {row['case']} | {row['task']} | {shape} | " + " | ".join(cells)
                      + f" | {goal[0] if goal else ''} | {verdict} |")
     if gpu:
         missing = sum(g[1] is None for g in goals)
-        lines += ["", f"Targets met: {sum(g[1] is True for g in goals)} of {len(goals) - missing} checked"
+        met = sum(g[1] is True for g in goals)
+        lines += ["", f"Targets met: {met} of {len(goals) - missing} checked"
                   + (f"; {missing} without their anchor" if missing else "") + "."]
     return "\n".join(lines)
 
