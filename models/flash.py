@@ -42,8 +42,11 @@ class Flash(Transformer):
     def __init__(self, d_model=128, n_layers=4, n_heads=4, d_ff=None, dropout=0.0,
                  positions="sinusoidal", max_len=4096, bidirectional=True, block_size=64):
         if block_size < 1:
-            raise ValueError(f"block_size={block_size} must be a positive number of keys; set model.block_size >= 1")
-        super().__init__(d_model, n_layers, n_heads, d_ff, dropout, positions, max_len, bidirectional,
+            raise ValueError(f"block_size={block_size} must be a positive number of keys; "
+                             "set model.block_size >= 1")
+        super().__init__(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff,
+                         dropout=dropout, positions=positions, max_len=max_len,
+                         bidirectional=bidirectional,
                          attend=partial(attention, block_size=block_size))
 
     def forward(self, x, mask=None):

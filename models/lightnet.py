@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lra.kernels.additive_recurrence import additive_recurrence
-from lra.models.blocks import GLU, Residual, RMSNorm, zero_pads
+from lra.models.blocks import GLU, ResidualStack, RMSNorm, head_dim, zero_pads
 from lra.registry import register_model
 
 POSITIONS = ("lrpe", "tpe", "both", "none")
@@ -112,7 +112,8 @@ class LightNetMixer(nn.Module):
 
     def __init__(self, d_model, n_heads=4, bidirectional=True, grid=None, lrpe=True, lrpe_base=1e4, gate_rank=16):
         super().__init__()
-        self.n_heads, self.causal, self.grid = n_heads, not bidirectional, grid
+        self.n_heads, self.d_head = n_heads, head_dim(d_model, n_heads)
+        self.causal, self.grid = not bidirectional, grid
         self.lrpe, self.lrpe_base = lrpe, lrpe_base
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.gate = nn.Sequential(nn.Linear(d_model, gate_rank, bias=False), nn.Linear(gate_rank, d_model))
@@ -122,7 +123,7 @@ class LightNetMixer(nn.Module):
     def forward(self, x, mask=None):
         B, L, D = x.shape
         x = zero_pads(x, mask)
-        qkv = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads)
+        qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.d_head)
         with torch.autocast(x.device.type, enabled=False):  # the recurrence in at least float32
             dtype = torch.promote_types(qkv.dtype, torch.float32)
             q, k, v = qkv.to(dtype).permute(2, 0, 3, 1, 4)  # (B, nh, L, hd) each
@@ -150,7 +151,7 @@ class ChannelGLU(nn.Module):
 
 
 @register_model("lightnet")
-class LightNet(nn.Module):
+class LightNet(ResidualStack):
     """A stack of LightNet blocks, (B, L, d_model) -> (B, L, d_model).
 
     n_heads: heads of the recurrence (d_model / n_heads wide). bidirectional: the one-pass
@@ -159,36 +160,28 @@ class LightNet(nn.Module):
     gate_rank: rank of the output gate. lrpe_base: base of the LRPE frequencies.
     """
 
-    def __init__(self, d_model=128, n_layers=4, n_heads=4, dropout=0.0, bidirectional=True, grid=None,
-                 positions="lrpe", gate_rank=16, lrpe_base=10000.0):
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(
-                f"d_model={d_model} is not divisible by n_heads={n_heads}; "
-                f"choose model.d_model as a multiple of model.n_heads"
-            )
+    def __init__(self, d_model=128, n_layers=4, n_heads=4, dropout=0.0, bidirectional=True,
+                 grid=None, positions="lrpe", gate_rank=16, lrpe_base=10000.0):
+        d_head = head_dim(d_model, n_heads)
         if positions not in POSITIONS:
-            raise ValueError(f"positions={positions!r} is not known; use one of {', '.join(POSITIONS)}")
+            raise ValueError(
+                f"positions={positions!r} is not known; use one of {', '.join(POSITIONS)}")
         if grid is not None:
             grid = tuple(int(n) for n in grid)
             if not grid or min(grid) < 1:
-                raise ValueError(f"grid={list(grid)} must list positive sizes, e.g. [32, 32]; or set model.grid=null")
-            if positions in ("lrpe", "both") and d_model // n_heads < len(grid):
+                raise ValueError(f"grid={list(grid)} must list positive sizes, e.g. [32, 32]; "
+                                 "or set model.grid=null")
+            if positions in ("lrpe", "both") and d_head < len(grid):
                 raise ValueError(
-                    f"grid has {len(grid)} axes but a head is {d_model // n_heads} channels wide; "
+                    f"grid has {len(grid)} axes but a head is {d_head} channels wide; "
                     f"MD-LRPE needs a channel per axis: lower model.n_heads or use model.positions=tpe"
                 )
-        lrpe = positions in ("lrpe", "both")
-        self.layers = nn.ModuleList()
+        mixers = []
         for _ in range(n_layers):
             if positions in ("tpe", "both"):
-                self.layers.append(Residual(TPE(d_model, grid, bidirectional), d_model, dropout, "rms", prenorm=True))
-            mixer = LightNetMixer(d_model, n_heads, bidirectional, grid, lrpe, lrpe_base, gate_rank)
-            self.layers.append(Residual(mixer, d_model, dropout, "rms", prenorm=True))
-            self.layers.append(Residual(ChannelGLU(d_model), d_model, dropout, "rms", prenorm=True))
-        self.norm = RMSNorm(d_model)
-
-    def forward(self, x, mask=None):
-        for layer in self.layers:
-            x = layer(x, mask)
-        return self.norm(x)
+                mixers.append(TPE(d_model, grid=grid, bidirectional=bidirectional))
+            mixers.append(LightNetMixer(d_model, n_heads=n_heads, bidirectional=bidirectional,
+                                        grid=grid, lrpe=positions in ("lrpe", "both"),
+                                        lrpe_base=lrpe_base, gate_rank=gate_rank))
+            mixers.append(ChannelGLU(d_model))
+        super().__init__(mixers, d_model=d_model, dropout=dropout, norm="rms", prenorm=True)

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lra.kernels.selective_scan import selective_scan, selective_scan_step
-from lra.models.blocks import ResidualStack, zero_pads
+from lra.models.blocks import RecurrentStack, require_causal, zero_pads
 from lra.registry import register_model
 
 
@@ -106,9 +106,11 @@ class MambaLayer(nn.Module):
                 hint = " or 'auto' (ceil(d_model / 16))" if name == "dt_rank" else ""
                 raise ValueError(f"{name}={value!r} is not valid; use a positive integer{hint}")
         d_inner = expand * d_model
+        self.bidirectional = bidirectional
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
         self.ssm = nn.ModuleList(
-            SelectiveSSM(d_inner, d_state, d_conv, dt_rank, dt_min, dt_max)
+            SelectiveSSM(d_inner, d_state=d_state, d_conv=d_conv, dt_rank=dt_rank, dt_min=dt_min,
+                         dt_max=dt_max)
             for _ in range(2 if bidirectional else 1)
         )
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
@@ -117,7 +119,7 @@ class MambaLayer(nn.Module):
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (B, L, E) each
         x = zero_pads(x, mask).transpose(1, 2)  # (B, E, L)
         y = self.ssm[0](x, mask)
-        if len(self.ssm) == 2:  # the backward scan: reverse, scan, reverse back; pads now lead
+        if self.bidirectional:  # the backward scan: reverse, scan, reverse back; pads now lead
             back = None if mask is None else mask.flip(-1)
             y = y + self.ssm[1](x.flip(-1), back).flip(-1)
         return self.out_proj(y.transpose(1, 2) * F.silu(z))  # (B, L, d_model)
@@ -130,15 +132,14 @@ class MambaLayer(nn.Module):
 
     def step(self, u_t, state):
         """One time step of a causal layer: u_t (B, d_model), state -> y_t (B, d_model), new state."""
-        if len(self.ssm) == 2:
-            raise ValueError("step is only defined for a causal layer; build it with bidirectional=False")
+        require_causal(self.bidirectional)
         x, z = self.in_proj(u_t).chunk(2, dim=-1)  # (B, E) each
         y, state = self.ssm[0].step(x, state)
         return self.out_proj(y * F.silu(z)), state
 
 
 @register_model("mamba")
-class Mamba(ResidualStack):
+class Mamba(RecurrentStack):
     """A stack of pre-norm residual Mamba mixers with a final norm, (B, L, d_model) -> (B, L, d_model).
 
     d_state: N per channel. d_conv: width of the causal conv. expand: E = expand * d_model.
@@ -148,8 +149,9 @@ class Mamba(ResidualStack):
 
     def __init__(self, d_model=128, n_layers=4, d_state=16, d_conv=4, expand=2, dt_rank="auto",
                  dropout=0.0, bidirectional=True, norm="layer", prenorm=True):
-        super().__init__(lambda: MambaLayer(d_model, d_state, d_conv, expand, dt_rank, bidirectional),
-                         d_model, n_layers, dropout, norm, prenorm)
+        layers = [MambaLayer(d_model, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
+                             bidirectional=bidirectional) for _ in range(n_layers)]
+        super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm)
         with torch.no_grad():  # GPT-2 style, as in Mamba: shrink each residual branch's output by sqrt(n_layers)
             for layer in self.layers:
                 layer.mixer.out_proj.weight.div_(math.sqrt(n_layers))

@@ -47,10 +47,9 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from lra.kernels.cauchy import cauchy
-from lra.models.blocks import GLU, LongConv, ResidualStack
+from lra.models.blocks import GLU, LongConv, RecurrentStack
 from lra.registry import register_model
 
 
@@ -136,7 +135,6 @@ class S4Layer(LongConv):
             param._optim = {"lr": lr, "weight_decay": 0.0}
         self.drop = nn.Dropout(dropout)
         self.out = GLU(d_model)
-        self._step = None
 
     def ssm(self, dtype=None):
         """dt (H,), Lambda, P, B (H, N/2), C (c, H, N/2) from the parameters, in dtype (real; complex to match)."""
@@ -165,32 +163,23 @@ class S4Layer(LongConv):
         k_f = k_f * (dt.unsqueeze(-1) / 2 * (1 + z))  # 2 / (1 + omega) = 1 + z, times dt/2 from r
         return torch.fft.irfft(k_f, n=Lo)[..., :L]  # (c, H, L)
 
-    def setup_step(self):
-        """Cache dense float64 dA (H, N, N), dB (H, N), C (H, N) for `step`; again after the parameters change."""
-        if self.bidirectional:
-            raise ValueError("step is only defined for a causal layer; build it with bidirectional=False")
-        with torch.no_grad():
-            dt, lam, P, B, C = self.ssm(torch.float64)
-            A, B, C = real_form(lam, P, B, C)
-            self._step = (*bilinear(dt, A, B), C[0])
-
     def default_state(self, batch):
         """The zero state, (batch, H, N) float64: real and imaginary parts of the N/2 modes."""
         return torch.zeros(batch, self.D.shape[0], 2 * self.A_imag.shape[1], dtype=torch.float64,
                            device=self.D.device)
 
-    def step(self, u_t, state):
-        """One time step: u_t (B, H), state (B, H, N) -> y_t (B, H), new state."""
-        if self._step is None:
-            raise RuntimeError("call setup_step() before step()")
-        dA, dB, C = self._step
-        state = torch.einsum("hnm,bhm->bhn", dA, state) + dB * u_t.unsqueeze(-1).to(dB.dtype)  # (B, H, N)
-        y = (state * C).sum(-1).to(u_t.dtype) + self.D * u_t  # (B, H)
-        return self.out(self.drop(F.gelu(y))), state
+    def ssm_step(self, u_t, state):
+        """The recurrence at one position, in float64 with the dense dA (H, N, N), dB, C (H, N)
+        from the current parameters: u_t (B, H), state (B, H, N) -> C x_t (B, H), new state."""
+        dt, lam, P, B, C = self.ssm(torch.float64)
+        A, B, C = real_form(lam, P, B, C)  # (H, N, N), (H, N), (c, H, N)
+        dA, dB = bilinear(dt, A, B)
+        state = torch.einsum("hnm,bhm->bhn", dA, state) + dB * u_t.unsqueeze(-1).to(dB.dtype)
+        return (state * C[0]).sum(-1).to(u_t.dtype), state  # (B, H), (B, H, N)
 
 
 @register_model("s4")
-class S4(ResidualStack):
+class S4(RecurrentStack):
     """A stack of residual S4 layers (the S4 LRA block), (B, L, d_model) -> (B, L, d_model).
 
     d_state: N, the state size per channel (N/2 complex modes). norm: "layer" | "batch"; prenorm
@@ -200,5 +189,6 @@ class S4(ResidualStack):
 
     def __init__(self, d_model=128, n_layers=4, d_state=64, dropout=0.0, bidirectional=True,
                  norm="layer", prenorm=False, lr=1e-3, dt_min=1e-3, dt_max=1e-1):
-        super().__init__(lambda: S4Layer(d_model, d_state, dropout, bidirectional, lr, dt_min, dt_max),
-                         d_model, n_layers, dropout, norm, prenorm)
+        layers = [S4Layer(d_model, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
+                          lr=lr, dt_min=dt_min, dt_max=dt_max) for _ in range(n_layers)]
+        super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm)

@@ -36,10 +36,9 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from lra.kernels.vandermonde import vandermonde
-from lra.models.blocks import GLU, LongConv, ResidualStack
+from lra.models.blocks import GLU, LongConv, RecurrentStack
 from lra.registry import register_model
 
 
@@ -92,7 +91,6 @@ class S4DLayer(LongConv):
             p._optim = {"lr": lr, "weight_decay": 0.0}
         self.drop = nn.Dropout(dropout)
         self.out = GLU(d_model)
-        self._step = None
 
     def _discrete(self):
         """ZOH from the parameters: dtA (H, N2), dB = (exp(dtA) - 1) / A (H, N2), C (c, H, N2); all complex."""
@@ -105,31 +103,21 @@ class S4DLayer(LongConv):
         dtA, dB, C = self._discrete()
         return vandermonde(C * dB, dtA, L)  # (c, H, L)
 
-    def setup_step(self):
-        """Cache dA, dB, C for `step` (call again after the parameters change)."""
-        if self.bidirectional:
-            raise ValueError("step is only defined for a causal layer; build it with bidirectional=False")
-        with torch.no_grad():
-            dtA, dB, C = self._discrete()
-            self._step = (dtA.exp(), dB, C[0])  # (H, N2) each
-
     def default_state(self, batch):
         """The zero state, (batch, H, N/2) complex."""
         return torch.zeros(batch, *self.A_imag.shape, dtype=self.A_imag.dtype.to_complex(),
                            device=self.A_imag.device)
 
-    def step(self, u_t, state):
-        """One time step: u_t (B, H), state (B, H, N/2) -> y_t (B, H), new state."""
-        if self._step is None:
-            raise RuntimeError("call setup_step() before step()")
-        dA, dB, C = self._step
-        state = dA * state + dB * u_t.unsqueeze(-1)  # (B, H, N2)
-        y = 2 * (state * C).sum(-1).real + self.D * u_t  # (B, H)
-        return self.out(self.drop(F.gelu(y))), state
+    def ssm_step(self, u_t, state):
+        """The recurrence at one position, dA and dB from the current parameters:
+        u_t (B, H), state (B, H, N/2) -> 2 Re C x_t (B, H), new state."""
+        dtA, dB, C = self._discrete()  # (H, N2), (H, N2), (c, H, N2)
+        state = dtA.exp() * state + dB * u_t.unsqueeze(-1)  # (B, H, N2)
+        return 2 * (state * C[0]).sum(-1).real, state
 
 
 @register_model("s4d")
-class S4D(ResidualStack):
+class S4D(RecurrentStack):
     """A stack of residual S4D layers (the S4 LRA block), (B, L, d_model) -> (B, L, d_model).
 
     d_state: N, the state size per channel (N/2 complex modes). init: "legs" | "inv" | "lin".
@@ -138,5 +126,6 @@ class S4D(ResidualStack):
 
     def __init__(self, d_model=128, n_layers=4, d_state=64, dropout=0.0, bidirectional=True,
                  init="legs", norm="layer", prenorm=False, lr=1e-3):
-        super().__init__(lambda: S4DLayer(d_model, d_state, dropout, bidirectional, init, lr),
-                         d_model, n_layers, dropout, norm, prenorm)
+        layers = [S4DLayer(d_model, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
+                           init=init, lr=lr) for _ in range(n_layers)]
+        super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm)

@@ -1,6 +1,7 @@
 """LightNet: the recurrence's causal forms agree, the softmax form, large keys, padding, 2-D positions."""
 import pytest
 import torch
+from helpers import padded_batch, rel_err
 
 from lra.kernels.additive_recurrence import (
     additive_recurrence,
@@ -11,10 +12,6 @@ from lra.kernels.additive_recurrence import (
     noncausal,
 )
 from lra.models.lightnet import TPE, LightNet, lrpe_angles
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 
 
 def inputs(B, L, dk=6, dv=5, H=2, key_scale=3.0, dtype=torch.float64, seed=0):
@@ -102,20 +99,12 @@ def test_dispatch_masks_pads():
         assert rel_err(out[1, :, :7], alone[0]) < 1e-12
 
 
-def padded(lengths, L, D, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(lengths), L, D, generator=g, dtype=torch.float64)
-    mask = torch.arange(L) < torch.tensor(lengths).unsqueeze(1)
-    x[~mask] = 100 * torch.randn(int((~mask).sum()), D, generator=g, dtype=torch.float64)
-    return x, mask
-
-
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_padding_invariance_with_ragged_lengths(bidirectional):
     torch.manual_seed(0)
     model = LightNet(d_model=16, n_layers=2, n_heads=2, positions="both", bidirectional=bidirectional).double().eval()
     lengths = [37, 20, 1]
-    x, mask = padded(lengths, 37, 16)
+    x, mask = padded_batch(lengths, 37, 16)
     with torch.no_grad():
         y = model(x, mask)
         for i, n in enumerate(lengths):
