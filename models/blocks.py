@@ -29,7 +29,8 @@ class LayerNorm(nn.LayerNorm):
 
 
 class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm over the last dim that accepts (and ignores) a mask; per position, so padding-safe."""
+    """nn.RMSNorm over the last dim that accepts (and ignores) a mask; per position, so
+    padding-safe."""
 
     def __init__(self, d_model):
         super().__init__(d_model, eps=1e-6)
@@ -55,7 +56,8 @@ class MaskedBatchNorm(nn.Module):
 
     def forward(self, x, mask=None):
         if self.training:
-            m = torch.ones_like(x[..., :1]) if mask is None else mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+            real = torch.ones_like(x[..., :1]) if mask is None else mask.unsqueeze(-1)
+            m = real.to(x.dtype)  # (B, L, 1)
             count = m.sum().clamp(min=1)
             mean = (x * m).sum((0, 1)) / count  # (D,)
             var = (((x - mean) * m) ** 2).sum((0, 1)) / count  # (D,)

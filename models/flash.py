@@ -51,7 +51,8 @@ class Flash(Transformer):
 
     def forward(self, x, mask=None):
         if mask is not None:
-            prefix = torch.arange(mask.shape[1], device=mask.device) < mask.sum(-1, keepdim=True)  # (B, L)
+            positions = torch.arange(mask.shape[1], device=mask.device)
+            prefix = positions < mask.sum(-1, keepdim=True)  # (B, L)
             if not torch.equal(mask, prefix):
                 raise ValueError(
                     "flash needs the padding at the end of each row (mask True on a prefix); "

@@ -68,9 +68,11 @@ def init_imag(init, N):
 
 
 class S4DLayer(LongConv):
-    """One S4D layer: SSM convolution + D skip -> GELU -> dropout -> GLU linear. (B, L, H) -> (B, L, H).
+    """One S4D layer: SSM convolution + D skip -> GELU -> dropout -> GLU linear.
+    (B, L, H) -> (B, L, H).
 
-    A and dt train with their own optimiser settings, `param._optim = {"lr": lr, "weight_decay": 0}`.
+    A and dt train with their own optimiser settings,
+    `param._optim = {"lr": lr, "weight_decay": 0}`.
     """
 
     def __init__(self, d_model, d_state=64, dropout=0.0, bidirectional=True, init="legs",
@@ -85,7 +87,8 @@ class S4DLayer(LongConv):
         self.log_A_real = nn.Parameter(torch.full((H, N2), math.log(0.5)))  # Re A = -exp(.)
         self.A_imag = nn.Parameter(init_imag(init, d_state).float().repeat(H, 1))  # (H, N2)
         channels = 2 if bidirectional else 1
-        self.C = nn.Parameter(torch.view_as_real(torch.randn(channels, H, N2, dtype=torch.cfloat)))  # (c, H, N2, 2)
+        C = torch.randn(channels, H, N2, dtype=torch.cfloat)
+        self.C = nn.Parameter(torch.view_as_real(C))  # (c, H, N2, 2)
         self.D = nn.Parameter(torch.randn(H))
         for p in (self.log_dt, self.log_A_real, self.A_imag):
             p._optim = {"lr": lr, "weight_decay": 0.0}
@@ -93,7 +96,8 @@ class S4DLayer(LongConv):
         self.out = GLU(d_model)
 
     def _discrete(self):
-        """ZOH from the parameters: dtA (H, N2), dB = (exp(dtA) - 1) / A (H, N2), C (c, H, N2); all complex."""
+        """ZOH from the parameters: dtA (H, N2), dB = (exp(dtA) - 1) / A (H, N2), C (c, H, N2);
+        all complex."""
         A = torch.complex(-self.log_A_real.exp(), self.A_imag)  # (H, N2)
         dtA = self.log_dt.exp().unsqueeze(-1) * A  # (H, N2)
         return dtA, (dtA.exp() - 1) / A, torch.view_as_complex(self.C)

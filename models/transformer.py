@@ -6,7 +6,8 @@
     y = LN(x)
 
 The attention here is the plain PyTorch reference, written out: padded keys (and, with
-bidirectional=False, future keys) get no weight. Positions are sinusoidal or learned (up to max_len).
+bidirectional=False, future keys) get no weight. Positions are sinusoidal or learned (up to
+max_len).
 
     import torch
     from lra.models.transformer import Transformer
@@ -25,9 +26,11 @@ from lra.registry import register_model
 
 
 def sinusoidal(L, d_model, device=None, dtype=None):
-    """The fixed positions of Vaswani et al.: sin on even channels, cos on odd ones, (L, d_model)."""
+    """The fixed positions of Vaswani et al.: sin on even channels, cos on odd ones,
+    (L, d_model)."""
     pos = torch.arange(L, device=device, dtype=torch.float64).unsqueeze(1)  # (L, 1)
-    freq = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float64) * (-math.log(1e4) / d_model))
+    channels = torch.arange(0, d_model, 2, device=device, dtype=torch.float64)
+    freq = torch.exp(channels * (-math.log(1e4) / d_model))  # (ceil(d/2),)
     pe = torch.zeros(L, d_model, device=device, dtype=torch.float64)
     pe[:, 0::2] = torch.sin(pos * freq)  # (L, ceil(d/2))
     pe[:, 1::2] = torch.cos(pos * freq[: d_model // 2])  # (L, floor(d/2))
@@ -60,9 +63,13 @@ class Attention(nn.Module):
             y = self.attend(q, k, v, lengths, self.causal, dropout_p=p)  # (B, nh, L, hs)
             return self.proj(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
         att = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, L, L)
-        allowed = torch.ones(B, 1, 1, L, dtype=torch.bool, device=x.device) if mask is None else mask[:, None, None, :]
+        if mask is None:
+            allowed = torch.ones(B, 1, 1, L, dtype=torch.bool, device=x.device)
+        else:
+            allowed = mask[:, None, None, :]  # (B, 1, 1, L)
         if self.causal:
-            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=x.device).tril()  # (B, 1, L, L)
+            past = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+            allowed = allowed & past  # (B, 1, L, L)
         # a finite fill: a row with every key masked gets uniform weights (then zeroed), never NaN
         att = att.masked_fill(~allowed, torch.finfo(att.dtype).min).softmax(-1)
         att = att * allowed.any(-1, keepdim=True)
@@ -77,7 +84,8 @@ class MLP(nn.Module):
 
     def __init__(self, d_model, d_ff, dropout=0.0):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+        self.net = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(d_ff, d_model))
 
     def forward(self, x, mask=None):
         return self.net(x)

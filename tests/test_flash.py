@@ -1,4 +1,5 @@
-"""FlashAttention: blockwise == reference == SDPA (forward and grads), skipped blocks, flash == transformer."""
+"""FlashAttention: blockwise == reference == SDPA (forward and grads), skipped blocks,
+flash == transformer."""
 import pytest
 import torch
 from helpers import padded_batch, rel_err
@@ -10,7 +11,8 @@ from lra.models.transformer import Transformer
 
 def qkv(B, L, H=2, d=8, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(B, H, L, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    return [torch.randn(B, H, L, d, generator=g, dtype=torch.float64, requires_grad=True)
+            for _ in range(3)]
 
 
 def forward_and_grads(fn, q, k, v, g):
@@ -45,7 +47,8 @@ def test_reference_equals_each_row_alone(causal):
     lengths = [37, 32, 1]
     o = attention_reference(q, k, v, torch.tensor(lengths), causal)
     for i, n in enumerate(lengths):
-        alone = attention_reference(q[i:i + 1, :, :n], k[i:i + 1, :, :n], v[i:i + 1, :, :n], None, causal)
+        row = (t[i:i + 1, :, :n] for t in (q, k, v))
+        alone = attention_reference(*row, None, causal)
         err = rel_err(o[i:i + 1, :, :n], alone)
         assert err < 1e-14, f"row {i}: rel err {err:.2e}"
     for path in (blockwise_attention, attention):  # no lengths: every key is real

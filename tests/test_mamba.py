@@ -9,14 +9,20 @@ import torch
 from helpers import padded_batch, rel_err
 from torch.nn import functional as F
 
-from lra.kernels.selective_scan import selective_scan, selective_scan_chunked, selective_scan_reference, selective_scan_step
+from lra.kernels.selective_scan import (
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_reference,
+    selective_scan_step,
+)
 from lra.models.mamba import Mamba, MambaLayer
 
 NAMES = ("x", "dt", "A", "B", "C", "D")
 
 
 def scan_inputs(b, d, n, L, dt_scale=1.0, seed=0):
-    """float64 x, dt, A, B, C, D (requiring grad); dt spans about 1e-3 to 2 times dt_scale, A in [-n, 0)."""
+    """float64 x, dt, A, B, C, D (requiring grad); dt spans about 1e-3 to 2 times dt_scale,
+    A in [-n, 0)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, d, L, generator=g, dtype=torch.float64)
     dt = dt_scale * F.softplus(2 * torch.randn(b, d, L, generator=g, dtype=torch.float64) - 2)
@@ -72,7 +78,8 @@ def test_zero_step_leaves_the_state_unchanged():
     y, h_next = selective_scan_step(x_t, torch.zeros(b, d), A, B_t, C_t, D, h)
     assert torch.equal(h_next, h)
     torch.testing.assert_close(y, (h * C_t.unsqueeze(1)).sum(-1) + D * x_t)
-    # in the scan: steps with dt = 0 in front (whatever x is there) leave every later output as it was
+    # in the scan: steps with dt = 0 in front (whatever x is there) leave every later output
+    # as it was
     x, dt, A, B, C, D = (t.detach() for t in scan_inputs(b, d, n, 37))
     k = 9
 
@@ -140,11 +147,12 @@ def test_A_log_and_D_skip_weight_decay():
     model = Mamba(d_model=16, n_layers=2, d_state=4)
     tagged = {name: p._optim for name, p in model.named_parameters() if hasattr(p, "_optim")}
     assert len(tagged) == 2 * 2 * 2  # (A_log, D) x two directions x two layers
-    assert all(name.endswith(("A_log", "D")) and o == {"weight_decay": 0.0} for name, o in tagged.items())
+    assert all(name.endswith(("A_log", "D")) for name in tagged)
+    assert all(o == {"weight_decay": 0.0} for o in tagged.values())
 
 
-@pytest.mark.parametrize("bad", [{"dt_rank": "big"}, {"dt_rank": 0}, {"d_conv": 0}, {"d_state": 2.5},
-                                 {"norm": "group"}])
+@pytest.mark.parametrize("bad", [{"dt_rank": "big"}, {"dt_rank": 0}, {"d_conv": 0},
+                                 {"d_state": 2.5}, {"norm": "group"}])
 def test_bad_options_fail_clearly(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         Mamba(d_model=8, n_layers=1, **bad)

@@ -61,7 +61,8 @@ def test_padding_does_not_change_real_positions(name):
         for i, n in enumerate(lengths):
             alone = model(x[i : i + 1, :n])  # (1, n, D), no padding at all
             err = rel_err(y[i, :n], alone[0])
-            assert err < TOL, f"{name}: sequence {i} (length {n}) differs when padded: rel err {err:.2e}"
+            assert err < TOL, (f"{name}: sequence {i} (length {n}) differs when padded: "
+                               f"rel err {err:.2e}")
         assert torch.isfinite(y).all(), f"{name}: non-finite outputs (at pads too)"
         x_more, mask_more = padded_batch(lengths, 23 + 9, D, dtype=torch.float32)
         x_more[:, :23] = x  # same tokens, 9 more pads of garbage

@@ -13,7 +13,8 @@ from lra.models.s4 import S4, S4Layer, legs_nplr, real_form
 
 
 def rel_err(a, b):
-    """|a - b| / |b|, complex-aware: helpers.rel_err casts to float64, which drops imaginary parts."""
+    """|a - b| / |b|, complex-aware (helpers.rel_err casts to float64, which drops imaginary
+    parts)."""
     return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 
 def random_layer(H=8, N=16, bidirectional=False, seed=0):
@@ -45,7 +46,8 @@ def dense_kernel(layer, L):
     eye = torch.eye(A.shape[-1], dtype=A.dtype)
     X = dt[:, None, None] / 2 * A
     dA = torch.linalg.solve(eye - X, eye + X)
-    x, ks = torch.linalg.solve(eye - X, (dt.unsqueeze(-1) * B).unsqueeze(-1)).squeeze(-1), []  # dB (H, N)
+    x = torch.linalg.solve(eye - X, (dt.unsqueeze(-1) * B).unsqueeze(-1)).squeeze(-1)  # dB (H, N)
+    ks = []
     for _ in range(L):
         ks.append((C * x).sum(-1))  # (c, H)
         x = (dA @ x.unsqueeze(-1)).squeeze(-1)
@@ -72,7 +74,7 @@ def test_cauchy_matches_reference(K):
     for got, want in zip(grads, torch.autograd.grad((ref * g.conj()).real.sum(), (v, w))):
         err = rel_err(got, want)
         assert err < 1e-12, f"gradient rel err {err:.1e}"
-    r32 = cauchy_conj(v.detach().to(torch.complex64), z.to(torch.complex64), w.detach().to(torch.complex64))
+    r32 = cauchy_conj(*(t.detach().to(torch.complex64) for t in (v, z, w)))
     err = rel_err(r32.to(ref.dtype), ref)
     assert err < 1e-5, f"float32 rel err {err:.1e}"
 
@@ -109,7 +111,8 @@ def test_legs_nplr_reproduces_hippo_legs(N):
     err = rel_err(Vf @ (torch.diag(lf) - torch.outer(pf, pf.conj())) @ Vf.mH, A.to(Vf.dtype))
     assert err < 1e-12, f"A rel err {err:.1e}"
     assert rel_err(Vf @ bf, B.to(Vf.dtype)) < 1e-12
-    # real form (what the layer's recurrence uses): orthogonally similar to LegS, Q = sqrt2 [Re V, -Im V]
+    # real form (what the layer's recurrence uses): orthogonally similar to LegS,
+    # Q = sqrt2 [Re V, -Im V]
     A_r, B_r, _ = real_form(lam[None], p[None], b[None], torch.zeros(1, 1, N // 2, dtype=lam.dtype))
     Q = math.sqrt(2) * torch.cat([V.real, -V.imag], -1)  # (N, N)
     assert rel_err(Q.T @ Q, torch.eye(N, dtype=Q.dtype)) < 1e-12
@@ -128,7 +131,8 @@ def test_nplr_eigenvalues_are_those_of_legs():
     A_r, _, _ = real_form(lam[None], p[None], b[None], torch.zeros(1, 1, 4, dtype=lam.dtype))
     eig = torch.linalg.eigvals(A_r[0])
     assert eig.imag.abs().max() < 1e-8
-    assert torch.allclose(eig.real.sort().values, -torch.arange(8, 0, -1, dtype=torch.float64), atol=1e-8)
+    want = -torch.arange(8, 0, -1, dtype=torch.float64)  # -8 .. -1
+    assert torch.allclose(eig.real.sort().values, want, atol=1e-8)
 
 
 def test_bidirectional_with_zero_backward_C_is_causal():

@@ -13,7 +13,8 @@ from lra.models.s4d import S4D, S4DLayer, init_imag
 
 
 def rel_err(a, b):
-    """|a - b| / |b|, complex-aware: helpers.rel_err casts to float64, which drops imaginary parts."""
+    """|a - b| / |b|, complex-aware (helpers.rel_err casts to float64, which drops imaginary
+    parts)."""
     return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 
 def random_layer(H=8, N=16, bidirectional=False, seed=0):
@@ -99,7 +100,8 @@ def test_ssm_parameters_carry_their_optimiser_settings():
     for name, p in model.named_parameters():
         if name.endswith(("log_dt", "log_A_real", "A_imag")):
             assert p._optim == {"lr": 2e-3, "weight_decay": 0.0}, name
-    assert len(tagged) == 3 * 2 and all(n.endswith(("log_dt", "log_A_real", "A_imag")) for n in tagged)
+    assert len(tagged) == 3 * 2
+    assert all(n.endswith(("log_dt", "log_A_real", "A_imag")) for n in tagged)
 
 
 def test_log_dt_init_range():
