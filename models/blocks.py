@@ -108,7 +108,7 @@ class ResidualStack(nn.Module):
     (after post-norm blocks the last block's norm is the last step).
 
     Every backbone is one: (B, L, d_model) -> (B, L, d_model). A family passes the mixers of all
-    its layers, e.g. [attention, mlp] * n_layers, each built by keyword.
+    its layers, each built by keyword: a Transformer's are attention, MLP, attention, MLP, ...
     """
 
     def __init__(self, mixers, *, d_model, dropout=0.0, norm="layer", prenorm=False):
@@ -130,9 +130,9 @@ class RecurrentStack(ResidualStack):
         state = module.default_state(batch)          the state before the first position
         y_t, state = module.step(x_t, state)         one position, x_t and y_t (batch, d_model)
     Stepping through x[:, 0], x[:, 1], ... gives forward(x) of a causal configuration
-    (bidirectional=False; a bidirectional layer's step raises). There is no setup call: a step
-    discretises from the current parameters. Steps are for evaluation (`.eval()`): dropout and
-    batch statistics act per position.
+    (bidirectional=False; a bidirectional layer's step raises). There is no setup call: each step
+    discretises from the current parameters, so it never goes stale. Step a module in eval mode
+    (BatchNorm then uses its running statistics).
     """
 
     def default_state(self, batch):
