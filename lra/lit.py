@@ -1,6 +1,7 @@
 """The one classifier every backbone trains inside: encoder -> backbone -> masked mean -> head.
 
-    tokens (B, L) --embedding--> (B, L, D) --backbone--> (B, L, D) --mean over real positions--> (B, D) --> logits
+    tokens (B, L) --embedding--> (B, L, D) --backbone--> (B, L, D)
+                  --mean over real positions--> (B, D) --head--> logits
 
 Two-document tasks (Retrieval) encode both documents with the same backbone and classify
 `[u, v, u*v, u-v]`, the LRA convention. Accuracy is counted example by example over
@@ -84,9 +85,11 @@ class Classifier(L.LightningModule):
         self.train_seconds = 0.0
 
     def make_head(self, task, d_model):
-        """The head over the pooled features; a subclass that predicts something else replaces it."""
+        """The head over the pooled features; a subclass that predicts something else replaces
+        it."""
         d_pooled = 4 * d_model if task["dual"] else d_model
-        return nn.Sequential(nn.Linear(d_pooled, d_model), nn.GELU(), nn.Linear(d_model, task["num_classes"]))
+        return nn.Sequential(nn.Linear(d_pooled, d_model), nn.GELU(),
+                             nn.Linear(d_model, task["num_classes"]))
 
     def encode(self, inputs, mask):
         x = self.encoder(inputs) * mask.unsqueeze(-1)  # (B, L, D), zero at padding
@@ -163,8 +166,8 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self):
         opt = self.hparams.optim
-        optimizer = torch.optim.AdamW(param_groups(self, opt["weight_decay"], self.optim_overrides), lr=opt["lr"],
-                                      betas=tuple(opt["betas"]))
+        groups = param_groups(self, opt["weight_decay"], self.optim_overrides)
+        optimizer = torch.optim.AdamW(groups, lr=opt["lr"], betas=tuple(opt["betas"]))
         total = int(self.trainer.estimated_stepping_batches)
         warmup = max(1, int(opt["warmup_ratio"] * total))
         schedule = torch.optim.lr_scheduler.LambdaLR(

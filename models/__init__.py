@@ -2,4 +2,5 @@
 
 Importing this package registers the built-ins; add a backbone by adding its module here.
 """
-from lra.models import flash, lightnet, mamba, s4, s4d, transformer  # noqa: F401  (registers each by name)
+# each module registers its backbone by name
+from lra.models import flash, lightnet, mamba, s4, s4d, transformer  # noqa: F401

@@ -1,14 +1,19 @@
 """Blocks shared by the backbones, following the S4 LRA setup.
 
-    Residual(mixer, d_model, dropout, norm="layer", prenorm=False)
+    Residual(mixer, d_model=, dropout=, norm="layer", prenorm=False)
         pre-norm:  x + dropout(mixer(norm(x), mask))
         post-norm: norm(x + dropout(mixer(x, mask)))
+    ResidualStack(mixers, d_model=, ...): a Residual around each mixer, [a final norm]; every
+        backbone is one. RecurrentStack: one whose mixers have a recurrent view (`step`).
     GLU(d_model):  Linear(d, 2d) then a GLU, the output projection after an SSM.
+    head_dim(d_model, n_heads): the one check that heads divide the width.
 
 Every norm takes `(x, mask)`. LayerNorm and RMSNorm are per position, so padding cannot reach real
 positions. BatchNorm normalises each channel of (B, L, D) with statistics taken over
 real positions only (`mask`), so padding does not mix into them either.
 """
+from functools import partial
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -24,7 +29,8 @@ class LayerNorm(nn.LayerNorm):
 
 
 class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm over the last dim that accepts (and ignores) a mask; per position, so padding-safe."""
+    """nn.RMSNorm over the last dim that accepts (and ignores) a mask; per position, so
+    padding-safe."""
 
     def __init__(self, d_model):
         super().__init__(d_model, eps=1e-6)
@@ -50,7 +56,8 @@ class MaskedBatchNorm(nn.Module):
 
     def forward(self, x, mask=None):
         if self.training:
-            m = torch.ones_like(x[..., :1]) if mask is None else mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+            real = torch.ones_like(x[..., :1]) if mask is None else mask.unsqueeze(-1)
+            m = real.to(x.dtype)  # (B, L, 1)
             count = m.sum().clamp(min=1)
             mean = (x * m).sum((0, 1)) / count  # (D,)
             var = (((x - mean) * m) ** 2).sum((0, 1)) / count  # (D,)
@@ -76,7 +83,7 @@ def make_norm(kind, d_model):
 class Residual(nn.Module):
     """A residual block around `mixer(x, mask) -> x`, pre-norm or post-norm."""
 
-    def __init__(self, mixer, d_model, dropout=0.0, norm="layer", prenorm=False):
+    def __init__(self, mixer, *, d_model, dropout=0.0, norm="layer", prenorm=False):
         super().__init__()
         self.mixer = mixer
         self.norm = make_norm(norm, d_model)
@@ -88,20 +95,76 @@ class Residual(nn.Module):
         x = x + self.drop(self.mixer(z, mask))
         return x if self.prenorm else self.norm(x, mask)
 
+    def step(self, x_t, state):
+        """The block at one position, x_t (B, d_model), around the mixer's own `step`."""
+        z = self.norm(x_t) if self.prenorm else x_t
+        y_t, state = self.mixer.step(z, state)
+        x_t = x_t + self.drop(y_t)
+        return (x_t if self.prenorm else self.norm(x_t)), state
+
 
 class ResidualStack(nn.Module):
-    """`n_layers` residual blocks around `make_mixer()`, then a final norm when pre-norm (after
-    post-norm blocks the last block's norm is the last step): (B, L, d_model) -> (B, L, d_model)."""
+    """One residual block around each of `mixers`, in order, then a final norm when pre-norm
+    (after post-norm blocks the last block's norm is the last step).
 
-    def __init__(self, make_mixer, d_model, n_layers, dropout=0.0, norm="layer", prenorm=False):
+    Every backbone is one: (B, L, d_model) -> (B, L, d_model). A family passes the mixers of all
+    its layers, each built by keyword: a Transformer's are attention, MLP, attention, MLP, ...
+    """
+
+    def __init__(self, mixers, *, d_model, dropout=0.0, norm="layer", prenorm=False):
         super().__init__()
-        self.layers = nn.ModuleList(Residual(make_mixer(), d_model, dropout, norm, prenorm) for _ in range(n_layers))
+        block = partial(Residual, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm)
+        self.layers = nn.ModuleList(block(mixer) for mixer in mixers)
         self.norm = make_norm(norm, d_model) if prenorm else None
 
     def forward(self, x, mask=None):
         for layer in self.layers:
             x = layer(x, mask)
         return x if self.norm is None else self.norm(x, mask)
+
+
+class RecurrentStack(ResidualStack):
+    """A ResidualStack whose mixers all have a recurrent view, and so has one itself.
+
+    The step API, the same for every family (a layer's and a backbone's):
+        state = module.default_state(batch)          the state before the first position
+        y_t, state = module.step(x_t, state)         one position, x_t and y_t (batch, d_model)
+    Stepping through x[:, 0], x[:, 1], ... gives forward(x) of a causal configuration
+    (bidirectional=False; a bidirectional layer's step raises). There is no setup call: each step
+    discretises from the current parameters, so it never goes stale. Step a module in eval mode
+    (BatchNorm then uses its running statistics).
+    """
+
+    def default_state(self, batch):
+        """One state per block, each the zero state of its mixer."""
+        return [layer.mixer.default_state(batch) for layer in self.layers]
+
+    def step(self, x_t, state):
+        """One position through every block: x_t (B, d_model) -> y_t (B, d_model), new states."""
+        new_state = []
+        for layer, layer_state in zip(self.layers, state):
+            x_t, layer_state = layer.step(x_t, layer_state)
+            new_state.append(layer_state)
+        return (x_t if self.norm is None else self.norm(x_t)), new_state
+
+
+def require_causal(bidirectional):
+    """The recurrent view runs forwards in time only: a bidirectional layer has none."""
+    if bidirectional:
+        raise ValueError(
+            "step is only defined for a causal layer; build it with bidirectional=False")
+
+
+def head_dim(d_model, n_heads):
+    """The width of one head, d_model / n_heads, for every model with heads; fails clearly
+    unless n_heads is a positive divisor of d_model."""
+    if n_heads < 1:
+        raise ValueError(f"n_heads={n_heads} must be a positive integer; set model.n_heads >= 1")
+    if d_model % n_heads:
+        raise ValueError(
+            f"d_model={d_model} is not divisible by n_heads={n_heads}; "
+            f"choose model.d_model as a multiple of model.n_heads")
+    return d_model // n_heads
 
 
 class GLU(nn.Module):
@@ -121,10 +184,12 @@ def zero_pads(x, mask):
 
 
 class LongConv(nn.Module):
-    """The S4-family layer around a convolution kernel: y = GLU(dropout(GELU(K * u + D u))).
+    """The S4-family layer around a linear SSM: y = GLU(dropout(GELU(SSM(u) + D u))).
 
-    Subclasses define `kernel(L) -> (c, H, L)` (c = 2 adds a backward kernel), the skip `D`
-    (H,), `drop` and `out`. The kernel and the FFT run in the parameters' precision.
+    Subclasses define its two views, `kernel(L) -> (c, H, L)` (the convolution; c = 2 adds a
+    backward kernel) and `ssm_step(u_t, state) -> (C x_t (B, H), state)` (the recurrence, from
+    `default_state(batch)`), and `bidirectional`, the skip `D` (H,), `drop` and `out`. The kernel
+    and the FFT run in the parameters' precision.
     """
 
     def forward(self, u, mask=None):
@@ -133,3 +198,9 @@ class LongConv(nn.Module):
             u = zero_pads(u, mask).to(self.D.dtype).transpose(1, 2)  # (B, H, L)
             y = fftconv(u, self.kernel(L), self.D)  # (B, H, L)
         return self.out(self.drop(F.gelu(y.transpose(1, 2))))  # (B, L, H)
+
+    def step(self, u_t, state):
+        """One position of a causal layer: u_t (B, H), state -> y_t (B, H), new state."""
+        require_causal(self.bidirectional)
+        y, state = self.ssm_step(u_t, state)  # (B, H)
+        return self.out(self.drop(F.gelu(y + self.D * u_t))), state

@@ -42,13 +42,17 @@ class Flash(Transformer):
     def __init__(self, d_model=128, n_layers=4, n_heads=4, d_ff=None, dropout=0.0,
                  positions="sinusoidal", max_len=4096, bidirectional=True, block_size=64):
         if block_size < 1:
-            raise ValueError(f"block_size={block_size} must be a positive number of keys; set model.block_size >= 1")
-        super().__init__(d_model, n_layers, n_heads, d_ff, dropout, positions, max_len, bidirectional,
+            raise ValueError(f"block_size={block_size} must be a positive number of keys; "
+                             "set model.block_size >= 1")
+        super().__init__(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff,
+                         dropout=dropout, positions=positions, max_len=max_len,
+                         bidirectional=bidirectional,
                          attend=partial(attention, block_size=block_size))
 
     def forward(self, x, mask=None):
         if mask is not None:
-            prefix = torch.arange(mask.shape[1], device=mask.device) < mask.sum(-1, keepdim=True)  # (B, L)
+            positions = torch.arange(mask.shape[1], device=mask.device)
+            prefix = positions < mask.sum(-1, keepdim=True)  # (B, L)
             if not torch.equal(mask, prefix):
                 raise ValueError(
                     "flash needs the padding at the end of each row (mask True on a prefix); "

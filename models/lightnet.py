@@ -46,14 +46,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from lra.kernels.additive_recurrence import additive_recurrence
-from lra.models.blocks import GLU, Residual, RMSNorm, zero_pads
+from lra.models.blocks import GLU, ResidualStack, RMSNorm, head_dim, zero_pads
 from lra.registry import register_model
 
 POSITIONS = ("lrpe", "tpe", "both", "none")
 
 
 def grid_shape(L, grid):
-    """The axes of the sequence: (L,) without a grid, else the grid, which must hold exactly L tokens."""
+    """The axes of the sequence: (L,) without a grid, else the grid, which must hold exactly L
+    tokens."""
     if grid is None:
         return (L,)
     if math.prod(grid) != L:
@@ -65,22 +66,25 @@ def grid_shape(L, grid):
 
 
 def lrpe_angles(shape, d, base, device=None, dtype=None):
-    """MD-LRPE angles, (prod(shape), d): channel group a (width ceil(d / len(shape))) follows axis a."""
+    """MD-LRPE angles, (prod(shape), d): channel group a (width ceil(d / len(shape))) follows
+    axis a."""
     e = -(-d // len(shape))
     theta = base ** (-torch.arange(e, device=device, dtype=torch.float64) / e)  # (e,)
-    coords = torch.stack(torch.meshgrid(*(torch.arange(n, device=device) for n in shape), indexing="ij"), -1)
+    axes = (torch.arange(n, device=device) for n in shape)
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # (*shape, m)
     coords = coords.reshape(-1, len(shape)).to(torch.float64)  # (L, m), row-major
     return (coords.unsqueeze(-1) * theta).flatten(1)[:, :d].to(dtype)  # (L, m e) -> (L, d)
 
 
 class TPE(nn.Module):
-    """MD-TPE: per-axis Toeplitz operators (exponential kernels per channel), summed, RMS-normed, projected."""
+    """MD-TPE: per-axis Toeplitz operators (exponential kernels per channel), summed, RMS-normed,
+    projected."""
 
     def __init__(self, d_model, grid=None, bidirectional=True):
         super().__init__()
         self.grid = grid
         axes, sides = 1 if grid is None else len(grid), 2 if bidirectional else 1
-        lam = 1 - 10 ** -torch.empty(axes, sides, d_model).uniform_(0.3, 3.0)  # decays in [0.5, 0.999]
+        lam = 1 - 10 ** -torch.empty(axes, sides, d_model).uniform_(0.3, 3.0)  # in [0.5, 0.999]
         self.decay_logit = nn.Parameter(torch.logit(lam))  # (axes, sides, D)
         self.scale = nn.Parameter(torch.ones(axes, sides, d_model))
         self.norm = RMSNorm(d_model)
@@ -88,10 +92,11 @@ class TPE(nn.Module):
 
     def kernel(self, axis, n):
         """The circular kernel of length 2n for `axis`: t[r] at r, t[-r] at 2n - r, (2n, D)."""
-        r = torch.arange(n, device=self.scale.device, dtype=self.scale.dtype).unsqueeze(-1)  # (n, 1)
+        r = torch.arange(n, device=self.scale.device, dtype=self.scale.dtype)[:, None]  # (n, 1)
         log_decay = F.logsigmoid(self.decay_logit[axis]).unsqueeze(1)  # (sides, 1, D)
         t = self.scale[axis].unsqueeze(1) * torch.exp(r * log_decay)  # (sides, n, D): c lambda^r
-        back = t[1, 1:].flip(0) if t.shape[0] == 2 else t.new_zeros(n - 1, t.shape[-1])  # t[-(n-1)] .. t[-1]
+        # t[-(n-1)] .. t[-1]: the backward side, or zeros when causal
+        back = t[1, 1:].flip(0) if t.shape[0] == 2 else t.new_zeros(n - 1, t.shape[-1])
         return torch.cat([t[0], t.new_zeros(1, t.shape[-1]), back])  # (2n, D)
 
     def forward(self, x, mask=None):
@@ -102,33 +107,39 @@ class TPE(nn.Module):
         for a, n in enumerate(shape):
             xa = xg.movedim(a + 1, -2)  # (B, ..., n, D): axis a next to the channels
             k_f = torch.fft.rfft(self.kernel(a, n), dim=0)  # (n+1, D)
-            ya = torch.fft.irfft(torch.fft.rfft(xa, n=2 * n, dim=-2) * k_f, n=2 * n, dim=-2)[..., :n, :]
+            xa_f = torch.fft.rfft(xa, n=2 * n, dim=-2)  # (B, ..., n+1, D)
+            ya = torch.fft.irfft(xa_f * k_f, n=2 * n, dim=-2)[..., :n, :]  # (B, ..., n, D)
             u = u + ya.movedim(-2, a + 1)
         return self.proj(self.norm(u.reshape(B, L, D)))
 
 
 class LightNetMixer(nn.Module):
-    """q, k, v projections, the additive recurrence (with MD-LRPE), the low-rank gated output norm."""
+    """q, k, v projections, the additive recurrence (with MD-LRPE), the low-rank gated output
+    norm."""
 
-    def __init__(self, d_model, n_heads=4, bidirectional=True, grid=None, lrpe=True, lrpe_base=1e4, gate_rank=16):
+    def __init__(self, d_model, n_heads=4, bidirectional=True, grid=None, lrpe=True,
+                 lrpe_base=1e4, gate_rank=16):
         super().__init__()
-        self.n_heads, self.causal, self.grid = n_heads, not bidirectional, grid
+        self.n_heads, self.d_head = n_heads, head_dim(d_model, n_heads)
+        self.causal, self.grid = not bidirectional, grid
         self.lrpe, self.lrpe_base = lrpe, lrpe_base
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.gate = nn.Sequential(nn.Linear(d_model, gate_rank, bias=False), nn.Linear(gate_rank, d_model))
+        self.gate = nn.Sequential(nn.Linear(d_model, gate_rank, bias=False),
+                                  nn.Linear(gate_rank, d_model))
         self.norm = RMSNorm(d_model)
         self.out = nn.Linear(d_model, d_model)
 
     def forward(self, x, mask=None):
         B, L, D = x.shape
         x = zero_pads(x, mask)
-        qkv = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads)
+        qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.d_head)
         with torch.autocast(x.device.type, enabled=False):  # the recurrence in at least float32
             dtype = torch.promote_types(qkv.dtype, torch.float32)
             q, k, v = qkv.to(dtype).permute(2, 0, 3, 1, 4)  # (B, nh, L, hd) each
             q, gain = F.silu(q), None
             if self.lrpe:
-                phi = lrpe_angles(grid_shape(L, self.grid), q.shape[-1], self.lrpe_base, x.device, dtype)  # (L, hd)
+                shape = grid_shape(L, self.grid)
+                phi = lrpe_angles(shape, q.shape[-1], self.lrpe_base, x.device, dtype)  # (L, hd)
                 q = torch.cat([q * phi.cos(), q * phi.sin()], -1)  # (B, nh, L, 2 hd)
                 k = torch.cat([k, k], -1)  # both halves share the key's softmax
                 gain = torch.cat([phi.cos(), phi.sin()], -1)  # (L, 2 hd)
@@ -138,7 +149,8 @@ class LightNetMixer(nn.Module):
 
 
 class ChannelGLU(nn.Module):
-    """The channel mixer: blocks.GLU (Linear(d, 2d), a * sigmoid(b)) then Linear(d, d); ignores the mask."""
+    """The channel mixer: blocks.GLU (Linear(d, 2d), a * sigmoid(b)) then Linear(d, d); ignores
+    the mask."""
 
     def __init__(self, d_model):
         super().__init__()
@@ -150,7 +162,7 @@ class ChannelGLU(nn.Module):
 
 
 @register_model("lightnet")
-class LightNet(nn.Module):
+class LightNet(ResidualStack):
     """A stack of LightNet blocks, (B, L, d_model) -> (B, L, d_model).
 
     n_heads: heads of the recurrence (d_model / n_heads wide). bidirectional: the one-pass
@@ -159,36 +171,29 @@ class LightNet(nn.Module):
     gate_rank: rank of the output gate. lrpe_base: base of the LRPE frequencies.
     """
 
-    def __init__(self, d_model=128, n_layers=4, n_heads=4, dropout=0.0, bidirectional=True, grid=None,
-                 positions="lrpe", gate_rank=16, lrpe_base=10000.0):
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(
-                f"d_model={d_model} is not divisible by n_heads={n_heads}; "
-                f"choose model.d_model as a multiple of model.n_heads"
-            )
+    def __init__(self, d_model=128, n_layers=4, n_heads=4, dropout=0.0, bidirectional=True,
+                 grid=None, positions="lrpe", gate_rank=16, lrpe_base=10000.0):
+        d_head = head_dim(d_model, n_heads)
         if positions not in POSITIONS:
-            raise ValueError(f"positions={positions!r} is not known; use one of {', '.join(POSITIONS)}")
+            raise ValueError(
+                f"positions={positions!r} is not known; use one of {', '.join(POSITIONS)}")
         if grid is not None:
             grid = tuple(int(n) for n in grid)
             if not grid or min(grid) < 1:
-                raise ValueError(f"grid={list(grid)} must list positive sizes, e.g. [32, 32]; or set model.grid=null")
-            if positions in ("lrpe", "both") and d_model // n_heads < len(grid):
+                raise ValueError(f"grid={list(grid)} must list positive sizes, e.g. [32, 32]; "
+                                 "or set model.grid=null")
+            if positions in ("lrpe", "both") and d_head < len(grid):
                 raise ValueError(
-                    f"grid has {len(grid)} axes but a head is {d_model // n_heads} channels wide; "
-                    f"MD-LRPE needs a channel per axis: lower model.n_heads or use model.positions=tpe"
+                    f"grid has {len(grid)} axes but a head is {d_head} channels wide; "
+                    "MD-LRPE needs a channel per axis: lower model.n_heads or use "
+                    "model.positions=tpe"
                 )
-        lrpe = positions in ("lrpe", "both")
-        self.layers = nn.ModuleList()
+        mixers = []
         for _ in range(n_layers):
             if positions in ("tpe", "both"):
-                self.layers.append(Residual(TPE(d_model, grid, bidirectional), d_model, dropout, "rms", prenorm=True))
-            mixer = LightNetMixer(d_model, n_heads, bidirectional, grid, lrpe, lrpe_base, gate_rank)
-            self.layers.append(Residual(mixer, d_model, dropout, "rms", prenorm=True))
-            self.layers.append(Residual(ChannelGLU(d_model), d_model, dropout, "rms", prenorm=True))
-        self.norm = RMSNorm(d_model)
-
-    def forward(self, x, mask=None):
-        for layer in self.layers:
-            x = layer(x, mask)
-        return self.norm(x)
+                mixers.append(TPE(d_model, grid=grid, bidirectional=bidirectional))
+            mixers.append(LightNetMixer(d_model, n_heads=n_heads, bidirectional=bidirectional,
+                                        grid=grid, lrpe=positions in ("lrpe", "both"),
+                                        lrpe_base=lrpe_base, gate_rank=gate_rank))
+            mixers.append(ChannelGLU(d_model))
+        super().__init__(mixers, d_model=d_model, dropout=dropout, norm="rms", prenorm=True)

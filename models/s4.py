@@ -21,8 +21,8 @@ The bilinear discretisation dA = (I - dt/2 A)^-1 (I + dt/2 A), dB = (I - dt/2 A)
 and the convolution y = K * u + D u with K_l = C dA^l dB, l < L (the convolution view, `forward`).
 K comes from its truncated generating function at the roots of unity omega_k = exp(-2 pi i k / L):
 
-    K^(omega) = sum_{l<L} K_l omega^l = C~ (I - omega dA)^-1 dB,      C~ = C (I - dA^L)
-              = 2 / (1 + omega) C~ (g(omega) - A)^-1 B,               g = 2/dt (1 - omega) / (1 + omega)
+    K^(omega) = sum_{l<L} K_l omega^l = C~ (I - omega dA)^-1 dB,   C~ = C (I - dA^L)
+              = 2 / (1 + omega) C~ (g(omega) - A)^-1 B,    g = 2/dt (1 - omega) / (1 + omega)
 
 and Woodbury on (g - Lambda + P P^*)^-1 leaves four Cauchy products (lra.kernels.cauchy):
 
@@ -47,15 +47,15 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from lra.kernels.cauchy import cauchy
-from lra.models.blocks import GLU, LongConv, ResidualStack
+from lra.models.blocks import GLU, LongConv, RecurrentStack
 from lra.registry import register_model
 
 
 def legs_nplr(N):
-    """HiPPO-LegS as NPLR, A = V (Lambda - p p^*) V^* and B = V b, with the conjugates appended to each.
+    """HiPPO-LegS as NPLR, A = V (Lambda - p p^*) V^* and B = V b, with the conjugates appended
+    to each.
 
     HiPPO-LegS: A_nk = -sqrt(2n+1) sqrt(2k+1) (n > k), -(n+1) (n = k), 0 (n < k); B_n = sqrt(2n+1).
     S = A + P P^T (P_n = sqrt(n+1/2)) is -1/2 I plus a skew-symmetric M; eig(M) = i mu comes from
@@ -78,7 +78,8 @@ def real_form(lam, p, b, C):
 
     x' = Lambda x - 2 p Re(p^* x) + b u and y = 2 Re(c x) (each mode plus its conjugate) read,
     with q = (Re p, Im p):  A = [[Re L, -Im L], [Im L, Re L]] - 2 q q^T,  B = (Re b, Im b),
-    C = 2 (Re c, -Im c). lam, p, b: (H, N/2), C: (c, H, N/2) complex -> A (H, N, N), B (H, N), C (c, H, N).
+    C = 2 (Re c, -Im c). lam, p, b: (H, N/2), C: (c, H, N/2) complex
+    -> A (H, N, N), B (H, N), C (c, H, N).
     """
     Lr, Li = torch.diag_embed(lam.real), torch.diag_embed(lam.imag)  # (H, N/2, N/2)
     A = torch.cat([torch.cat([Lr, -Li], -1), torch.cat([Li, Lr], -1)], -2)  # (H, N, N)
@@ -109,37 +110,43 @@ def power(dA, C, L):
 
 
 class S4Layer(LongConv):
-    """One S4 layer: SSM convolution + D skip -> GELU -> dropout -> GLU linear. (B, L, H) -> (B, L, H).
+    """One S4 layer: SSM convolution + D skip -> GELU -> dropout -> GLU linear.
+    (B, L, H) -> (B, L, H).
 
-    Lambda, P, B and dt train with their own optimiser settings, `param._optim = {"lr": lr, "weight_decay": 0}`.
+    Lambda, P, B and dt train with their own optimiser settings,
+    `param._optim = {"lr": lr, "weight_decay": 0}`.
     """
 
-    def __init__(self, d_model, d_state=64, dropout=0.0, bidirectional=True, lr=1e-3, dt_min=1e-3, dt_max=1e-1):
+    def __init__(self, d_model, d_state=64, dropout=0.0, bidirectional=True, lr=1e-3,
+                 dt_min=1e-3, dt_max=1e-1):
         super().__init__()
         if d_state % 2:
             raise ValueError(f"d_state={d_state} must be even: S4 keeps d_state/2 conjugate pairs")
         if not 0 < dt_min <= dt_max:
-            raise ValueError(f"dt_min={dt_min} must lie in (0, dt_max={dt_max}]; lower dt_min or raise dt_max")
+            raise ValueError(f"dt_min={dt_min} must lie in (0, dt_max={dt_max}]; "
+                             "lower dt_min or raise dt_max")
         H = d_model
         self.bidirectional = bidirectional
         lam, p, b, _ = legs_nplr(d_state)
         log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = nn.Parameter(log_dt)  # (H,)
-        self.log_A_real = nn.Parameter((-lam.real).log().float().repeat(H, 1))  # (H, N2), Re Lambda = -exp(.)
+        # (H, N2), Re Lambda = -exp(log_A_real)
+        self.log_A_real = nn.Parameter((-lam.real).log().float().repeat(H, 1))
         self.A_imag = nn.Parameter(lam.imag.float().repeat(H, 1))  # (H, N2)
         self.P = nn.Parameter(torch.view_as_real(p.to(torch.cfloat).repeat(H, 1)))  # (H, N2, 2)
         self.B = nn.Parameter(torch.view_as_real(b.to(torch.cfloat).repeat(H, 1)))  # (H, N2, 2)
         channels = 2 if bidirectional else 1
-        self.C = nn.Parameter(torch.view_as_real(torch.randn(channels, H, d_state // 2, dtype=torch.cfloat)))
+        C = torch.randn(channels, H, d_state // 2, dtype=torch.cfloat)
+        self.C = nn.Parameter(torch.view_as_real(C))  # (c, H, N2, 2)
         self.D = nn.Parameter(torch.randn(H))
         for param in (self.log_dt, self.log_A_real, self.A_imag, self.P, self.B):
             param._optim = {"lr": lr, "weight_decay": 0.0}
         self.drop = nn.Dropout(dropout)
         self.out = GLU(d_model)
-        self._step = None
 
     def ssm(self, dtype=None):
-        """dt (H,), Lambda, P, B (H, N/2), C (c, H, N/2) from the parameters, in dtype (real; complex to match)."""
+        """dt (H,), Lambda, P, B (H, N/2), C (c, H, N/2) from the parameters, in dtype (real;
+        complex to match)."""
         dtype = dtype or self.D.dtype
         dt = self.log_dt.to(dtype).exp()
         lam = torch.complex(-self.log_A_real.to(dtype).exp(), self.A_imag.to(dtype))
@@ -156,41 +163,33 @@ class S4Layer(LongConv):
         Ct = C_r - power(dA, C_r, Lo)  # (c, H, N) real form of C~ = C (I - dA^Lo)
         Ct = torch.complex(Ct[..., :N2], -Ct[..., N2:]) / 2  # (c, H, N2) back to the complex modes
         k = torch.arange(Lo // 2 + 1, device=dt.device, dtype=dt.dtype)
-        z = 1j * torch.tan(math.pi / Lo * k)  # (K,) (1 - omega) / (1 + omega) at omega_k = exp(-2 pi i k / Lo)
+        # (K,) (1 - omega) / (1 + omega) at omega_k = exp(-2 pi i k / Lo)
+        z = 1j * torch.tan(math.pi / Lo * k)
         Pc = (dt / 2).unsqueeze(-1) * P.conj()  # (H, N2)
-        v = torch.cat([Ct * B, Ct * P, (Pc * B).unsqueeze(0), (Pc * P).unsqueeze(0)])  # (2c+2, H, N2)
+        v = torch.cat([Ct * B, Ct * P, (Pc * B)[None], (Pc * P)[None]])  # (2c+2, H, N2)
         r = cauchy(v, z, (dt / 2).unsqueeze(-1) * lam, conj=True)  # (2c+2, H, K)
         c = C.shape[0]
         k_f = r[:c] - r[c:2 * c] * r[2 * c] / (1 + r[2 * c + 1])  # (c, H, K) Woodbury
         k_f = k_f * (dt.unsqueeze(-1) / 2 * (1 + z))  # 2 / (1 + omega) = 1 + z, times dt/2 from r
         return torch.fft.irfft(k_f, n=Lo)[..., :L]  # (c, H, L)
 
-    def setup_step(self):
-        """Cache dense float64 dA (H, N, N), dB (H, N), C (H, N) for `step`; again after the parameters change."""
-        if self.bidirectional:
-            raise ValueError("step is only defined for a causal layer; build it with bidirectional=False")
-        with torch.no_grad():
-            dt, lam, P, B, C = self.ssm(torch.float64)
-            A, B, C = real_form(lam, P, B, C)
-            self._step = (*bilinear(dt, A, B), C[0])
-
     def default_state(self, batch):
         """The zero state, (batch, H, N) float64: real and imaginary parts of the N/2 modes."""
         return torch.zeros(batch, self.D.shape[0], 2 * self.A_imag.shape[1], dtype=torch.float64,
                            device=self.D.device)
 
-    def step(self, u_t, state):
-        """One time step: u_t (B, H), state (B, H, N) -> y_t (B, H), new state."""
-        if self._step is None:
-            raise RuntimeError("call setup_step() before step()")
-        dA, dB, C = self._step
-        state = torch.einsum("hnm,bhm->bhn", dA, state) + dB * u_t.unsqueeze(-1).to(dB.dtype)  # (B, H, N)
-        y = (state * C).sum(-1).to(u_t.dtype) + self.D * u_t  # (B, H)
-        return self.out(self.drop(F.gelu(y))), state
+    def ssm_step(self, u_t, state):
+        """The recurrence at one position, in float64 with the dense dA (H, N, N), dB, C (H, N)
+        from the current parameters: u_t (B, H), state (B, H, N) -> C x_t (B, H), new state."""
+        dt, lam, P, B, C = self.ssm(torch.float64)
+        A, B, C = real_form(lam, P, B, C)  # (H, N, N), (H, N), (c, H, N)
+        dA, dB = bilinear(dt, A, B)
+        state = torch.einsum("hnm,bhm->bhn", dA, state) + dB * u_t.unsqueeze(-1).to(dB.dtype)
+        return (state * C[0]).sum(-1).to(u_t.dtype), state  # (B, H), (B, H, N)
 
 
 @register_model("s4")
-class S4(ResidualStack):
+class S4(RecurrentStack):
     """A stack of residual S4 layers (the S4 LRA block), (B, L, d_model) -> (B, L, d_model).
 
     d_state: N, the state size per channel (N/2 complex modes). norm: "layer" | "batch"; prenorm
@@ -200,5 +199,6 @@ class S4(ResidualStack):
 
     def __init__(self, d_model=128, n_layers=4, d_state=64, dropout=0.0, bidirectional=True,
                  norm="layer", prenorm=False, lr=1e-3, dt_min=1e-3, dt_max=1e-1):
-        super().__init__(lambda: S4Layer(d_model, d_state, dropout, bidirectional, lr, dt_min, dt_max),
-                         d_model, n_layers, dropout, norm, prenorm)
+        layers = [S4Layer(d_model, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
+                          lr=lr, dt_min=dt_min, dt_max=dt_max) for _ in range(n_layers)]
+        super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm)

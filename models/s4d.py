@@ -36,10 +36,9 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from lra.kernels.vandermonde import vandermonde
-from lra.models.blocks import GLU, LongConv, ResidualStack
+from lra.models.blocks import GLU, LongConv, RecurrentStack
 from lra.registry import register_model
 
 
@@ -69,9 +68,11 @@ def init_imag(init, N):
 
 
 class S4DLayer(LongConv):
-    """One S4D layer: SSM convolution + D skip -> GELU -> dropout -> GLU linear. (B, L, H) -> (B, L, H).
+    """One S4D layer: SSM convolution + D skip -> GELU -> dropout -> GLU linear.
+    (B, L, H) -> (B, L, H).
 
-    A and dt train with their own optimiser settings, `param._optim = {"lr": lr, "weight_decay": 0}`.
+    A and dt train with their own optimiser settings,
+    `param._optim = {"lr": lr, "weight_decay": 0}`.
     """
 
     def __init__(self, d_model, d_state=64, dropout=0.0, bidirectional=True, init="legs",
@@ -86,16 +87,17 @@ class S4DLayer(LongConv):
         self.log_A_real = nn.Parameter(torch.full((H, N2), math.log(0.5)))  # Re A = -exp(.)
         self.A_imag = nn.Parameter(init_imag(init, d_state).float().repeat(H, 1))  # (H, N2)
         channels = 2 if bidirectional else 1
-        self.C = nn.Parameter(torch.view_as_real(torch.randn(channels, H, N2, dtype=torch.cfloat)))  # (c, H, N2, 2)
+        C = torch.randn(channels, H, N2, dtype=torch.cfloat)
+        self.C = nn.Parameter(torch.view_as_real(C))  # (c, H, N2, 2)
         self.D = nn.Parameter(torch.randn(H))
         for p in (self.log_dt, self.log_A_real, self.A_imag):
             p._optim = {"lr": lr, "weight_decay": 0.0}
         self.drop = nn.Dropout(dropout)
         self.out = GLU(d_model)
-        self._step = None
 
     def _discrete(self):
-        """ZOH from the parameters: dtA (H, N2), dB = (exp(dtA) - 1) / A (H, N2), C (c, H, N2); all complex."""
+        """ZOH from the parameters: dtA (H, N2), dB = (exp(dtA) - 1) / A (H, N2), C (c, H, N2);
+        all complex."""
         A = torch.complex(-self.log_A_real.exp(), self.A_imag)  # (H, N2)
         dtA = self.log_dt.exp().unsqueeze(-1) * A  # (H, N2)
         return dtA, (dtA.exp() - 1) / A, torch.view_as_complex(self.C)
@@ -105,31 +107,21 @@ class S4DLayer(LongConv):
         dtA, dB, C = self._discrete()
         return vandermonde(C * dB, dtA, L)  # (c, H, L)
 
-    def setup_step(self):
-        """Cache dA, dB, C for `step` (call again after the parameters change)."""
-        if self.bidirectional:
-            raise ValueError("step is only defined for a causal layer; build it with bidirectional=False")
-        with torch.no_grad():
-            dtA, dB, C = self._discrete()
-            self._step = (dtA.exp(), dB, C[0])  # (H, N2) each
-
     def default_state(self, batch):
         """The zero state, (batch, H, N/2) complex."""
         return torch.zeros(batch, *self.A_imag.shape, dtype=self.A_imag.dtype.to_complex(),
                            device=self.A_imag.device)
 
-    def step(self, u_t, state):
-        """One time step: u_t (B, H), state (B, H, N/2) -> y_t (B, H), new state."""
-        if self._step is None:
-            raise RuntimeError("call setup_step() before step()")
-        dA, dB, C = self._step
-        state = dA * state + dB * u_t.unsqueeze(-1)  # (B, H, N2)
-        y = 2 * (state * C).sum(-1).real + self.D * u_t  # (B, H)
-        return self.out(self.drop(F.gelu(y))), state
+    def ssm_step(self, u_t, state):
+        """The recurrence at one position, dA and dB from the current parameters:
+        u_t (B, H), state (B, H, N/2) -> 2 Re C x_t (B, H), new state."""
+        dtA, dB, C = self._discrete()  # (H, N2), (H, N2), (c, H, N2)
+        state = dtA.exp() * state + dB * u_t.unsqueeze(-1)  # (B, H, N2)
+        return 2 * (state * C[0]).sum(-1).real, state
 
 
 @register_model("s4d")
-class S4D(ResidualStack):
+class S4D(RecurrentStack):
     """A stack of residual S4D layers (the S4 LRA block), (B, L, d_model) -> (B, L, d_model).
 
     d_state: N, the state size per channel (N/2 complex modes). init: "legs" | "inv" | "lin".
@@ -138,5 +130,6 @@ class S4D(ResidualStack):
 
     def __init__(self, d_model=128, n_layers=4, d_state=64, dropout=0.0, bidirectional=True,
                  init="legs", norm="layer", prenorm=False, lr=1e-3):
-        super().__init__(lambda: S4DLayer(d_model, d_state, dropout, bidirectional, init, lr),
-                         d_model, n_layers, dropout, norm, prenorm)
+        layers = [S4DLayer(d_model, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
+                           init=init, lr=lr) for _ in range(n_layers)]
+        super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm)

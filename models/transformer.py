@@ -6,7 +6,8 @@
     y = LN(x)
 
 The attention here is the plain PyTorch reference, written out: padded keys (and, with
-bidirectional=False, future keys) get no weight. Positions are sinusoidal or learned (up to max_len).
+bidirectional=False, future keys) get no weight. Positions are sinusoidal or learned (up to
+max_len).
 
     import torch
     from lra.models.transformer import Transformer
@@ -20,14 +21,16 @@ import math
 import torch
 from torch import nn
 
-from lra.models.blocks import Residual
+from lra.models.blocks import ResidualStack, head_dim
 from lra.registry import register_model
 
 
 def sinusoidal(L, d_model, device=None, dtype=None):
-    """The fixed positions of Vaswani et al.: sin on even channels, cos on odd ones, (L, d_model)."""
+    """The fixed positions of Vaswani et al.: sin on even channels, cos on odd ones,
+    (L, d_model)."""
     pos = torch.arange(L, device=device, dtype=torch.float64).unsqueeze(1)  # (L, 1)
-    freq = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float64) * (-math.log(1e4) / d_model))
+    channels = torch.arange(0, d_model, 2, device=device, dtype=torch.float64)
+    freq = torch.exp(channels * (-math.log(1e4) / d_model))  # (ceil(d/2),)
     pe = torch.zeros(L, d_model, device=device, dtype=torch.float64)
     pe[:, 0::2] = torch.sin(pos * freq)  # (L, ceil(d/2))
     pe[:, 1::2] = torch.cos(pos * freq[: d_model // 2])  # (L, floor(d/2))
@@ -44,23 +47,29 @@ class Attention(nn.Module):
 
     def __init__(self, d_model, n_heads, dropout=0.0, causal=False, attend=None):
         super().__init__()
-        self.n_heads, self.causal, self.attend = n_heads, causal, attend
+        self.n_heads, self.d_head = n_heads, head_dim(d_model, n_heads)
+        self.causal, self.attend = causal, attend
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, mask=None):
         B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, nh, L, hs) each
+        qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.d_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, nh, L, hs) each
         if self.attend is not None:
             lengths = None if mask is None else mask.sum(-1)  # (B,) real keys per row
             p = self.drop.p if self.training else 0.0
             y = self.attend(q, k, v, lengths, self.causal, dropout_p=p)  # (B, nh, L, hs)
             return self.proj(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
         att = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, L, L)
-        allowed = torch.ones(B, 1, 1, L, dtype=torch.bool, device=x.device) if mask is None else mask[:, None, None, :]
+        if mask is None:
+            allowed = torch.ones(B, 1, 1, L, dtype=torch.bool, device=x.device)
+        else:
+            allowed = mask[:, None, None, :]  # (B, 1, 1, L)
         if self.causal:
-            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=x.device).tril()  # (B, 1, L, L)
+            past = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+            allowed = allowed & past  # (B, 1, L, L)
         # a finite fill: a row with every key masked gets uniform weights (then zeroed), never NaN
         att = att.masked_fill(~allowed, torch.finfo(att.dtype).min).softmax(-1)
         att = att * allowed.any(-1, keepdim=True)
@@ -75,14 +84,15 @@ class MLP(nn.Module):
 
     def __init__(self, d_model, d_ff, dropout=0.0):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+        self.net = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(d_ff, d_model))
 
     def forward(self, x, mask=None):
         return self.net(x)
 
 
 @register_model("transformer")
-class Transformer(nn.Module):
+class Transformer(ResidualStack):
     """Pre-norm Transformer encoder, (B, L, d_model) -> (B, L, d_model).
 
     d_ff: MLP width (default 4 d_model). positions: "sinusoidal" | "learned" (learned ones
@@ -92,26 +102,21 @@ class Transformer(nn.Module):
 
     def __init__(self, d_model=128, n_layers=4, n_heads=4, d_ff=None, dropout=0.0,
                  positions="sinusoidal", max_len=4096, bidirectional=True, attend=None):
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(
-                f"d_model={d_model} is not divisible by n_heads={n_heads}; "
-                f"choose model.d_model as a multiple of model.n_heads"
-            )
         if positions not in ("sinusoidal", "learned"):
-            raise ValueError(f"positions={positions!r} is not known; use 'sinusoidal' or 'learned'")
+            raise ValueError(
+                f"positions={positions!r} is not known; use 'sinusoidal' or 'learned'")
+        pos = nn.Embedding(max_len, d_model) if positions == "learned" else None
+        if pos is not None:  # drawn before the blocks, so a seed gives the weights it always gave
+            nn.init.normal_(pos.weight, std=0.02)
+        mixers = []
+        for _ in range(n_layers):
+            mixers.append(Attention(d_model, n_heads=n_heads, dropout=dropout,
+                                    causal=not bidirectional, attend=attend))
+            mixers.append(MLP(d_model, d_ff=d_ff or 4 * d_model, dropout=dropout))
+        super().__init__(mixers, d_model=d_model, dropout=dropout, norm="layer", prenorm=True)
         self.d_model = d_model
         self.max_len = max_len if positions == "learned" else None  # the longest input it supports
-        self.pos = nn.Embedding(max_len, d_model) if positions == "learned" else None
-        if self.pos is not None:
-            nn.init.normal_(self.pos.weight, std=0.02)
-        d_ff = d_ff or 4 * d_model
-        self.layers = nn.ModuleList()
-        for _ in range(n_layers):
-            attention = Attention(d_model, n_heads, dropout, not bidirectional, attend)
-            self.layers.append(Residual(attention, d_model, dropout, prenorm=True))
-            self.layers.append(Residual(MLP(d_model, d_ff, dropout), d_model, dropout, prenorm=True))
-        self.norm = nn.LayerNorm(d_model)
+        self.pos = pos
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, mask=None):
@@ -125,7 +130,4 @@ class Transformer(nn.Module):
             )
         else:
             x = x + self.pos.weight[:L]  # (B, L, D)
-        x = self.drop(x)
-        for layer in self.layers:
-            x = layer(x, mask)
-        return self.norm(x)
+        return super().forward(self.drop(x), mask)

@@ -51,14 +51,12 @@ def triton_device(monkeypatch):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def run_steps(layer, u):
-    """A layer's recurrent view over u (B, L, H): `step` from its default state (after `setup_step`
-    where the layer has one), the outputs stacked to (B, L, H)."""
-    if hasattr(layer, "setup_step"):
-        layer.setup_step()
-    state, ys = layer.default_state(u.shape[0]), []
+def run_steps(module, u):
+    """The recurrent view of a layer or backbone over u (B, L, H): `step` from its
+    `default_state`, one position at a time, the outputs stacked to (B, L, H)."""
+    state, ys = module.default_state(u.shape[0]), []
     for t in range(u.shape[1]):
-        y_t, state = layer.step(u[:, t], state)
+        y_t, state = module.step(u[:, t], state)
         ys.append(y_t)
     return torch.stack(ys, 1)
 

@@ -1,19 +1,18 @@
-"""FlashAttention: blockwise == reference == SDPA (forward and grads), skipped blocks, flash == transformer."""
+"""FlashAttention: blockwise == reference == SDPA (forward and grads), skipped blocks,
+flash == transformer."""
 import pytest
 import torch
+from helpers import padded_batch, rel_err
 
 from lra.kernels.attention import attention, attention_reference, blockwise_attention
 from lra.models.flash import Flash
 from lra.models.transformer import Transformer
 
 
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
-
-
 def qkv(B, L, H=2, d=8, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(B, H, L, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    return [torch.randn(B, H, L, d, generator=g, dtype=torch.float64, requires_grad=True)
+            for _ in range(3)]
 
 
 def forward_and_grads(fn, q, k, v, g):
@@ -48,7 +47,8 @@ def test_reference_equals_each_row_alone(causal):
     lengths = [37, 32, 1]
     o = attention_reference(q, k, v, torch.tensor(lengths), causal)
     for i, n in enumerate(lengths):
-        alone = attention_reference(q[i:i + 1, :, :n], k[i:i + 1, :, :n], v[i:i + 1, :, :n], None, causal)
+        row = (t[i:i + 1, :, :n] for t in (q, k, v))
+        alone = attention_reference(*row, None, causal)
         err = rel_err(o[i:i + 1, :, :n], alone)
         assert err < 1e-14, f"row {i}: rel err {err:.2e}"
     for path in (blockwise_attention, attention):  # no lengths: every key is real
@@ -80,14 +80,6 @@ def test_row_without_keys_gives_zeros_and_finite_grads(path, causal):
         assert torch.isfinite(t.grad).all() and (t.grad[1] == 0).all()
 
 
-def padded_batch(lengths, L, D, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.arange(L) < torch.tensor(lengths).unsqueeze(1)  # (B, L)
-    x = torch.randn(len(lengths), L, D, generator=g, dtype=torch.float64)
-    x[~mask] = 100 * torch.randn(int((~mask).sum()), D, generator=g, dtype=torch.float64)
-    return x.requires_grad_(), mask
-
-
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kernels", ["", "reference"])
 def test_flash_equals_transformer(kernels, causal, monkeypatch):
@@ -99,6 +91,7 @@ def test_flash_equals_transformer(kernels, causal, monkeypatch):
     flash = Flash(block_size=16, **opts).double()
     flash.load_state_dict(transformer.state_dict())
     x, mask = padded_batch([37, 32, 1, 0], 37, 16)
+    x.requires_grad_()
     g = torch.randn(4, 37, 16, dtype=torch.float64)
     results = []
     for model in (transformer, flash):

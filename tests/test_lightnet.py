@@ -1,6 +1,8 @@
-"""LightNet: the recurrence's causal forms agree, the softmax form, large keys, padding, 2-D positions."""
+"""LightNet: the recurrence's causal forms agree, the softmax form, large keys, padding, 2-D
+positions."""
 import pytest
 import torch
+from helpers import padded_batch, rel_err
 
 from lra.kernels.additive_recurrence import (
     additive_recurrence,
@@ -11,10 +13,6 @@ from lra.kernels.additive_recurrence import (
     noncausal,
 )
 from lra.models.lightnet import TPE, LightNet, lrpe_angles
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 
 
 def inputs(B, L, dk=6, dv=5, H=2, key_scale=3.0, dtype=torch.float64, seed=0):
@@ -38,8 +36,9 @@ def value_and_grads(fn, args, seed=1):
 def test_causal_sequential_quadratic_chunked_agree(L, B):
     args = inputs(B, L)
     ref, ref_grads = value_and_grads(lambda q, k, v, g: causal_reference(q, k, v, g), args)
+    # chunks of 16, which divides neither L
     forms = {"quadratic": lambda q, k, v, g: causal_quadratic(q, k, v, g),
-             "chunked": lambda q, k, v, g: causal_chunked(q, k, v, chunk=16, gain=g)}  # 16 divides neither L
+             "chunked": lambda q, k, v, g: causal_chunked(q, k, v, chunk=16, gain=g)}
     for name, fn in forms.items():
         out, grads = value_and_grads(fn, args)
         err = rel_err(out, ref)
@@ -53,8 +52,10 @@ def test_causal_is_the_running_softmax_average():
     """o_t = sum_j q_tj sum_{s<=t} exp(k_sj) v_s / sum_{s<=t} exp(k_sj), written out (no gain)."""
     q, k, v, _ = (t.detach() for t in inputs(2, 23))
     e = k.exp()  # small keys: the naive form is safe here
-    w = [e[:, :, : t + 1] / e[:, :, : t + 1].sum(2, keepdim=True) for t in range(23)]  # (B, H, t+1, dk) each
-    naive = torch.stack([torch.einsum("bhj,bhsj,bhsv->bhv", q[:, :, t], w[t], v[:, :, : t + 1]) for t in range(23)], 2)
+    # w[t]: (B, H, t+1, dk), the weights of the keys up to t
+    w = [e[:, :, : t + 1] / e[:, :, : t + 1].sum(2, keepdim=True) for t in range(23)]
+    naive = torch.stack([torch.einsum("bhj,bhsj,bhsv->bhv", q[:, :, t], w[t], v[:, :, : t + 1])
+                         for t in range(23)], 2)
     assert rel_err(causal_chunked(q, k, v, chunk=8), naive) < 1e-12
 
 
@@ -67,7 +68,7 @@ def test_noncausal_equals_the_explicit_softmax_form():
         if n == 0:
             assert out[b].abs().max() == 0  # no real token: nothing to read
             continue
-        w = k[b, :, :n].exp() / k[b, :, :n].exp().sum(1, keepdim=True)  # (H, n, dk), softmax over time
+        w = k[b, :, :n].exp() / k[b, :, :n].exp().sum(1, keepdim=True)  # (H, n, dk), over time
         want = torch.einsum("htj,hsj,sj,hsv->htv", q[b, :, :n], w, gain[:n], v[b, :, :n])
         err = rel_err(out[b, :, :n], want)
         assert err < 1e-12, f"sequence {b} (length {n}): rel err {err:.1e}"
@@ -80,7 +81,8 @@ def test_large_keys_stay_finite_and_correct_in_float32(magnitude):
     q, k, v, gain = inputs(3, 150, key_scale=magnitude, dtype=torch.float32)
     q64, k64, v64, g64 = (t.detach().double() for t in (q, k, v, gain))
     checks = {
-        "chunked": (lambda q, k, v, g: causal_chunked(q, k, v, gain=g), causal_reference(q64, k64, v64, g64)),
+        "chunked": (lambda q, k, v, g: causal_chunked(q, k, v, gain=g),
+                    causal_reference(q64, k64, v64, g64)),
         "non-causal": (lambda q, k, v, g: noncausal(q, k, v, gain=g),
                        q64 @ ((torch.softmax(k64, 2) * g64).transpose(-1, -2) @ v64)),
     }
@@ -88,7 +90,8 @@ def test_large_keys_stay_finite_and_correct_in_float32(magnitude):
         out, grads = value_and_grads(fn, (q, k, v, gain))
         err = rel_err(out.double(), want)
         assert err < 1e-5, f"{name}, keys of {magnitude}: rel err {err:.1e}"
-        assert all(torch.isfinite(g).all() for g in grads), f"{name}, keys of {magnitude}: non-finite gradient"
+        finite = all(torch.isfinite(g).all() for g in grads)
+        assert finite, f"{name}, keys of {magnitude}: non-finite gradient"
 
 
 def test_dispatch_masks_pads():
@@ -98,24 +101,18 @@ def test_dispatch_masks_pads():
     k_garbage[1, :, 7:] = 1e4  # pads with huge keys must not leak in
     for causal in (True, False):
         out = additive_recurrence(q, k_garbage, v, mask, causal=causal, gain=gain)
-        alone = additive_recurrence(q[1:, :, :7], k[1:, :, :7], v[1:, :, :7], causal=causal, gain=gain[:7])
+        alone = additive_recurrence(q[1:, :, :7], k[1:, :, :7], v[1:, :, :7], causal=causal,
+                                    gain=gain[:7])
         assert rel_err(out[1, :, :7], alone[0]) < 1e-12
-
-
-def padded(lengths, L, D, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(lengths), L, D, generator=g, dtype=torch.float64)
-    mask = torch.arange(L) < torch.tensor(lengths).unsqueeze(1)
-    x[~mask] = 100 * torch.randn(int((~mask).sum()), D, generator=g, dtype=torch.float64)
-    return x, mask
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_padding_invariance_with_ragged_lengths(bidirectional):
     torch.manual_seed(0)
-    model = LightNet(d_model=16, n_layers=2, n_heads=2, positions="both", bidirectional=bidirectional).double().eval()
+    model = LightNet(d_model=16, n_layers=2, n_heads=2, positions="both",
+                     bidirectional=bidirectional).double().eval()
     lengths = [37, 20, 1]
-    x, mask = padded(lengths, 37, 16)
+    x, mask = padded_batch(lengths, 37, 16)
     with torch.no_grad():
         y = model(x, mask)
         for i, n in enumerate(lengths):
@@ -125,7 +122,8 @@ def test_padding_invariance_with_ragged_lengths(bidirectional):
 
 def test_causal_model_ignores_the_future():
     torch.manual_seed(0)
-    model = LightNet(d_model=16, n_layers=2, n_heads=2, positions="both", bidirectional=False, grid=[4, 5]).double()
+    model = LightNet(d_model=16, n_layers=2, n_heads=2, positions="both", bidirectional=False,
+                     grid=[4, 5]).double()
     x = torch.randn(2, 20, 16, dtype=torch.float64)
     x2 = x.clone()
     x2[:, 9:] = torch.randn(2, 11, 16, dtype=torch.float64)
@@ -137,7 +135,8 @@ def test_grid_model_runs_and_checks_the_length():
     model = LightNet(d_model=16, n_layers=1, n_heads=2, grid=[4, 5], positions="both")
     y = model(torch.randn(3, 20, 16))
     assert y.shape == (3, 20, 16) and torch.isfinite(y).all()
-    with pytest.raises(ValueError, match=r"sequence length 21 does not match grid=\[4, 5\].*model.grid"):
+    match = r"sequence length 21 does not match grid=\[4, 5\].*model.grid"
+    with pytest.raises(ValueError, match=match):
         model(torch.randn(3, 21, 16))
 
 
@@ -153,7 +152,8 @@ def test_lrpe_2d_rotation_is_the_product_of_row_and_column_rotations():
     assert torch.equal(phi[:1, :, d // 2 :].expand(rows, -1, -1), phi[..., d // 2 :])
     # so q~(p) . k~(p') = sum_j q_j k_j cos(phi_j(p) - phi_j(p')) depends on p - p' alone
     assert torch.allclose(phi[3, 4] - phi[1, 2], phi[2, 2] - phi[0, 0], atol=1e-14)
-    assert not torch.allclose(phi[1, 0], lrpe_angles((rows * cols,), d, 10000.0, dtype=torch.float64)[cols])
+    flat = lrpe_angles((rows * cols,), d, 10000.0, dtype=torch.float64)  # 1-D positions
+    assert not torch.allclose(phi[1, 0], flat[cols])
 
 
 def test_tpe_on_a_grid_mixes_along_rows_and_columns_only():
@@ -179,7 +179,8 @@ def test_bad_options_fail_clearly(bad, match):
         LightNet(**{"d_model": 16, "n_layers": 1, **bad})
 
 
-@pytest.mark.parametrize("scale", [1.0, 30.0, 500.0])  # 30 and 500 split chunks (down to one step at 500)
+# 30 and 500 split chunks (down to one step at 500)
+@pytest.mark.parametrize("scale", [1.0, 30.0, 500.0])
 def test_chunked_logcumsumexp_equals_torchs(scale):
     g = torch.Generator().manual_seed(0)
     k = (scale * torch.randn(3, 2, 337, 7, generator=g, dtype=torch.float64)).requires_grad_()

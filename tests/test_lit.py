@@ -7,7 +7,8 @@ import torch
 from lra.lit import Classifier, masked_mean, param_groups, warmup_cosine
 
 MODEL = {"name": "s4d", "d_model": 16, "n_layers": 1, "d_state": 8}
-TOKENS = {"input_kind": "tokens", "vocab_size": 16, "d_input": None, "num_classes": 3, "dual": False}
+TOKENS = {"input_kind": "tokens", "vocab_size": 16, "d_input": None, "num_classes": 3,
+          "dual": False}
 OPTIM = {"lr": 1e-2, "weight_decay": 0.05, "betas": [0.9, 0.999], "warmup_ratio": 0.1}
 
 

@@ -1,23 +1,28 @@
-"""Mamba: chunked scan == sequential scan (forward, every gradient), step == forward, padding, inits, options."""
+"""Mamba: chunked scan == sequential scan (forward, every gradient), padding, inits, options.
+
+Its step == forward test is the registry's, in test_models.
+"""
 import math
 
 import pytest
 import torch
-from conftest import run_steps
+from helpers import padded_batch, rel_err
 from torch.nn import functional as F
 
-from lra.kernels.selective_scan import selective_scan, selective_scan_chunked, selective_scan_reference, selective_scan_step
+from lra.kernels.selective_scan import (
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_reference,
+    selective_scan_step,
+)
 from lra.models.mamba import Mamba, MambaLayer
 
 NAMES = ("x", "dt", "A", "B", "C", "D")
 
 
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
-
-
 def scan_inputs(b, d, n, L, dt_scale=1.0, seed=0):
-    """float64 x, dt, A, B, C, D (requiring grad); dt spans about 1e-3 to 2 times dt_scale, A in [-n, 0)."""
+    """float64 x, dt, A, B, C, D (requiring grad); dt spans about 1e-3 to 2 times dt_scale,
+    A in [-n, 0)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, d, L, generator=g, dtype=torch.float64)
     dt = dt_scale * F.softplus(2 * torch.randn(b, d, L, generator=g, dtype=torch.float64) - 2)
@@ -73,7 +78,8 @@ def test_zero_step_leaves_the_state_unchanged():
     y, h_next = selective_scan_step(x_t, torch.zeros(b, d), A, B_t, C_t, D, h)
     assert torch.equal(h_next, h)
     torch.testing.assert_close(y, (h * C_t.unsqueeze(1)).sum(-1) + D * x_t)
-    # in the scan: steps with dt = 0 in front (whatever x is there) leave every later output as it was
+    # in the scan: steps with dt = 0 in front (whatever x is there) leave every later output
+    # as it was
     x, dt, A, B, C, D = (t.detach() for t in scan_inputs(b, d, n, 37))
     k = 9
 
@@ -97,22 +103,6 @@ def random_layer(H=8, N=4, bidirectional=False, seed=0):
     return layer
 
 
-@pytest.mark.parametrize("B", [1, 3])
-def test_step_equals_forward(B):
-    layer = random_layer()
-    u = torch.randn(B, 37, 8, dtype=torch.float64)
-    with torch.no_grad():
-        y = layer(u)  # (B, L, H)
-        err = rel_err(run_steps(layer, u), y)
-    assert err < 1e-12, f"step vs forward: rel err {err:.1e}"
-
-
-def test_step_needs_a_causal_layer():
-    layer = MambaLayer(8, 4, bidirectional=True)
-    with pytest.raises(ValueError, match="bidirectional=False"):
-        layer.step(torch.randn(2, 8), layer.default_state(2))
-
-
 def test_backward_scan_sees_only_the_future():
     layer = random_layer(bidirectional=True)
     with torch.no_grad():
@@ -131,9 +121,7 @@ def test_padding_does_not_reach_real_tokens(bidirectional):
     torch.manual_seed(0)
     model = Mamba(d_model=8, n_layers=2, d_state=4, bidirectional=bidirectional).double().eval()
     lengths = [37, 20, 1]
-    mask = torch.arange(46) < torch.tensor(lengths).unsqueeze(1)  # (3, 46): ragged, 9+ pads each
-    x = torch.randn(3, 46, 8, dtype=torch.float64)
-    x[~mask] = 100 * torch.randn(int((~mask).sum()), 8, dtype=torch.float64)
+    x, mask = padded_batch(lengths, 46, 8)  # (3, 46): ragged, 9+ pads each
     with torch.no_grad():
         y = model(x, mask)
         short = model(x[:, :37], mask[:, :37])  # 9 fewer pads
@@ -159,11 +147,12 @@ def test_A_log_and_D_skip_weight_decay():
     model = Mamba(d_model=16, n_layers=2, d_state=4)
     tagged = {name: p._optim for name, p in model.named_parameters() if hasattr(p, "_optim")}
     assert len(tagged) == 2 * 2 * 2  # (A_log, D) x two directions x two layers
-    assert all(name.endswith(("A_log", "D")) and o == {"weight_decay": 0.0} for name, o in tagged.items())
+    assert all(name.endswith(("A_log", "D")) for name in tagged)
+    assert all(o == {"weight_decay": 0.0} for o in tagged.values())
 
 
-@pytest.mark.parametrize("bad", [{"dt_rank": "big"}, {"dt_rank": 0}, {"d_conv": 0}, {"d_state": 2.5},
-                                 {"norm": "group"}])
+@pytest.mark.parametrize("bad", [{"dt_rank": "big"}, {"dt_rank": 0}, {"d_conv": 0},
+                                 {"d_state": 2.5}, {"norm": "group"}])
 def test_bad_options_fail_clearly(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         Mamba(d_model=8, n_layers=1, **bad)

@@ -1,4 +1,5 @@
-"""Contract tests every registered backbone gets, plugins included: shapes, gradients, padding.
+"""Contract tests every registered backbone gets, plugins included: shapes, gradients, padding,
+and for those with a recurrent view (`step`), that it equals the parallel view.
 
 Each backbone is built as `registry.model(name)(d_model=32, n_layers=2)` with its own defaults.
 """
@@ -6,6 +7,8 @@ import inspect
 
 import pytest
 import torch
+from conftest import run_steps
+from helpers import padded_batch, rel_err
 
 from lra import registry
 
@@ -14,22 +17,17 @@ D = 32
 TOL = 1e-4  # relative error ||a - b|| / ||b|| in float32
 
 
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm().clamp(min=1e-12)).item()
+def takes(name, option):
+    """Whether the backbone `name` has the keyword option `option`."""
+    return option in inspect.signature(registry.model(name)).parameters
+
+
+STEPPED = [n for n in NAMES if hasattr(registry.model(n), "step")]  # those with a recurrent view
 
 
 def build(name, seed=0):
     torch.manual_seed(seed)
     return registry.model(name)(d_model=D, n_layers=2).eval()
-
-
-def padded_batch(lengths, L, seed=1):
-    """x (B, L, D) with garbage at the pads, and its mask (B, L)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(lengths), L, D, generator=g)
-    mask = torch.arange(L) < torch.tensor(lengths).unsqueeze(1)  # (B, L)
-    x[~mask] = 100 * torch.randn(int((~mask).sum()), D, generator=g)
-    return x, mask
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -44,7 +42,7 @@ def test_output_shape(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_backward_gives_finite_grads(name):
     model = build(name).train()
-    x, mask = padded_batch([23, 17, 1], 23)
+    x, mask = padded_batch([23, 17, 1], 23, D, dtype=torch.float32)
     y = model(x, mask)
     (y[mask] ** 2).mean().backward()
     for pname, p in model.named_parameters():
@@ -57,27 +55,31 @@ def test_backward_gives_finite_grads(name):
 def test_padding_does_not_change_real_positions(name):
     model = build(name)
     lengths = [23, 17, 1]
-    x, mask = padded_batch(lengths, 23)
+    x, mask = padded_batch(lengths, 23, D, dtype=torch.float32)
     with torch.no_grad():
         y = model(x, mask)  # (3, 23, D)
         for i, n in enumerate(lengths):
             alone = model(x[i : i + 1, :n])  # (1, n, D), no padding at all
             err = rel_err(y[i, :n], alone[0])
-            assert err < TOL, f"{name}: sequence {i} (length {n}) differs when padded: rel err {err:.2e}"
+            assert err < TOL, (f"{name}: sequence {i} (length {n}) differs when padded: "
+                               f"rel err {err:.2e}")
         assert torch.isfinite(y).all(), f"{name}: non-finite outputs (at pads too)"
-        x_more, mask_more = padded_batch(lengths, 23 + 9)
+        x_more, mask_more = padded_batch(lengths, 23 + 9, D, dtype=torch.float32)
         x_more[:, :23] = x  # same tokens, 9 more pads of garbage
         y_more = model(x_more, mask_more)
         err = rel_err(y_more[:, :23][mask], y[mask])
         assert err < TOL, f"{name}: 9 more pad positions change real outputs: rel err {err:.2e}"
 
 
-# Transformer-specific checks (its options fail with messages that say what to change)
+# Options fail with messages that say what to change
 
 
-def test_transformer_heads_must_divide_width():
+@pytest.mark.parametrize("name", [n for n in NAMES if takes(n, "n_heads")])
+def test_heads_must_divide_width(name):
     with pytest.raises(ValueError, match="d_model=130 is not divisible by n_heads=4"):
-        registry.model("transformer")(d_model=130, n_heads=4)
+        registry.model(name)(d_model=130, n_heads=4)
+    with pytest.raises(ValueError, match="n_heads=0 must be a positive integer"):
+        registry.model(name)(d_model=16, n_heads=0)
 
 
 def test_transformer_learned_positions_bound_the_length():
@@ -98,17 +100,17 @@ def test_transformer_fully_masked_row_is_finite():
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_model_same_outputs(name):
     first, second, other = build(name, seed=7), build(name, seed=7), build(name, seed=8)
-    x, mask = padded_batch([23, 11], 23)
+    x, mask = padded_batch([23, 11], 23, D, dtype=torch.float32)
     for (key, a), b in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(a, b), key
     assert torch.equal(first(x, mask), second(x, mask))
     assert any(not torch.equal(a, b) for a, b in zip(first.parameters(), other.parameters()))
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if "bidirectional" in
-                                  inspect.signature(registry.model(n)).parameters])
+@pytest.mark.parametrize("name", [n for n in NAMES if takes(n, "bidirectional")])
 def test_causal_view_ignores_the_future(name):
-    """`bidirectional=False` (every built-in takes it): changing later tokens leaves earlier outputs."""
+    """`bidirectional=False` (every built-in takes it): changing later tokens leaves earlier
+    outputs."""
     torch.manual_seed(0)
     model = registry.model(name)(d_model=D, n_layers=2, bidirectional=False).eval()
     x = torch.randn(2, 19, D)
@@ -118,9 +120,54 @@ def test_causal_view_ignores_the_future(name):
     assert rel_err(model(changed)[:, 12:], model(x)[:, 12:]) > TOL
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if "norm" in inspect.signature(registry.model(n)).parameters])
+def causal_float64(name, seed=0):
+    """A causal (bidirectional=False where it has the option) float64 model in eval mode, 8 wide,
+    with every parameter moved off its init: each entry scaled by a factor in [0.5, 1.5]."""
+    torch.manual_seed(seed)
+    options = {"bidirectional": False} if takes(name, "bidirectional") else {}
+    model = registry.model(name)(d_model=8, n_layers=2, **options).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+    return model
+
+
+@pytest.mark.parametrize("L", [37, 1000])
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("name", STEPPED)
+def test_parallel_view_equals_recurrent_view(name, B, L):
+    """forward (a convolution, a scan) equals `step` from `default_state`, position by position."""
+    model = causal_float64(name)
+    u = torch.randn(B, L, 8, dtype=torch.float64)
+    with torch.no_grad():
+        err = rel_err(run_steps(model, u), model(u))
+    assert err < 1e-12, f"{name}: recurrent vs parallel view rel err {err:.1e}"  # float64: ~1e-15
+
+
+@pytest.mark.parametrize("name", STEPPED)
+def test_step_follows_the_parameters(name):
+    """No setup call: after the parameters change, the next steps use the new ones."""
+    model = causal_float64(name)
+    u = torch.randn(2, 20, 8, dtype=torch.float64)
+    with torch.no_grad():
+        run_steps(model, u)
+        for p in model.parameters():
+            p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+        err = rel_err(run_steps(model, u), model(u))
+    assert err < 1e-12, f"{name}: steps after a parameter change, rel err {err:.1e}"
+
+
+@pytest.mark.parametrize("name", [n for n in STEPPED if takes(n, "bidirectional")])
+def test_step_needs_a_causal_model(name):
+    model = registry.model(name)(d_model=8, n_layers=1, bidirectional=True)
+    with pytest.raises(ValueError, match="bidirectional=False"):
+        model.step(torch.randn(2, 8), model.default_state(2))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if takes(n, "norm")])
 def test_batchnorm_statistics_ignore_pads(name):
-    """In training mode BatchNorm counts real positions only: padding, however large, changes nothing."""
+    """In training mode BatchNorm counts real positions only: padding, however large, changes
+    nothing."""
     torch.manual_seed(0)
     model = registry.model(name)(d_model=16, n_layers=2, norm="batch", prenorm=True).train()
     x = torch.randn(3, 20, 16)
