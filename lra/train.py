@@ -268,7 +268,7 @@ def limits_overridden(overrides):
 
 
 def budget(config, overrides=None):
-    """The training limits a run set for itself, {} when it ran its recipe to the recipe's own limits.
+    """The training limits a run set for itself, {} when it ran its recipe to the recipe's limits.
 
     With `overrides` (the job's, as Hydra recorded them, a sweep preset's parameters included) only
     the limits they set can be the run's own, and the recipe is composed only to compare those;
@@ -288,9 +288,10 @@ def train_protocol(config):
     """The record's protocol; `budget` is the one decided when the job started (saved with its
     config, so a resumed run keeps it), else compared against the recipe here."""
     limits = config["budget"] if "budget" in config else budget(config)
+    full_test_set = config["trainer"]["limit_eval_batches"] is None
     return {"recipe": config["recipe"], "recipe_kind": "budget" if limits else "paper",
             "budget": limits, "pretraining": config["pretraining"], "data_fingerprint": None,
-            "selection": SELECTION, "full_test_set": config["trainer"]["limit_eval_batches"] is None}
+            "selection": SELECTION, "full_test_set": full_test_set}
 
 
 def train_and_test(config, data, run_dir, last_ckpt, record):
