@@ -1,82 +1,63 @@
-"""The `lra` command.
+"""The `lra` command: one table, COMMANDS, names each subcommand with its handler and its lines of
+`lra --help`; the usage text, the dispatch and the unknown-command error all read it.
 
-    lra train [overrides]           one run (Hydra overrides: model=transformer seed=3 optim.lr=3e-3)
-    lra train -m model=s4d,transformer seed=0,1,2   a sweep, one job per combination
-    lra sweep smoke [overrides]     a preset sweep from conf/sweep/ (every model on mini-ListOps)
-    lra sweep --resume smoke        the same sweep again: completed jobs skipped, interrupted ones continued
-    lra pretrain [overrides]        self-pretraining on the task's training inputs; then lra train init_from=RUN
-    lra list                        registered models, tasks and experiments, and where each comes from
-    lra leaderboard                 render leaderboard/: LEADERBOARD.md, CSV, Parquet and index.html
-    lra leaderboard --task listops  print a subset (also --model, --since, --tag); writes only with --out
-    lra data generate listops       generate ListOps (or pathfinder, pathx) in the released format
-    lra data prepare listops        read and tokenise a task's files once into its Arrow cache
-    lra data info listops           sizes, lengths, label balance and sources of a prepared task
-    lra bench layers                forward+backward time and memory of each model's block, as JSON
-    lra bench kernels               each kernel at the LRA task shapes against SDPA, FlexAttention, mambapy, fla
-    lra bench train                 one training step of each model, Triton kernels against the references
-    lra bench data                  our ListOps and Pathfinder generators against slow references of the originals
-    lra bench report FILE...        bench JSON as Markdown tables, with the issue's H100 targets checked
-    lra doctor                      list result files the leaderboard cannot use, and why
+    lra train model=transformer seed=3        # one run; `lra --help` lists every command
 
-Bad input ends with one paragraph and exit status 2; `--debug` shows the traceback.
+`train`, `sweep` and `pretrain` hand their arguments to Hydra; the others parse theirs with
+argparse. Bad input ends with one paragraph and exit status 2 (`report_error`); `--debug` shows
+the traceback. `lra --help` and `lra list` import neither torch nor Lightning.
 """
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Callable
 
-from lra import registry
+from lra import config, registry
 from lra.errors import UserError
 
-USAGE = __doc__.split("\n\n")[1]
 DEBUG = False  # set by --debug: show tracebacks of user errors
-
-
 USER_ERRORS = (UserError, registry.UnknownName, registry.BrokenPlugin)  # DataError is a UserError
+
+
+def report_error(err, sweep=False):
+    """Print a user error as one paragraph and end with status 2; in a sweep, go on to the next job.
+    With --debug, raise it instead, to show the traceback."""
+    if DEBUG:
+        raise err
+    print(f"lra: error: {err}", file=sys.stderr)
+    if not sweep:
+        raise SystemExit(2) from None
 
 
 def _hydra_overrides(argv):
     return [a for a in argv if not a.startswith("-")]
 
 
-def _precompose(overrides):
-    """Compose a single run's config before Hydra starts, to report bad overrides plainly."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
-
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    try:
-        with initialize_config_module("lra.conf", version_base="1.3"):
-            compose("config", overrides=overrides)
-    except HydraException as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"bad override: {first} Overrides look like key=value for keys that "
-                        "exist (`lra train --cfg job` prints them all); add a new key with "
-                        "+key=value.") from err
-
-
 def _train_job(cfg):
-    from hydra import compose
+    """One job of `lra train`, `lra pretrain` or a sweep, inside `@hydra.main`. The paper-or-budget
+    label is decided here, from the overrides Hydra recorded for the job, and saved with the run's
+    config (`budget`), so that a resumed run keeps it."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from omegaconf import open_dict
 
-    from lra import checks, pretrain
+    from lra import checks, pretrain, train
 
     hydra = HydraConfig.get()
     overrides = list(hydra.overrides.task)
     sweep = hydra.mode == RunMode.MULTIRUN
     try:
         groups = [o for o in overrides if (checks.split_override(o) or ("",))[0] in checks.GROUPS]
-        checks.check_values(cfg, compose("config", overrides=groups), overrides)
-        record = pretrain.run_stage(cfg, hydra.runtime.output_dir)  # stage: train, pretrain or both
+        checks.check_values(cfg, config.compose(groups), overrides)
+        with open_dict(cfg):
+            cfg.budget = train.budget(cfg, overrides)
+        record = pretrain.run_stage(cfg, hydra.runtime.output_dir)  # stage: train, pretrain, both
     except USER_ERRORS as err:
-        if DEBUG:
-            raise
-        print(f"lra: error: {err}", file=sys.stderr)
-        if sweep:
-            return None
-        raise SystemExit(2) from None
+        report_error(err, sweep)  # ends the command, or in a sweep goes on to the next job
+        return None
     except Exception as err:
         if not sweep:
             raise
@@ -113,7 +94,7 @@ def train_command(argv):
     overrides = _hydra_overrides(argv)
     checks.check_choices(overrides)
     if not {"-m", "--multirun", "--help", "-h", "--cfg", "-c", "--info"} & set(argv):
-        _precompose(overrides)
+        config.compose(overrides)  # a single run's bad override, reported plainly
     resume = [o.partition("=")[2] for o in overrides if o.startswith("resume=")]
     if resume and resume[0] != "auto":
         if not (Path(resume[0]) / "run.json").is_file():
@@ -126,7 +107,7 @@ def train_command(argv):
 
 
 def pretrain_command(argv):
-    """`lra pretrain [overrides]`: `lra train stage=pretrain` (lra/pretrain.py, docs/pretraining.md)."""
+    """`lra pretrain [overrides]`: `lra train stage=pretrain` (docs/pretraining.md)."""
     train_command(["stage=pretrain", *argv])
 
 
@@ -138,35 +119,33 @@ def sweep_command(argv):
     argv = [a for a in argv if a != "--resume"]
     if not argv or argv[0].startswith("-") or "=" in argv[0]:
         raise UserError("lra sweep needs a preset name; available: "
-                        f"{', '.join(config_options('sweep'))}. Example: `lra sweep smoke seed=0,1`; "
-                        "`lra sweep --resume smoke` skips its completed jobs and continues the rest.")
-    train_command(["--multirun", f"sweep={argv[0]}", *argv[1:], *(["resume=auto"] if resume else [])])
+                        f"{', '.join(config_options('sweep'))}. Example: `lra sweep smoke "
+                        "seed=0,1`; `lra sweep --resume smoke` skips its completed jobs and "
+                        "continues the rest.")
+    train_command(["--multirun", f"sweep={argv[0]}", *argv[1:],
+                   *(["resume=auto"] if resume else [])])
 
 
 def _parameter_count(name, d_model):
     """Parameters of the backbone built from its config with `d_model` overridden."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module("lra.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={name}", f"model.d_model={d_model}"])
-    options = {k: v for k, v in cfg.model.items() if k != "name"}
-    return sum(p.numel() for p in registry.model(name)(**options).parameters())
+    cfg = config.compose([f"model={name}", f"model.d_model={d_model}"])
+    return sum(p.numel() for p in registry.model(name)(**config.options(cfg.model)).parameters())
 
 
 def list_command(args):
-    from lra import plugins
+    """Built-ins are listed without importing them; each plugin is imported: a broken one shows."""
     from lra.plugins import config_options
 
-    plugins.register()
     for kind in ("model", "task"):
         if args.what not in (None, f"{kind}s"):
             continue
         print(f"{kind}s:")
         configs = config_options(kind)
         for name, entry in registry.entries(kind).items():
+            state = "" if name in configs else f"  (no conf/{kind}/{name}.yaml)"
             try:
-                entry.load()
-                state = "" if name in configs else f"  (no conf/{kind}/{name}.yaml)"
+                if entry.source != "built-in":
+                    entry.load()
                 if kind == "model" and args.params and name in configs:
                     state += f"  {_parameter_count(name, args.d_model):,} parameters"
             except registry.BrokenPlugin as err:
@@ -177,7 +156,8 @@ def list_command(args):
         for name, source in config_options("experiment").items():
             print(f"  {name:<24} {source}")
     if args.params:
-        print(f"(parameters of the backbone from conf/model/<name>.yaml with d_model={args.d_model})")
+        print("(parameters of the backbone from conf/model/<name>.yaml with "
+              f"d_model={args.d_model})")
 
 
 def doctor_command(args):
@@ -247,13 +227,16 @@ def leaderboard_command(args):
     if not published.is_file():
         raise UserError(f"no published numbers at {published}; run from the repository root or "
                         "pass --published PATH (the repository ships leaderboard/published.csv).")
-    filters = leaderboard.Filters(tuple(args.task or ()), tuple(args.model or ()), args.since, tuple(args.tag or ()))
+    filters = leaderboard.Filters(tuple(args.task or ()), tuple(args.model or ()), args.since,
+                                  tuple(args.tag or ()))
     if filters.given() and args.out is None:
         print(leaderboard.build(args.runs, published, args.avg_tasks, filters).markdown, end="")
         return
-    rendered = leaderboard.render(args.runs, args.out or "leaderboard", published, args.avg_tasks, filters)
+    rendered = leaderboard.render(args.runs, args.out or "leaderboard", published, args.avg_tasks,
+                                  filters)
     print(f"wrote {rendered.markdown}, {rendered.csv}, {rendered.parquet} and {rendered.html}"
-          + (f"; skipped {len(rendered.skipped)} unusable result files" if rendered.skipped else ""))
+          + (f"; skipped {len(rendered.skipped)} unusable result files"
+             if rendered.skipped else ""))
 
 
 def _day(text):
@@ -264,7 +247,7 @@ def _day(text):
 
 
 def generate_command(args):
-    """`lra data generate listops|pathfinder|pathx`: write the released format with our generators."""
+    """`lra data generate listops|pathfinder|pathx`: the released format, from our generators."""
     root = Path(args.data_dir or os.environ.get("LRA_DATA", "data"))
     if args.task == "listops":
         from lra.generators.listops import prepare_listops
@@ -289,27 +272,19 @@ def generate_command(args):
 
 
 def _task_data(args):
-    """The data module of `lra data prepare|info TASK [overrides]`, built as `lra train` builds it."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
+    """The data module of `lra data prepare|info TASK [overrides]`, as `lra train` builds it."""
+    from lra import checks
 
-    from lra import checks, plugins
-
-    plugins.register()
     rest = argparse.ArgumentParser(prog=f"lra data {args.action}", add_help=False)
     rest.add_argument("--data-dir", default=args.data_dir)
-    known, task_overrides = rest.parse_known_args(args.overrides)  # options may follow the overrides
+    known, task_overrides = rest.parse_known_args(args.overrides)  # options may follow overrides
     overrides = [f"task={args.task}", *task_overrides]
     checks.check_choices(overrides)
+    cfg = config.compose(overrides, hint=f"give task options as task.key=value; "
+                                         f"`lra train task={args.task} --cfg job` lists them")
     try:
-        with initialize_config_module("lra.conf", version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-    except HydraException as err:
-        raise UserError(f"bad override: {str(err).strip().splitlines()[0]} Give task options as "
-                        f"task.key=value (`lra train task={args.task} --cfg job` lists them).") from err
-    options = {k: v for k, v in cfg.task.items() if k != "name"}
-    try:
-        return registry.task(cfg.task.name)(data_dir=known.data_dir or cfg.data_dir, seed=cfg.seed, **options)
+        return registry.task(cfg.task.name)(data_dir=known.data_dir or cfg.data_dir, seed=cfg.seed,
+                                            **config.options(cfg.task))
     except (TypeError, ValueError) as err:
         raise UserError(f"task {args.task!r} rejected its options: {err}") from err
 
@@ -326,7 +301,8 @@ def prepare_command(args):
         return
     folder, manifest, splits, built = cache.prepare(data, files)
     sizes = ", ".join(f"{split} {len(ds):,}" for split, ds in splits.items())
-    state = f"built in {manifest['build_seconds']:.1f} s" if built else "already prepared, nothing to do"
+    state = (f"built in {manifest['build_seconds']:.1f} s" if built
+             else "already prepared, nothing to do")
     print(f"{args.task}: {sizes} examples in {folder} ({state})")
 
 
@@ -338,7 +314,8 @@ def info_command(args):
 
 
 def data_command(args):
-    {"generate": generate_command, "prepare": prepare_command, "info": info_command}[args.action](args)
+    actions = {"generate": generate_command, "prepare": prepare_command, "info": info_command}
+    actions[args.action](args)
 
 
 def _bench_cases():
@@ -347,59 +324,72 @@ def _bench_cases():
     return KERNEL_CASES
 
 
-def parser():
-    p = argparse.ArgumentParser(prog="lra", usage=USAGE, add_help=True)
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="one run, or a sweep with -m (Hydra overrides; `lra train --help`)")
-    sub.add_parser("pretrain", help="self-pretraining on the task's training inputs (`lra pretrain --help`)")
-    sub.add_parser("sweep", help="a preset sweep from conf/sweep/ (`lra sweep smoke`)")
-    ls = sub.add_parser("list", help="registered models, tasks and experiments")
-    ls.add_argument("what", nargs="?", choices=["models", "tasks", "experiments"])
-    ls.add_argument("--params", action="store_true", help="count each model's parameters")
-    ls.add_argument("--d-model", type=int, default=128, help="width for --params")
-    doctor = sub.add_parser("doctor", help="list result files the leaderboard cannot use")
-    doctor.add_argument("--runs", default="leaderboard/runs", help="folder of result files")
-    bench = sub.add_parser("bench", help="time layers, kernels or training steps against anchors")
-    bench.add_argument("what", choices=["layers", "kernels", "train", "data", "report"],
-                       help="layers: one block per model; kernels: each kernel at the LRA task shapes; "
-                            "train: one optimizer step per model and task; data: the generators; "
-                            "report: kernels/train JSON files as Markdown tables with the targets checked")
-    bench.add_argument("files", nargs="*", help="report: JSON files of lra bench kernels|train")
-    bench.add_argument("--models", nargs="*", help="layers, train: default every registered model")
-    bench.add_argument("--batch", type=int, help="layers: default 8; train: default the experiment's, scaled")
-    bench.add_argument("--length", type=int, default=1024, help="layers")
-    bench.add_argument("--d-model", type=int, help="layers: default 128; train: default the experiment's")
-    bench.add_argument("--d-state", type=int, default=64, help="layers")
-    bench.add_argument("--n-layers", type=int, help="train: default the experiment's (1 on a CPU)")
-    bench.add_argument("--cases", nargs="+", metavar="CASE", choices=list(_bench_cases()),
-                       help=f"kernels: default all of {', '.join(_bench_cases())}")
-    bench.add_argument("--tasks", nargs="+", metavar="TASK",
-                       choices=["listops", "text", "retrieval", "image", "pathfinder", "pathx"],
-                       help="kernels, train: default listops text retrieval image pathfinder pathx; "
-                            "data: default listops pathfinder pathx (128 px)")
-    bench.add_argument("--n", type=int, help="data: Pathfinder 32 px images from ours (default 1000); the "
-                                             "others scale with it (lra.bench.data_sizes)")
-    bench.add_argument("--scale", type=float, help="kernels, train: shrink batch and length by this factor "
-                                                   "(default 1 on a GPU, 1/16 on a CPU)")
-    bench.add_argument("--interpret", action="store_true",
-                       help="kernels, train: on a CPU, time Triton too, in its interpreter (slow: tiny shapes)")
-    bench.add_argument("--repeats", type=int, help="timed calls after the warm-up (default 3; 10-20 on a GPU)")
-    bench.add_argument("--threads", type=int, default=1, help="CPU threads")
-    bench.add_argument("--device", help="cpu or cuda (layers: default cpu; kernels, train: cuda when there is one)")
-    bench.add_argument("--out", default="benchmarks/results")
-    lb = sub.add_parser("leaderboard", help="render the leaderboard")
-    lb.add_argument("--runs", default="leaderboard/runs", help="folder of result files")
-    lb.add_argument("--out", help="where the files go (default: leaderboard; with a filter: print only)")
-    lb.add_argument("--published", default="leaderboard/published.csv")
-    lb.add_argument("--avg-tasks", type=int, choices=[6, 5], default=6,
-                    help="6: failed Path-X counts as 50 (S4-era rule); 5: Path-X left out (LRA paper)")
-    lb.add_argument("--task", nargs="+", metavar="T", help="only runs on these tasks")
-    lb.add_argument("--model", nargs="+", metavar="M", help="only runs (and published rows) of these models")
-    lb.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="only runs that ended on or after this day")
-    lb.add_argument("--tag", nargs="+", metavar="TAG", help="only runs carrying every one of these tags")
-    data = sub.add_parser("data", help="generate, prepare (cache) or describe a task's data")
-    data_sub = data.add_subparsers(dest="action", required=True)
-    gen = data_sub.add_parser("generate", help="write ListOps or Pathfinder files with our generators")
+def _list_options(p):
+    p.add_argument("what", nargs="?", choices=["models", "tasks", "experiments"])
+    p.add_argument("--params", action="store_true", help="count each model's parameters")
+    p.add_argument("--d-model", type=int, default=128, help="width for --params")
+
+
+def _doctor_options(p):
+    p.add_argument("--runs", default="leaderboard/runs", help="folder of result files")
+
+
+def _bench_options(p):
+    p.add_argument("what", choices=["layers", "kernels", "train", "data", "report"],
+                   help="layers: one block per model; kernels: each kernel at the LRA task shapes; "
+                        "train: one optimizer step per model and task; data: the generators; "
+                        "report: kernels/train JSON files as Markdown tables, targets checked")
+    p.add_argument("files", nargs="*", help="report: JSON files of lra bench kernels|train")
+    p.add_argument("--models", nargs="*", help="layers, train: default every registered model")
+    p.add_argument("--batch", type=int,
+                   help="layers: default 8; train: default the experiment's, scaled")
+    p.add_argument("--length", type=int, default=1024, help="layers")
+    p.add_argument("--d-model", type=int,
+                   help="layers: default 128; train: default the experiment's")
+    p.add_argument("--d-state", type=int, default=64, help="layers")
+    p.add_argument("--n-layers", type=int, help="train: default the experiment's (1 on a CPU)")
+    p.add_argument("--cases", nargs="+", metavar="CASE", choices=list(_bench_cases()),
+                   help=f"kernels: default all of {', '.join(_bench_cases())}")
+    p.add_argument("--tasks", nargs="+", metavar="TASK",
+                   choices=["listops", "text", "retrieval", "image", "pathfinder", "pathx"],
+                   help="kernels, train: default listops text retrieval image pathfinder pathx; "
+                        "data: default listops pathfinder pathx (128 px)")
+    p.add_argument("--n", type=int, help="data: Pathfinder 32 px images from ours (default 1000); "
+                                         "the others scale with it (lra.bench.data_sizes)")
+    p.add_argument("--scale", type=float, help="kernels, train: shrink batch and length by this "
+                                               "factor (default 1 on a GPU, 1/16 on a CPU)")
+    p.add_argument("--interpret", action="store_true",
+                   help="kernels, train: on a CPU, time Triton too, in its interpreter (slow: "
+                        "tiny shapes)")
+    p.add_argument("--repeats", type=int,
+                   help="timed calls after the warm-up (default 3; 10-20 on a GPU)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads")
+    p.add_argument("--device", help="cpu or cuda (layers: default cpu; kernels, train: cuda when "
+                                    "there is one)")
+    p.add_argument("--out", default="benchmarks/results")
+
+
+def _leaderboard_options(p):
+    p.add_argument("--runs", default="leaderboard/runs", help="folder of result files")
+    p.add_argument("--out",
+                   help="where the files go (default: leaderboard; with a filter: print only)")
+    p.add_argument("--published", default="leaderboard/published.csv")
+    p.add_argument("--avg-tasks", type=int, choices=[6, 5], default=6,
+                   help="6: failed Path-X counts as 50 (S4-era rule); 5: Path-X left out (LRA "
+                        "paper)")
+    p.add_argument("--task", nargs="+", metavar="T", help="only runs on these tasks")
+    p.add_argument("--model", nargs="+", metavar="M",
+                   help="only runs (and published rows) of these models")
+    p.add_argument("--since", type=_day, metavar="YYYY-MM-DD",
+                   help="only runs that ended on or after this day")
+    p.add_argument("--tag", nargs="+", metavar="TAG",
+                   help="only runs carrying every one of these tags")
+
+
+def _data_options(p):
+    actions = p.add_subparsers(dest="action", required=True)
+    gen = actions.add_parser("generate",
+                             help="write ListOps or Pathfinder files with our generators")
     gen.add_argument("task", choices=["listops", "pathfinder", "pathx"])
     gen.add_argument("--data-dir", help="data root (default: $LRA_DATA or ./data)")
     gen.add_argument("--seed", type=int, default=0)
@@ -413,38 +403,98 @@ def parser():
     gen.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     for action, what in (("prepare", "read and tokenise a task's files once into its Arrow cache"),
                          ("info", "sizes, lengths, label balance and sources of a prepared task")):
-        cmd = data_sub.add_parser(action, help=what)
+        cmd = actions.add_parser(action, help=what)
         cmd.add_argument("task", help="a registered task (`lra list tasks`)")
-        cmd.add_argument("overrides", nargs=argparse.REMAINDER, help="task options, e.g. task.max_len=1000")
+        cmd.add_argument("overrides", nargs=argparse.REMAINDER,
+                         help="task options, e.g. task.max_len=1000")
         cmd.add_argument("--data-dir", help="data root (default: $LRA_DATA or ./data)")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its handler, its lines of `lra --help` ((arguments, what they do); the first
+    is its summary) and a function adding its argparse options (None: Hydra reads its argv)."""
+
+    handler: Callable
+    lines: tuple
+    options: Callable = None
+
+
+COMMANDS = {
+    "train": Command(train_command, (
+        ("[overrides]", "one run (Hydra overrides: model=transformer seed=3 optim.lr=3e-3)"),
+        ("-m model=s4d,transformer seed=0,1,2", "a sweep, one job per combination"))),
+    "sweep": Command(sweep_command, (
+        ("smoke [overrides]", "a preset sweep from conf/sweep/ (every model on mini-ListOps)"),
+        ("--resume smoke", "the same sweep again: completed jobs skipped, interrupted ones "
+                           "continued"))),
+    "list": Command(list_command, (
+        ("", "registered models, tasks and experiments, and where each comes from"),
+        ("models --params", "each model's parameters at d_model 128 (--d-model)")), _list_options),
+    "leaderboard": Command(leaderboard_command, (
+        ("", "render leaderboard/: LEADERBOARD.md, CSV, Parquet and index.html"),
+        ("--task listops", "print a subset (also --model, --since, --tag); writes only with "
+                           "--out")), _leaderboard_options),
+    "data": Command(data_command, (
+        ("generate listops", "generate ListOps (or pathfinder, pathx) in the released format"),
+        ("prepare listops", "read and tokenise a task's files once into its Arrow cache"),
+        ("info listops", "sizes, lengths, label balance and sources of a prepared task")),
+        _data_options),
+    "bench": Command(bench_command, (
+        ("layers", "forward+backward time and memory of each model's block, as JSON"),
+        ("kernels", "each kernel at the LRA task shapes against SDPA, FlexAttention, mambapy, "
+                    "fla"),
+        ("train", "one training step of each model, Triton kernels against the references"),
+        ("data", "our ListOps and Pathfinder generators against slow references of the "
+                 "originals"),
+        ("report FILE...", "bench JSON as Markdown tables, with the issue's H100 targets "
+                           "checked")), _bench_options),
+    "doctor": Command(doctor_command, (
+        ("", "list result files the leaderboard cannot use, and why"),), _doctor_options),
+    "pretrain": Command(pretrain_command, (
+        ("[overrides]", "self-pretraining on the task's training inputs; then lra train "
+                        "init_from=RUN"),)),
+}
+
+
+def usage(names=COMMANDS):
+    """The lines of `lra --help` for the commands `names`, from COMMANDS."""
+    return "\n".join(f"    {f'lra {name} {args}'.rstrip() + '  ':<32}{what}"
+                     for name in names for args, what in COMMANDS[name].lines)
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog="lra", usage="lra COMMAND ... (`lra COMMAND --help` for its options)",
+        description=f"commands:\n{usage()}", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Bad input ends with one paragraph and exit status 2; `--debug` shows the "
+               "traceback.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS)
+    for name, command in COMMANDS.items():
+        if command.options is not None:
+            own = sub.add_parser(name, prog=f"lra {name}", description=usage([name]),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+            command.options(own)
     return p
 
 
 def main(argv=None):
     global DEBUG
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = DEBUG = "--debug" in argv
+    DEBUG = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    if not argv or argv[0] not in ("train", "sweep", "list", "leaderboard", "data", "bench", "doctor", "pretrain",
-                                   "-h", "--help"):
-        if argv and not argv[0].startswith("-"):
-            print(f"lra: error: unknown command {argv[0]!r}; available: train, sweep, "
-                  "list, leaderboard, data, bench, doctor, pretrain. See `lra --help`.", file=sys.stderr)
-            raise SystemExit(2) from None
-    commands = {"list": list_command, "leaderboard": leaderboard_command, "data": data_command,
-                "bench": bench_command, "doctor": doctor_command}
+    name = argv[0] if argv else ""
     try:
-        hydra_commands = {"train": train_command, "sweep": sweep_command, "pretrain": pretrain_command}
-        if argv and argv[0] in hydra_commands:
-            hydra_commands[argv[0]](argv[1:])
+        if name and not name.startswith("-") and name not in COMMANDS:
+            raise UserError(f"unknown command {name!r}; available: {', '.join(COMMANDS)}. "
+                            "See `lra --help`.")
+        if name in COMMANDS and COMMANDS[name].options is None:
+            COMMANDS[name].handler(argv[1:])  # Hydra parses the rest
         else:
             args = parser().parse_args(argv)
-            commands[args.command](args)
+            COMMANDS[args.command].handler(args)
     except USER_ERRORS as err:
-        if debug:
-            raise
-        print(f"lra: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        report_error(err)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from lra.errors import UserError
 
 
 def compose(overrides=(), hint="`lra train --cfg job` prints every key"):
-    """The config `lra train OVERRIDES` would run; a bad override is a UserError ending in `hint`."""
+    """The config `lra train OVERRIDES` would run; a bad override is a UserError naming `hint`."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra

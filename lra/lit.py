@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lra import registry
+from lra import config, registry
 from lra.errors import Diverged
 
 
@@ -71,7 +71,7 @@ class Classifier(L.LightningModule):
     def __init__(self, model: dict, task: dict, optim: dict):
         super().__init__()
         self.save_hyperparameters()
-        options = {k: v for k, v in model.items() if k != "name"}
+        options = config.options(model)
         d_model = options["d_model"]
         if task["input_kind"] == "tokens":
             self.encoder = nn.Embedding(task["vocab_size"], d_model, padding_idx=0)

@@ -4,13 +4,11 @@ A plugin's pyproject declares `[project.entry-points."lra.configs"] lra_gru = "l
 and ships `lra_gru/conf/model/gru.yaml`; after `pip install`, `lra train model=gru` and
 `'model=glob(*)'` sweeps see it. The search-path plugin is registered from the CLI before
 Hydra starts (a `hydra_plugins/` namespace package is invisible through editable installs).
+Listing config options imports no Hydra; only `register` does.
 """
+from functools import cache
 from importlib.metadata import entry_points
 from importlib.resources import files
-
-from hydra.core.config_search_path import ConfigSearchPath
-from hydra.core.plugins import Plugins
-from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 BUILTIN = "lra.conf"
 GROUPS = ("model", "task", "trainer", "optim", "logger", "experiment", "sweep")
@@ -49,13 +47,22 @@ def config_options(group):
     return dict(sorted(options.items()))
 
 
-class PluginConfigs(SearchPathPlugin):
-    """Appends `pkg://<package>` for each plugin's config package."""
+@cache
+def _search_path_plugin():
+    """Hydra's plugin that appends `pkg://<package>` for each plugin's config package (a class
+    made on first use, so that importing this module does not import Hydra)."""
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        for source, package in config_packages()[1:]:
-            search_path.append(provider=source.replace(" ", "-"), path=f"pkg://{package}")
+    class PluginConfigs(SearchPathPlugin):
+        def manipulate_search_path(self, search_path):
+            for source, package in config_packages()[1:]:
+                search_path.append(provider=source.replace(" ", "-"), path=f"pkg://{package}")
+
+    return PluginConfigs
 
 
 def register():
-    Plugins.instance().register(PluginConfigs)
+    """Put the plugins' config packages on Hydra's search path (before Hydra composes)."""
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance().register(_search_path_plugin())

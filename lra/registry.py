@@ -5,13 +5,24 @@
 
     registry.model("s4d")(d_model=128, n_layers=4)  # -> an S4D backbone
 
-Plugins declare `[project.entry-points."lra.models"] gru = "lra_gru.model:GRU"`; the
-entry point is imported only when the name is asked for or everything is listed. This
-module imports nothing heavy, so `lra list` and error messages stay fast.
+Built-ins are named in BUILT_IN, so listing them imports none of them (nor torch); a built-in's
+module is imported on its first lookup, and its decorator fills in the class. Plugins declare
+`[project.entry-points."lra.models"] gru = "lra_gru.model:GRU"`; the entry point is imported
+only when the name is asked for or everything is listed (a broken plugin then shows).
 """
 from dataclasses import dataclass
 from importlib import import_module
-from importlib.metadata import entry_points
+
+# name -> the module whose decorator registers it (tests/test_cli.py checks that they agree)
+BUILT_IN = {
+    "model": {name: f"lra.models.{name}"
+              for name in ("flash", "lightnet", "mamba", "s4", "s4d", "transformer")},
+    "task": {"image": "lra.tasks.image", "scifar": "lra.tasks.image",
+             "listops": "lra.tasks.listops", "listops_mini": "lra.tasks.listops",
+             "pathfinder": "lra.tasks.pathfinder", "pathx": "lra.tasks.pathfinder",
+             "sc10": "lra.tasks.speech", "sc35": "lra.tasks.speech",
+             "text": "lra.tasks.text", "retrieval": "lra.tasks.text"},
+}
 
 
 class UnknownName(LookupError):
@@ -27,10 +38,12 @@ class Entry:
     name: str
     obj: object = None
     source: str = "built-in"
-    target: str = ""  # "module:attr" of an entry point not imported yet
+    target: str = ""  # a built-in's module, or a plugin's "module:attr", not imported yet
 
     def load(self):
-        if self.obj is None:
+        if self.obj is None and self.source == "built-in":
+            import_module(self.target)  # its decorator fills in self.obj; our errors stay ours
+        elif self.obj is None:
             try:
                 self.obj = _import_target(self.target)
             except Exception as err:  # any failure inside the plugin's import
@@ -44,7 +57,6 @@ class Entry:
 
 _KINDS = {"model": "lra.models", "task": "lra.tasks"}
 _ENTRIES = {kind: {} for kind in _KINDS}
-_BUILTINS = {"model": "lra.models", "task": "lra.tasks"}
 _loaded = {kind: False for kind in _KINDS}
 
 
@@ -58,7 +70,7 @@ def _import_target(target):
 
 def _register(kind, name, source="built-in"):
     def decorate(obj):
-        _ENTRIES[kind][name] = Entry(name, obj, source)
+        _ENTRIES[kind].setdefault(name, Entry(name, source=source)).obj = obj
         return obj
 
     return decorate
@@ -78,7 +90,10 @@ def _load(kind):
     if _loaded[kind]:
         return
     _loaded[kind] = True
-    import_module(_BUILTINS[kind])  # built-ins register themselves on import
+    from importlib.metadata import entry_points
+
+    for name, module in BUILT_IN[kind].items():
+        _ENTRIES[kind].setdefault(name, Entry(name, target=module))
     for ep in entry_points(group=_KINDS[kind]):
         if ep.name not in _ENTRIES[kind]:
             dist = ep.dist.name if ep.dist is not None else ep.value.split(".")[0]

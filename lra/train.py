@@ -27,10 +27,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+import lra.config
 from lra import loggers, registry, results
 from lra.checkpoints import AtomicCheckpointIO
 from lra.errors import Diverged, UserError
 from lra.lit import Classifier
+from lra.plugins import config_options
 
 SELECTION = "checkpoint with the best val_acc; the test split evaluated once on it"
 
@@ -48,17 +50,13 @@ def quiet_lightning():
         warnings.filterwarnings("ignore", message=message)
 
 
-def _options(section):
-    return {k: v for k, v in section.items() if k != "name"}
-
-
 def build_data(cfg):
     """The task's data module, set up so its shape is known: memory-mapped from its Arrow cache
     (built on first use), or generated in memory for a task that reads no files."""
     from lra.tasks import cache
 
     task_cls = registry.task(cfg["task"]["name"])
-    data = task_cls(data_dir=cfg["data_dir"], seed=cfg["seed"], **_options(cfg["task"]))
+    data = task_cls(data_dir=cfg["data_dir"], seed=cfg["seed"], **lra.config.options(cfg["task"]))
     cache.setup(data)
     return data
 
@@ -251,40 +249,49 @@ def fit_with_retries(config, data, run_dir, last_ckpt, record, **how):
             print(f"lra: {err}; retrying from scratch with optim.lr={optim['lr']:.3g}", file=sys.stderr)
 
 
-def recipe_limits(recipe):
-    """The training limits (max_epochs, max_steps, max_time) of the experiment named `recipe`, or
-    None when no experiment has that name (our `default`, or a recipe named by hand)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from lra.plugins import config_options
-
-    if recipe not in config_options("experiment"):
-        return None
-    overrides = [f"experiment={recipe}"]
-    if GlobalHydra.instance().is_initialized():  # inside `lra train`: compose in its Hydra
-        trainer = compose("config", overrides=overrides).trainer
-    else:
-        with initialize_config_module("lra.conf", version_base="1.3"):
-            trainer = compose("config", overrides=overrides).trainer
-    return {k: trainer.get(k) for k in LIMITS}
-
-
 LIMITS = ("max_epochs", "max_steps", "max_time")
 
 
-def budget(config):
-    """The training limits a run set for itself, {} when it ran its recipe to the recipe's own limits."""
+def recipe_limits(recipe):
+    """The training limits (max_epochs, max_steps, max_time) of the experiment named `recipe`, or
+    None when no experiment has that name (our `default`, or a recipe named by hand)."""
+    if recipe not in config_options("experiment"):
+        return None
+    trainer = lra.config.compose([f"experiment={recipe}"]).trainer
+    return {k: trainer.get(k) for k in LIMITS}
+
+
+def limits_overridden(overrides):
+    """The limits a job's overrides set: `trainer.<limit>=...`, or all of them for `trainer=...`."""
+    keys = {text.partition("=")[0].lstrip("+") for text in overrides if "=" in text}
+    return [k for k in LIMITS if "trainer" in keys or f"trainer.{k}" in keys]
+
+
+def budget(config, overrides=None):
+    """The training limits a run set for itself, {} when it ran its recipe to the recipe's limits.
+
+    With `overrides` (the job's, as Hydra recorded them, a sweep preset's parameters included) only
+    the limits they set can be the run's own, and the recipe is composed only to compare those;
+    without them every limit is compared. A recipe that is no experiment has no limits to keep.
+    """
     limits = {k: config["trainer"].get(k) for k in LIMITS}
-    paper = recipe_limits(config["recipe"])
-    return {k: v for k, v in limits.items() if v not in (None, -1) and (paper is None or paper[k] != v)}
+    limits = {k: v for k, v in limits.items() if v not in (None, -1)}
+    if config["recipe"] not in config_options("experiment"):
+        return limits
+    if overrides is not None:
+        limits = {k: v for k, v in limits.items() if k in limits_overridden(overrides)}
+    paper = recipe_limits(config["recipe"]) if limits else None
+    return {k: v for k, v in limits.items() if paper[k] != v}
 
 
 def train_protocol(config):
-    limits = budget(config)
-    return {"recipe": config["recipe"], "recipe_kind": "budget" if limits else "paper", "budget": limits,
-            "pretraining": config["pretraining"], "data_fingerprint": None, "selection": SELECTION,
-            "full_test_set": config["trainer"]["limit_eval_batches"] is None}
+    """The record's protocol; `budget` is the one decided when the job started (saved with its
+    config, so a resumed run keeps it), else compared against the recipe here."""
+    limits = config["budget"] if "budget" in config else budget(config)
+    full_test_set = config["trainer"]["limit_eval_batches"] is None
+    return {"recipe": config["recipe"], "recipe_kind": "budget" if limits else "paper",
+            "budget": limits, "pretraining": config["pretraining"], "data_fingerprint": None,
+            "selection": SELECTION, "full_test_set": full_test_set}
 
 
 def train_and_test(config, data, run_dir, last_ckpt, record):

@@ -1,6 +1,8 @@
 """The `lra` command in-process: listing, training, results, resume and bad input."""
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,7 +197,7 @@ def test_sigterm_saves_a_checkpoint_marks_interrupted_and_resumes(lra, tmp_path,
     assert record["status"] == "interrupted" and "SIGTERM at epoch 1" in record["error"]
     assert f"resume={record['run_dir']}" in result.err
     saved = torch.load(Path(record["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)
-    assert saved["global_step"] == 4  # where the signal came (mid-epoch), not the last epoch end (3)
+    assert saved["global_step"] == 4  # where the signal came (mid-epoch), not the last epoch's end
 
     monkeypatch.setattr(train, "build_trainer", build)
     assert lra("train", f"resume={record['run_dir']}").code == 0
@@ -204,7 +206,8 @@ def test_sigterm_saves_a_checkpoint_marks_interrupted_and_resumes(lra, tmp_path,
 
     # It went on from the batch after the signal: the weights end as an uninterrupted run's do.
     assert lra("train", *TINY, "trainer.max_epochs=3", "runs_dir=straight").code == 0
-    straight = next(r for r in load_results(tmp_path / "leaderboard" / "runs") if "straight" in r["run_dir"])
+    straight = next(r for r in load_results(tmp_path / "leaderboard" / "runs")
+                    if "straight" in r["run_dir"])
     last = [torch.load(Path(r["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)
             for r in (record, straight)]
     assert last[0]["global_step"] == last[1]["global_step"]
@@ -267,7 +270,8 @@ def test_resume_refuses_a_truncated_checkpoint(lra, tmp_path):
     last = run_dir / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])
     result = lra("train", f"resume={run_dir}")
-    assert result.code == 2 and "the checkpoint is unreadable" in result.err and str(last) in result.err
+    assert result.code == 2
+    assert "the checkpoint is unreadable" in result.err and str(last) in result.err
 
 
 def test_resume_refuses_a_checkpoint_made_with_other_options(lra, tmp_path):
@@ -306,7 +310,8 @@ def test_a_sweep_runs_every_job_and_a_failing_one_spares_the_others(lra, tmp_pat
 
 
 def test_generated_pathfinder_trains_end_to_end(lra, tmp_path):
-    made = lra("data", "generate", "pathfinder", "--data-dir", "d", "--n-images", "40", "--workers", "1")
+    made = lra("data", "generate", "pathfinder", "--data-dir", "d", "--n-images", "40",
+               "--workers", "1")
     assert made.code == 0, made.err
     assert "task=pathfinder" in made.out
     result = lra("train", "task=pathfinder", "data_dir=d", "trainer=debug", "model.d_model=16",
@@ -338,7 +343,8 @@ def test_the_protocol_says_whether_a_run_kept_its_recipe_or_set_a_budget(lra, tm
     [record] = load_results(tmp_path / "leaderboard" / "runs")
     protocol = record["protocol"]
     assert protocol["recipe_kind"] == "budget"
-    assert protocol["budget"] == {"max_epochs": 2, "max_time": "00:00:05:00"}  # trainer=debug's epochs, our time
+    # trainer=debug's epochs, our time
+    assert protocol["budget"] == {"max_epochs": 2, "max_time": "00:00:05:00"}
 
 
 def test_an_experiment_at_its_own_limits_is_the_paper_recipe():
@@ -347,4 +353,75 @@ def test_an_experiment_at_its_own_limits_is_the_paper_recipe():
     paper = recipe_limits("s4d/listops")
     assert paper["max_epochs"] == 40
     assert budget({"recipe": "s4d/listops", "trainer": dict(paper)}) == {}
-    assert budget({"recipe": "s4d/listops", "trainer": {**paper, "max_epochs": 3}}) == {"max_epochs": 3}
+    assert budget({"recipe": "s4d/listops", "trainer": {**paper, "max_epochs": 3}}) == {
+        "max_epochs": 3}
+
+
+def limits(max_epochs=40, max_time=None):
+    return {"recipe": "s4d/listops",
+            "trainer": {"max_epochs": max_epochs, "max_steps": -1, "max_time": max_time}}
+
+
+def test_the_budget_is_decided_from_the_overrides_hydra_recorded(monkeypatch):
+    def no_composing(recipe):
+        raise AssertionError("the recipe was composed although no override set a limit")
+
+    recipe = "experiment=s4d/listops"
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "recipe_limits", no_composing)
+        assert train.budget(limits(), [recipe, "seed=1", "model.d_model=64"]) == {}
+    assert train.budget(limits(), [recipe, "trainer.max_epochs=40"]) == {}  # the recipe's value
+    assert train.budget(limits(), [recipe, "trainer=cpu"]) == {}  # a group, the recipe's limits
+    assert train.budget(limits(3), [recipe, "trainer.max_epochs=3"]) == {"max_epochs": 3}
+    assert train.budget(limits(3), [recipe, "trainer=debug"]) == {"max_epochs": 3}
+    timed = limits(max_time="00:00:10:00")
+    assert train.budget(timed, [recipe, "+trainer.max_time=00:00:10:00"]) == {
+        "max_time": "00:00:10:00"}
+    # A recipe that is no experiment has no limits of its own: every limit is the run's.
+    assert train.budget({**limits(), "recipe": "default"}, []) == {"max_epochs": 40}
+
+
+TINY_RECIPE = ["experiment=s4d/listops", "task=listops_mini", "trainer=debug", "model.d_model=16",
+               "model.n_layers=1", "model.d_state=4", "task.n_train=64", "task.n_test=32"]
+
+
+def test_a_resumed_run_keeps_the_label_it_started_with(lra, tmp_path):
+    assert lra("train", *TINY_RECIPE, "trainer.max_epochs=1").code == 0
+    [record] = load_results(tmp_path / "leaderboard" / "runs")
+    assert record["protocol"]["recipe"] == "s4d/listops"
+    assert record["protocol"]["budget"] == {"max_epochs": 1}
+    assert record["config"]["budget"] == {"max_epochs": 1}  # saved in the run folder's config.yaml
+    assert lra("train", f"resume={record['run_dir']}").code == 0
+    [resumed] = load_results(tmp_path / "leaderboard" / "runs")
+    assert resumed["protocol"]["recipe_kind"] == "budget"
+    assert resumed["protocol"]["budget"] == {"max_epochs": 1}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list"]])
+def test_help_and_list_import_neither_torch_nor_lightning(args):
+    code = (f"import sys, lra.cli\ntry:\n    lra.cli.main({args!r})\nexcept SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', "
+            "'hydra'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "[]"
+
+
+def test_the_table_of_built_ins_names_what_their_decorators_register():
+    import lra.models  # noqa: F401  (importing each package registers its built-ins)
+    import lra.tasks  # noqa: F401
+
+    for kind, table in registry.BUILT_IN.items():
+        built_in = {name: e for name, e in registry.entries(kind).items() if e.source == "built-in"}
+        assert sorted(built_in) == sorted(table)
+        for name, entry in built_in.items():
+            assert entry.load().__module__ == table[name], name
+
+
+def test_usage_dispatch_and_the_unknown_command_error_read_one_table(lra):
+    from lra.cli import COMMANDS
+
+    usage = lra("--help")
+    assert usage.code == 0
+    for name in COMMANDS:
+        assert f"lra {name}" in usage.out
+    assert f"available: {', '.join(COMMANDS)}." in lra("nope").err

@@ -6,54 +6,38 @@ Mamba and LightNet publish no LRA recipe; theirs are sized to S4's parameter cou
 which is checked here.
 """
 import math
-from functools import lru_cache
-from importlib.resources import files
+from functools import cache
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
-from lra import plugins, registry
+from lra import config, registry
+from lra.plugins import config_options
 
 MODELS = ("transformer", "flash", "s4", "s4d", "mamba", "lightnet")
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "scifar", "sc10", "sc35")
 GRID_TASKS = {"image": [32, 32], "pathfinder": [32, 32], "pathx": [128, 128], "scifar": [32, 32]}
 MATCHED = ("mamba", "lightnet")  # sized to S4's parameter count on each task
 TOLERANCE = 0.25
+# "<model>/<task>" for every YAML file under the packaged conf/experiment folder
+NAMES = [name for name, source in config_options("experiment").items() if source == "built-in"]
 
 
-def experiment_names():
-    """"<model>/<task>" for every YAML file under the packaged conf/experiment folder."""
-    names, stack = [], [(files("lra.conf") / "experiment", "")]
-    while stack:
-        folder, prefix = stack.pop()
-        for item in folder.iterdir():
-            if item.is_dir():
-                stack.append((item, f"{prefix}{item.name}/"))
-            elif item.name.endswith(".yaml"):
-                names.append(prefix + item.name[: -len(".yaml")])
-    return sorted(names)
+@pytest.fixture(scope="module")
+def composed():
+    """name -> the config of `lra train experiment=<name>`, composed once per name."""
+    return cache(lambda name: config.compose([f"experiment={name}"]))
 
 
-NAMES = experiment_names()
+@pytest.fixture(scope="module")
+def parameter_count(composed):
+    """name -> the parameters of the experiment's backbone."""
+    def count(name):
+        cfg = composed(name)
+        model = registry.model(cfg.model.name)(**config.options(cfg.model))
+        return sum(p.numel() for p in model.parameters())
 
-
-@lru_cache(maxsize=None)
-def composed(name):
-    plugins.register()
-    with initialize_config_module("lra.conf", version_base="1.3"):
-        return compose("config", overrides=[f"experiment={name}"])
-
-
-def options(cfg):
-    return {k: v for k, v in cfg.model.items() if k != "name"}
-
-
-@lru_cache(maxsize=None)
-def parameter_count(name):
-    cfg = composed(name)
-    model = registry.model(cfg.model.name)(**options(cfg))
-    return sum(p.numel() for p in model.parameters())
+    return cache(count)
 
 
 def test_every_model_task_pair_has_a_recipe():
@@ -62,7 +46,7 @@ def test_every_model_task_pair_has_a_recipe():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_experiment_composes_and_names_itself(name):
+def test_experiment_composes_and_names_itself(composed, name):
     cfg = composed(name)
     model, task = name.split("/")
     assert cfg.recipe == name
@@ -81,9 +65,9 @@ def test_experiment_composes_and_names_itself(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_experiment_model_builds_and_runs(name):
+def test_experiment_model_builds_and_runs(composed, name):
     cfg = composed(name)
-    kwargs = options(cfg)
+    kwargs = config.options(cfg.model)
     grid = kwargs.get("grid")
     if grid is not None:
         # same number of axes and head width as the recipe, a 4 x 4 image instead of the task's
@@ -100,7 +84,8 @@ def test_experiment_model_builds_and_runs(name):
 
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("model", MATCHED)
-def test_matched_recipes_have_s4s_parameter_count(model, task):
+def test_matched_recipes_have_s4s_parameter_count(parameter_count, model, task):
     ours, s4 = parameter_count(f"{model}/{task}"), parameter_count(f"s4/{task}")
     assert abs(ours - s4) <= TOLERANCE * s4, (
-        f"{model}/{task} has {ours:,} parameters, S4's recipe {s4:,}: more than {TOLERANCE:.0%} apart")
+        f"{model}/{task} has {ours:,} parameters, S4's recipe {s4:,}: "
+        f"more than {TOLERANCE:.0%} apart")

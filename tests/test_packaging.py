@@ -6,7 +6,8 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_every_config_folder_is_a_listed_package():
-    packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = set(pyproject["tool"]["setuptools"]["packages"])
     folders = [p for p in (ROOT / "conf").rglob("*") if p.is_dir() and any(p.glob("*.yaml"))]
     for folder in [ROOT / "conf", *folders]:
         name = ".".join(["lra", *folder.relative_to(ROOT).parts])

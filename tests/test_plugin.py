@@ -57,7 +57,8 @@ def test_a_plugin_model_is_listed_and_trains(lra, site, tmp_path):
     write_plugin(site, "lra-toy", "lra_toy", "toy", TOY_MODEL)
     listing = lra("list")
     assert listing.code == 0
-    assert any(line.split()[:3] == ["toy", "plugin", "lra-toy"] for line in listing.out.splitlines())
+    lines = listing.out.splitlines()
+    assert any(line.split()[:3] == ["toy", "plugin", "lra-toy"] for line in lines)
 
     result = lra("train", "model=toy", "trainer=debug", "task.n_train=128", "task.n_test=50")
     assert result.code == 0, result.err

@@ -34,8 +34,8 @@ def test_lra_all_is_every_model_on_every_lra_task_with_three_seeds(lra, composed
     assert str(params.seed).split(",") == ["0", "1", "2"]
     assert lra("sweep", "lra_all", "seed=0").code == 0  # one seed keeps the test short
     assert len(composed_jobs) == len(set(composed_jobs)) == 6 * 6
-    assert {(m, t, recipe) for m, t, _, recipe, _ in composed_jobs} == {(m, t, f"{m}/{t}") for m in MODELS
-                                                                         for t in LRA_TASKS}
+    assert {(m, t, recipe) for m, t, _, recipe, _ in composed_jobs} == {
+        (m, t, f"{m}/{t}") for m in MODELS for t in LRA_TASKS}
     assert set(MODELS) <= set(registry.entries("model"))
 
 
@@ -43,3 +43,15 @@ def test_presets_take_overrides_like_any_sweep(lra, composed_jobs):
     assert lra("sweep", "s4d", "seed=7", "trainer=cpu").code == 0
     assert {(seed, device) for *_, seed, _, device in composed_jobs} == {(7, "cpu")}
     assert len(composed_jobs) == 6
+
+
+def test_a_jobs_recorded_overrides_hold_its_presets_parameters(lra, monkeypatch):
+    """What a job's paper-or-budget label is decided from (`lra.train.budget`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    seen = []
+    monkeypatch.setattr(cli, "_train_job",
+                        lambda cfg: seen.append(set(HydraConfig.get().overrides.task)))
+    assert lra("sweep", "smoke", "seed=4").code == 0
+    assert len(seen) == len(registry.entries("model"))
+    assert all({"trainer=debug", "task=listops_mini", "seed=4"} <= job for job in seen)
