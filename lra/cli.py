@@ -355,7 +355,7 @@ def _bench_options(p):
                    help="kernels, train: default listops text retrieval image pathfinder pathx; "
                         "data: default listops pathfinder pathx (128 px)")
     p.add_argument("--n", type=int, help="data: Pathfinder 32 px images from ours (default 1000); "
-                                         "the others scale with it (lra.bench.data_sizes)")
+                                         "the others scale with it (lra.bench.data.data_sizes)")
     p.add_argument("--scale", type=float, help="kernels, train: shrink batch and length by this "
                                                "factor (default 1 on a GPU, 1/16 on a CPU)")
     p.add_argument("--interpret", action="store_true",
