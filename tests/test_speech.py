@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_eval_loaders_keep_every_example, loaded, task_from_yaml
-from writers import SPEECH_SPEAKERS as SPEAKERS
-from writers import write_speech_release, write_wav
+from writers import speech_clip, write_speech_release, write_wav
 
 from lra.tasks.base import DataError
 from lra.tasks.speech import SC10, SC35, WORDS10, WORDS35
@@ -38,7 +37,7 @@ def test_sc35_reads_the_release_with_the_official_split(tmp_path, where):
         assert ds.targets.tolist() == list(range(35))  # sorted words, one clip of each
         for word in ("backward", "zero"):
             i = WORDS35.index(word)
-            samples = clips[f"{word}/{SPEAKERS[k]}_nohash_{k}.wav"]
+            samples = clips[speech_clip(word, k)]
             x = ds[i]["inputs"]
             assert x.dtype == np.float32 and x.shape == (16000, 1)
             np.testing.assert_array_equal(x[:len(samples), 0], samples / 32768)
@@ -52,15 +51,14 @@ def test_sc10_keeps_the_ten_words(tmp_path):
     data = speech(SC10, tmp_path)
     assert [len(data.splits[s]) for s in ("train", "val", "test")] == [10, 10, 10]
     x = data.splits["val"][WORDS10.index("yes")]["inputs"][:, 0]
-    np.testing.assert_array_equal(x, clips[f"yes/{SPEAKERS[1]}_nohash_1.wav"] / 32768)
+    np.testing.assert_array_equal(x, clips[speech_clip("yes", 1)] / 32768)
     assert data.protocol["classes"] == list(WORDS10)
     assert data.fingerprint != speech(SC35, tmp_path).fingerprint
 
 
 def test_short_clips_are_zero_padded_and_scaled(tmp_path):
     write_speech_release(tmp_path, words=WORDS10)
-    clip = tmp_path / "speech_commands" / "go" / f"{SPEAKERS[0]}_nohash_0.wav"
-    write_wav(clip, [-32768, 32767, 1])
+    write_wav(tmp_path / "speech_commands" / speech_clip("go", 0), [-32768, 32767, 1])
     x = speech(SC10, tmp_path).splits["train"][WORDS10.index("go")]["inputs"][:, 0]
     assert x[:3].tolist() == [-1.0, 32767 / 32768, 1 / 32768]
     assert not x[3:].any() and len(x) == 16000
@@ -69,7 +67,7 @@ def test_short_clips_are_zero_padded_and_scaled(tmp_path):
 def test_the_lists_decide_the_split(tmp_path):
     write_speech_release(tmp_path, words=WORDS10)
     folder = tmp_path / "speech_commands"
-    moved = f"up/{SPEAKERS[0]}_nohash_0.wav"
+    moved = speech_clip("up", 0)
     testing = folder / "testing_list.txt"
     testing.write_text(testing.read_text() + moved + "\n")
     data = speech(SC10, tmp_path)
@@ -86,8 +84,7 @@ def test_reading_threads_and_seed_change_nothing(tmp_path):
     for split in ("train", "val", "test"):
         assert np.array_equal(a.splits[split].inputs, b.splits[split].inputs)
 
-    clip = tmp_path / "speech_commands" / "stop" / f"{SPEAKERS[2]}_nohash_2.wav"
-    write_wav(clip, np.zeros(16000))
+    write_wav(tmp_path / "speech_commands" / speech_clip("stop", 2), np.zeros(16000))
     assert speech(SC10, tmp_path).fingerprint != a.fingerprint
 
 
@@ -115,7 +112,7 @@ def test_partial_release_is_reported(tmp_path):
     write_speech_release(tmp_path, words=WORDS10)
     with pytest.raises(DataError, match="no folder for backward, bed, bird"):
         SC35(data_dir=str(tmp_path)).setup()
-    (tmp_path / "speech_commands" / "no" / f"{SPEAKERS[1]}_nohash_1.wav").unlink()
+    (tmp_path / "speech_commands" / speech_clip("no", 1)).unlink()
     with pytest.raises(DataError, match="validation_list.txt names 1 clips .* e.g. no/"):
         SC10(data_dir=str(tmp_path)).setup()
 
@@ -127,18 +124,18 @@ def test_partial_release_is_reported(tmp_path):
 ])
 def test_wrong_wav_format_names_the_file(tmp_path, kwargs, why):
     write_speech_release(tmp_path, words=WORDS10)
-    path = tmp_path / "speech_commands" / "left" / f"{SPEAKERS[0]}_nohash_0.wav"
+    path = tmp_path / "speech_commands" / speech_clip("left", 0)
     samples = np.zeros(100, np.int16)
     if kwargs.get("width") == 1:
         samples = np.zeros(50, np.int16)  # 100 one-byte frames
     write_wav(path, samples, **kwargs)
-    with pytest.raises(DataError, match=f"left/{SPEAKERS[0]}_nohash_0.wav: .*{re.escape(why)}"):
+    with pytest.raises(DataError, match=f"{speech_clip('left', 0)}: .*{re.escape(why)}"):
         SC10(data_dir=str(tmp_path)).setup()
 
 
 def test_overlong_or_broken_wav_names_the_file(tmp_path):
     write_speech_release(tmp_path, words=WORDS10)
-    path = tmp_path / "speech_commands" / "on" / f"{SPEAKERS[0]}_nohash_0.wav"
+    path = tmp_path / "speech_commands" / speech_clip("on", 0)
     write_wav(path, np.zeros(16001))
     with pytest.raises(DataError, match="nohash_0.wav: 16001 samples"):
         SC10(data_dir=str(tmp_path)).setup()

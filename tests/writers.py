@@ -120,6 +120,12 @@ SPEECH_SPEAKERS = ("0a7c2a8d", "1b4c9b89", "c50f55b8")  # per word: train, valid
 SPEECH_SHORT = 8000  # the samples of each word's first clip (the others have 16000)
 
 
+def speech_clip(word, k):
+    """The name of `word`'s clip k under the release folder: k 0 trains, k 1 is on the
+    validation list, k 2 on the testing list."""
+    return f"{word}/{SPEECH_SPEAKERS[k]}_nohash_{k}.wav"
+
+
 def write_wav(path, samples, rate=16000, channels=1, width=2):
     path.parent.mkdir(parents=True, exist_ok=True)
     with wave.open(str(path), "wb") as w:
@@ -130,14 +136,14 @@ def write_wav(path, samples, rate=16000, channels=1, width=2):
 
 
 def write_speech_release(root, where="speech_commands", words=WORDS35):
-    """Speech Commands v0.02 in miniature: 3 clips per word (clip k by SPEECH_SPEAKERS[k]), the
-    two lists, noise; returns {name: samples}."""
+    """Speech Commands v0.02 in miniature: 3 clips per word (`speech_clip(word, k)`), the two
+    lists, noise; returns {name: samples}."""
     folder = root / where
     rng = np.random.default_rng(0)
     clips, lists = {}, {"validation_list.txt": [], "testing_list.txt": []}
     for word in words:
-        for k, speaker in enumerate(SPEECH_SPEAKERS):
-            name = f"{word}/{speaker}_nohash_{k}.wav"
+        for k in range(len(SPEECH_SPEAKERS)):
+            name = speech_clip(word, k)
             size = SPEECH_SHORT if k == 0 else 16000
             samples = rng.integers(-32768, 32768, size).astype(np.int16)
             write_wav(folder / name, samples)
