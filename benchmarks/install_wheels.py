@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-NEWER = {"setuptools": 77}  # distribution: the major version below which it is replaced (pyproject's build)
+# distribution: the major version below which it is replaced (pyproject's build)
+NEWER = {"setuptools": 77}
 
 
 def needed(wheel):
@@ -31,13 +32,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     wheels = sorted(args.folder.glob("*.whl"))
     if not wheels:
-        sys.exit(f"no wheels in {args.folder}/: run benchmarks/fetch_wheels.sh on a machine with pip access, "
-                 "then carry the folder")
+        sys.exit(f"no wheels in {args.folder}/: run benchmarks/fetch_wheels.sh on a machine with "
+                 "pip access, then carry the folder")
     missing = [w for w in wheels if needed(w)]
     print("from wheels/:", ", ".join(w.name.split("-")[0] for w in missing) or "nothing missing")
     if missing and not args.dry_run:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", *map(str, missing)],
-                       check=True)
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
+        subprocess.run([*pip, *map(str, missing)], check=True)
 
 
 if __name__ == "__main__":

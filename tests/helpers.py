@@ -1,5 +1,17 @@
-"""Helpers shared by the test modules (test modules import this, never each other)."""
+"""Helpers shared by the test modules (test modules import this, never each other). Files in the
+real data releases' formats are written by writers.py."""
+import json
+import math
+import textwrap
+from pathlib import Path
+
 import torch
+from omegaconf import OmegaConf
+
+from lra import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT / "leaderboard" / "published.csv"
 
 
 def rel_err(a, b):
@@ -15,3 +27,90 @@ def padded_batch(lengths, L, D, seed=1, dtype=torch.float64):
     mask = torch.arange(L) < torch.tensor(lengths).unsqueeze(1)  # (B, L)
     x[~mask] = 100 * torch.randn(int((~mask).sum()), D, generator=g, dtype=dtype)
     return x, mask
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+def loaded(cls, root, **options):
+    """The task module `cls` over the files under root, set up."""
+    data = cls(data_dir=str(root), **options)
+    data.setup()
+    return data
+
+
+def task_from_yaml(name, cls):
+    """The module conf/task/<name>.yaml builds (over data_dir "data", seed 0), after checking that
+    the file and the registry both name `cls`."""
+    options = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "task" / f"{name}.yaml"))
+    assert options.pop("name") == name == cls.name and registry.task(name) is cls
+    return cls(data_dir="data", seed=0, **options)
+
+
+def assert_eval_loaders_keep_every_example(data, batch_size):
+    """The val and test loaders give each split's examples once, in order, in batches of
+    `batch_size`, the last one partial (no shuffling, no drop_last)."""
+    for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
+        batches = list(loader)
+        targets = data.splits[split].targets
+        assert len(batches) == math.ceil(len(targets) / batch_size)
+        assert torch.cat([b["target"] for b in batches]).tolist() == targets.tolist()
+
+
+# --- plugins -------------------------------------------------------------------------------
+
+TOY_MODEL = '''
+from torch import nn
+
+
+class Toy(nn.Module):
+    """A position-wise MLP: the smallest backbone that honours the contract."""
+
+    def __init__(self, d_model=16, n_layers=1, dropout=0.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Dropout(dropout))
+
+    def forward(self, x, mask=None):
+        return x + self.net(x)
+'''
+
+
+def write_plugin(site, dist, package, model_name, model_source):
+    """Lay out an installed distribution: code, a config folder and its entry points."""
+    (site / package / "conf" / "model").mkdir(parents=True)
+    (site / package / "__init__.py").write_text("")
+    (site / package / "model.py").write_text(model_source)
+    (site / package / "conf" / "__init__.py").write_text("")
+    (site / package / "conf" / "model" / f"{model_name}.yaml").write_text(
+        f"name: {model_name}\nd_model: 16\nn_layers: 1\ndropout: 0.0\n")
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent(f"""\
+        [lra.models]
+        {model_name} = {package}.model:Toy
+
+        [lra.configs]
+        {package} = {package}.conf
+        """))
+
+
+# --- result files --------------------------------------------------------------------------
+
+def run_record(model, task, seed, acc, status="completed", **extra):
+    """A hand-made result record of one run, test accuracy `acc`."""
+    return {"schema": 1, "run_id": f"{task}-{model}-s{seed}-{status}", "model": model, "task": task,
+            "seed": seed, "status": status,
+            "metrics": {"test_acc": acc, "val_acc": acc + 0.01, "best_epoch": 3,
+                        "majority_rate": 0.2},
+            "protocol": {"recipe": "default", "pretraining": "scratch", "data_fingerprint": "ab"},
+            "device": "cpu", "params": 1000 + seed, "throughput_tokens_per_s": 2000.0,
+            "peak_memory_mb": 100.0 + seed, "wall_time_s": 36.0, "device_hours": 0.01,
+            "ended_at": "2026-11-23T10:30:00+00:00", "error": None, **extra}
+
+
+def write_run_file(runs: Path, name: str, content) -> Path:
+    """runs/name holding `content`: a string as it is, anything else as JSON."""
+    path = runs / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path

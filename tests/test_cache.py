@@ -10,11 +10,15 @@ import subprocess
 import numpy as np
 import pytest
 from conftest import TINY, load_results
-from test_image import release as write_cifar
-from test_listops import release as write_listops
-from test_pathfinder import release as write_pathfinder
-from test_speech import release as write_speech
-from test_text import write_aclimdb, write_pairs
+from helpers import loaded
+from writers import (
+    write_aan_pairs,
+    write_aclimdb,
+    write_cifar_release,
+    write_listops_release,
+    write_pathfinder_release,
+    write_speech_release,
+)
 
 from lra import train
 from lra.tasks import cache
@@ -58,7 +62,8 @@ def keys(root, task="listops"):
 
 def assert_same_items(cached, raw):
     assert cached.fingerprint == raw.fingerprint and cached.majority_rate == raw.majority_rate
-    timed = ("cache_key", "read_seconds", "files_per_second")  # Pathfinder's protocol times its reading
+    # Pathfinder's protocol times its reading
+    timed = ("cache_key", "read_seconds", "files_per_second")
     assert ({k: v for k, v in cached.protocol.items() if k not in timed}
             == {k: v for k, v in json.loads(json.dumps(raw.protocol)).items() if k not in timed})
     for split in SPLITS:
@@ -73,15 +78,15 @@ def assert_same_items(cached, raw):
 
 
 TASKS = {  # name: (write the fixture under root, the module, its options)
-    "listops": (write_listops, ListOps, {}),
+    "listops": (write_listops_release, ListOps, {}),
     "text": (write_aclimdb, Text, {"val_fraction": 0.2}),
-    "retrieval": (write_pairs, Retrieval, {"max_len": 40}),
-    "image tokens": (write_cifar, Image, {"val_size": 10}),
-    "image real": (write_cifar, Image, {"val_size": 10, "encoding": "real"}),
-    "scifar": (write_cifar, SCIFAR, {"val_size": 10}),
-    "sc10": (lambda root: write_speech(root, words=WORDS10), SC10, {"read_threads": 2}),
-    "pathfinder tokens": (write_pathfinder, Pathfinder, {}),
-    "pathfinder continuous": (write_pathfinder, Pathfinder, {"encoding": "continuous"}),
+    "retrieval": (write_aan_pairs, Retrieval, {"max_len": 40}),
+    "image tokens": (write_cifar_release, Image, {"val_size": 10}),
+    "image real": (write_cifar_release, Image, {"val_size": 10, "encoding": "real"}),
+    "scifar": (write_cifar_release, SCIFAR, {"val_size": 10}),
+    "sc10": (lambda root: write_speech_release(root, words=WORDS10), SC10, {"read_threads": 2}),
+    "pathfinder tokens": (write_pathfinder_release, Pathfinder, {}),
+    "pathfinder continuous": (write_pathfinder_release, Pathfinder, {"encoding": "continuous"}),
 }
 
 
@@ -90,16 +95,16 @@ def test_items_from_the_cache_equal_items_from_the_raw_loader(tmp_path, name):
     write, cls, options = TASKS[name]
     write(tmp_path)
     cached = prepared(tmp_path, cls, **options)
-    assert all(isinstance(cached.splits[s].inputs, cache.ArrowRows) for s in SPLITS)  # memory-mapped
-    raw = cls(data_dir=str(tmp_path), **options)
-    raw.setup()
+    # memory-mapped
+    assert all(isinstance(cached.splits[s].inputs, cache.ArrowRows) for s in SPLITS)
+    raw = loaded(cls, tmp_path, **options)
     assert_same_items(cached, raw)
     again = prepared(tmp_path, cls, **options)  # read back from the cache, not built
     assert_same_items(again, raw)
 
 
 def test_second_prepare_is_a_no_op(lra, tmp_path, builds):
-    write_listops(tmp_path / "d")
+    write_listops_release(tmp_path / "d")
     first = lra("data", "prepare", "listops", "--data-dir", "d")
     assert first.code == 0, first.err
     assert "train 3, val 1, test 3 examples" in first.out and "built in" in first.out
@@ -113,14 +118,15 @@ def test_second_prepare_is_a_no_op(lra, tmp_path, builds):
 
 
 def test_a_changed_config_or_changed_files_make_a_new_cache(lra, tmp_path, builds):
-    folder = write_listops(tmp_path / "d")
+    folder = write_listops_release(tmp_path / "d")
     assert lra("data", "prepare", "listops", "--data-dir", "d").code == 0
     result = lra("data", "prepare", "listops", "task.max_len=3", "--data-dir", "d")
     assert result.code == 0, result.err
     assert len(keys(tmp_path / "d")) == 2
     short = prepared(tmp_path / "d", max_len=3)
     assert max(len(x) for x in short.splits["train"].inputs) == 3
-    prepared(tmp_path / "d", max_len=3, batch_size=7, num_workers=0)  # options that only batch: same cache
+    # options that only batch: the same cache
+    prepared(tmp_path / "d", max_len=3, batch_size=7, num_workers=0)
     assert builds == ["listops", "listops"]
 
     with open(folder / "basic_test.tsv", "a") as f:
@@ -130,19 +136,21 @@ def test_a_changed_config_or_changed_files_make_a_new_cache(lra, tmp_path, build
 
 
 def test_a_cache_of_another_version_is_rebuilt_with_a_warning(tmp_path, builds, monkeypatch):
-    write_listops(tmp_path)
+    write_listops_release(tmp_path)
     prepared(tmp_path)
     [key] = keys(tmp_path)
     manifest = tmp_path / ".cache" / "listops" / key / "manifest.json"
     old = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**old, "cache_version": 0, "lra_version": "0.0.1"}))
-    with pytest.warns(cache.CacheWarning, match=r"built by another version \(cache version 0, lra 0.0.1"):
+    why = r"built by another version \(cache version 0, lra 0.0.1"
+    with pytest.warns(cache.CacheWarning, match=why):
         data = prepared(tmp_path)
     assert builds == ["listops", "listops"] and keys(tmp_path) == [key]
     assert json.loads(manifest.read_text())["cache_version"] == cache.CACHE_VERSION
     assert len(data.splits["train"]) == 3
 
-    monkeypatch.setattr(cache, "CACHE_VERSION", cache.CACHE_VERSION + 1)  # new tokeniser code: a new key
+    # new tokeniser code: a new key
+    monkeypatch.setattr(cache, "CACHE_VERSION", cache.CACHE_VERSION + 1)
     prepared(tmp_path)
     assert len(keys(tmp_path)) == 2 and builds == ["listops"] * 3
 
@@ -157,27 +165,30 @@ def _zero(path):
 
 
 @pytest.mark.parametrize("damage, why", [
-    (lambda folder: (folder / "manifest.json").unlink(), "no manifest.json, so its build never finished"),
+    (lambda folder: (folder / "manifest.json").unlink(),
+     "no manifest.json, so its build never finished"),
     (lambda folder: shutil.rmtree(folder / "val"), "val/data-00000-of-00001.arrow is missing"),
     (lambda folder: _truncate(folder / "train" / "data-00000-of-00001.arrow"), "bytes, not the"),
-    (lambda folder: _zero(folder / "test" / "data-00000-of-00001.arrow"), "split test cannot be opened"),
-    (lambda folder: (folder / "manifest.json").write_text("{\"cache_ver"), "manifest.json is unreadable"),
-], ids=["manifest missing", "split deleted", "truncated arrow file", "zeroed arrow file", "torn manifest"])
+    (lambda folder: _zero(folder / "test" / "data-00000-of-00001.arrow"),
+     "split test cannot be opened"),
+    (lambda folder: (folder / "manifest.json").write_text("{\"cache_ver"),
+     "manifest.json is unreadable"),
+], ids=["manifest missing", "split deleted", "truncated arrow file", "zeroed arrow file",
+        "torn manifest"])
 def test_a_damaged_cache_is_rebuilt_never_used(tmp_path, builds, damage, why):
-    write_listops(tmp_path)
+    write_listops_release(tmp_path)
     prepared(tmp_path)
     [key] = keys(tmp_path)
     damage(tmp_path / ".cache" / "listops" / key)
     with pytest.warns(cache.CacheWarning, match=why):
         data = prepared(tmp_path)
     assert builds == ["listops", "listops"] and keys(tmp_path) == [key]  # no leftovers beside it
-    raw = ListOps(data_dir=str(tmp_path))
-    raw.setup()
-    assert_same_items(data, raw)
+    assert_same_items(data, loaded(ListOps, tmp_path))
 
 
-def test_a_build_cut_short_leaves_nothing_under_the_final_name_nor_behind(tmp_path, monkeypatch, builds):
-    write_listops(tmp_path)
+def test_a_build_cut_short_leaves_nothing_under_the_final_name_nor_behind(
+        tmp_path, monkeypatch, builds):
+    write_listops_release(tmp_path)
     original = cache._save_split
 
     def crash_on_test(split, folder):
@@ -204,7 +215,7 @@ def test_a_build_cut_short_leaves_nothing_under_the_final_name_nor_behind(tmp_pa
 
 
 def test_racing_builders_keep_one_cache(tmp_path):
-    write_listops(tmp_path)
+    write_listops_release(tmp_path)
     data = prepared(tmp_path)
     [key] = keys(tmp_path)
     folder = tmp_path / ".cache" / "listops" / key
@@ -213,54 +224,58 @@ def test_racing_builders_keep_one_cache(tmp_path):
     cache.build(data, folder, key, sources)  # a rival finishing second: its copy is discarded
     assert keys(tmp_path) == [key] and folder.stat().st_ino == winner
 
-    (folder / "manifest.json").unlink()  # a rival finishing where an unusable cache stands replaces it
+    # a rival finishing where an unusable cache stands replaces it
+    (folder / "manifest.json").unlink()
     cache.build(data, folder, key, sources)
     assert keys(tmp_path) == [key] and folder.stat().st_ino != winner
     cache.open_cache(folder, key)
 
 
 def test_lra_cache_moves_the_cache_off_the_data_root(tmp_path, monkeypatch):
-    write_listops(tmp_path / "d")
+    write_listops_release(tmp_path / "d")
     monkeypatch.setenv("LRA_CACHE", str(tmp_path / "elsewhere"))
     data = prepared(tmp_path / "d")
-    assert [p.parent.name for p in (tmp_path / "elsewhere").glob("listops/*/manifest.json")] == [data.protocol["cache_key"]]
+    manifests = (tmp_path / "elsewhere").glob("listops/*/manifest.json")
+    assert [p.parent.name for p in manifests] == [data.protocol["cache_key"]]
     assert not (tmp_path / "d" / ".cache").exists()
 
 
 def test_rows_reopen_when_pickled_for_a_spawned_worker(tmp_path):
-    write_listops(tmp_path)
+    write_listops_release(tmp_path)
     rows = prepared(tmp_path).splits["train"].inputs
     copy = pickle.loads(pickle.dumps(rows))
     assert len(pickle.dumps(rows)) < 500  # the folder, not the data
     assert [x.tolist() for x in copy] == [x.tolist() for x in rows]
 
 
-def test_deleting_the_cache_mid_run_does_not_stop_it_and_the_next_run_rebuilds(lra, tmp_path, monkeypatch, builds):
-    write_listops(tmp_path / "d")
+def test_deleting_the_cache_mid_run_does_not_stop_it_and_the_next_run_rebuilds(
+        lra, tmp_path, monkeypatch, builds):
+    write_listops_release(tmp_path / "d")
     original = cache.setup
 
     def setup_then_delete(data):
         original(data)
-        shutil.rmtree(tmp_path / "d" / ".cache")  # the files stay readable through their memory maps
+        # the files stay readable through their memory maps
+        shutil.rmtree(tmp_path / "d" / ".cache")
 
     monkeypatch.setattr(cache, "setup", setup_then_delete)
     result = lra("train", *TINY[:4], "task=listops", "data_dir=d", "task.batch_size=2")
     assert result.code == 0, result.err
     [record] = load_results(tmp_path / "leaderboard" / "runs")
     assert record["status"] == "completed" and record["metrics"]["test_examples"] == 3
-    raw = ListOps(data_dir=str(tmp_path / "d"))
-    raw.setup()
+    raw = loaded(ListOps, tmp_path / "d")
     assert record["protocol"]["data_fingerprint"] == raw.fingerprint
     assert not (tmp_path / "d" / ".cache").exists()
 
     monkeypatch.setattr(cache, "setup", original)
-    data = train.build_data({"task": {"name": "listops"}, "data_dir": str(tmp_path / "d"), "seed": 0})
+    cfg = {"task": {"name": "listops"}, "data_dir": str(tmp_path / "d"), "seed": 0}
+    data = train.build_data(cfg)
     assert builds == ["listops", "listops"] and len(keys(tmp_path / "d")) == 1
     assert data.fingerprint == raw.fingerprint
 
 
 def test_info_prints_sizes_lengths_label_balance_and_sources(lra, tmp_path):
-    folder = write_listops(tmp_path / "d")
+    folder = write_listops_release(tmp_path / "d")
     result = lra("data", "info", "listops", "--data-dir", "d")
     assert result.code == 0, result.err
     rows = [line.split() for line in result.out.splitlines()]
@@ -273,22 +288,23 @@ def test_info_prints_sizes_lengths_label_balance_and_sources(lra, tmp_path):
     assert ["0", "0", "(0.0%)", "0", "(0.0%)", "1", "(33.3%)"] in rows
     size = sum((folder / f"basic_{s}.tsv").stat().st_size for s in SPLITS)
     assert f"from 3 files ({size / 1e6:.1f} MB) under {folder.resolve()}" in result.out
-    raw = ListOps(data_dir=str(tmp_path / "d"))
-    raw.setup()
-    assert f"fingerprint {raw.fingerprint}" in result.out
+    assert f"fingerprint {loaded(ListOps, tmp_path / 'd').fingerprint}" in result.out
 
 
 def test_prepare_and_info_of_a_generated_task(lra):
     result = lra("data", "prepare", "listops_mini")
-    assert result.code == 0 and "generated in memory" in result.out and "nothing to prepare" in result.out
-    result = lra("data", "info", "listops_mini", "task.n_train=50", "task.n_val=20", "task.n_test=30")
+    assert result.code == 0
+    assert "generated in memory" in result.out and "nothing to prepare" in result.out
+    sizes = ["task.n_train=50", "task.n_val=20", "task.n_test=30"]
+    result = lra("data", "info", "listops_mini", *sizes)
     assert result.code == 0, result.err
     rows = [line.split() for line in result.out.splitlines()]
     assert [row[:2] for row in rows if row[:1] in (["train"], ["val"], ["test"])] == [
         ["train", "50"], ["val", "20"], ["test", "30"]]
 
 
-@pytest.mark.parametrize("task, generator", [("listops", "listops"), ("pathfinder", "pathfinder"), ("pathx", "pathx")])
+@pytest.mark.parametrize("task, generator", [("listops", "listops"), ("pathfinder", "pathfinder"),
+                                             ("pathx", "pathx")])
 def test_prepare_without_data_names_the_generator(lra, task, generator):
     result = lra("data", "prepare", task, "--data-dir", "empty")
     assert result.code == 2 and "Traceback" not in result.err

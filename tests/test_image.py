@@ -1,50 +1,20 @@
-"""CIFAR-10 tasks (image, scifar): the python-pickle format, grayscale, the split, encodings, batches."""
-import math
+"""CIFAR-10 tasks (image, scifar): the python-pickle format, grayscale, the split, encodings,
+batches."""
 import pickle
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from helpers import assert_eval_loaders_keep_every_example, loaded, task_from_yaml
+from writers import write_cifar_batch, write_cifar_release
 
-from lra import registry
 from lra.tasks.base import DataError
 from lra.tasks.image import CLASSES, SCIFAR, Image, grayscale
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
-PER_BATCH = 20  # images per fixture file: 100 training images, 20 test images
 
-
-def write_batch(path, data, labels, name):
-    """One file as the CIFAR-10 python version has it: a protocol-2 pickle of a dict with bytes keys."""
-    batch = {b"batch_label": name.encode(), b"labels": [int(y) for y in labels], b"data": data,
-             b"filenames": [f"image_{i:05d}.png".encode() for i in range(len(data))]}
-    with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=2)
-
-
-def release(root, where="cifar-10-batches-py", seed=0):
-    """A small cifar-10-batches-py/ under root; returns {file name: (data, labels)}."""
-    folder = root / where
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    written = {}
-    for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
-        data = rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8)  # (N, R plane | G | B)
-        labels = (np.arange(PER_BATCH) + i) % 10
-        write_batch(folder / name, data, labels, name)
-        written[name] = (data, labels)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in CLASSES], b"num_vis": 3072}, f, protocol=2)
-    return written
-
-
-def loaded(cls, root, **kwargs):
-    data = cls(data_dir=str(root), **{"val_size": 10, "batch_size": 8, **kwargs})
-    data.setup()
-    return data
+def cifar(cls, root, **options):
+    return loaded(cls, root, **{"val_size": 10, "batch_size": 8, **options})
 
 
 def test_grayscale_of_known_pixels():
@@ -58,7 +28,8 @@ def test_grayscale_of_known_pixels():
 
 def test_grayscale_matches_tensorflow_arithmetic_in_double():
     rgb = np.random.default_rng(1).integers(0, 256, (50, 3, 1024), dtype=np.uint8)
-    exact = np.floor(255.5 * np.tensordot([0.2989, 0.5870, 0.1140], rgb / 255, axes=(0, 1)))  # (50, 1024)
+    weights = [0.2989, 0.5870, 0.1140]
+    exact = np.floor(255.5 * np.tensordot(weights, rgb / 255, axes=(0, 1)))  # (50, 1024)
     gray = grayscale(rgb)
     assert gray.dtype == np.uint8 and gray.shape == (50, 1024)
     assert np.abs(gray - exact).max() <= 1 and (gray == exact).mean() > 0.999
@@ -66,13 +37,15 @@ def test_grayscale_matches_tensorflow_arithmetic_in_double():
 
 @pytest.mark.parametrize("where", ["cifar-10-batches-py", "downloads/cifar/cifar-10-batches-py"])
 def test_image_reads_the_python_pickles(tmp_path, where):
-    written = release(tmp_path, where)
-    data = loaded(Image, tmp_path)
-    assert (data.num_classes, data.seq_len, data.input_kind, data.vocab_size, data.dual) == (10, 1024, "tokens", 257, False)
+    written = write_cifar_release(tmp_path, where)
+    data = cifar(Image, tmp_path)
+    assert (data.num_classes, data.seq_len, data.input_kind, data.vocab_size, data.dual) == \
+        (10, 1024, "tokens", 257, False)
     assert [len(data.splits[s]) for s in ("train", "val", "test")] == [90, 10, 20]
     test_data, test_labels = written["test_batch"]
     test = data.splits["test"]
-    assert np.array_equal(test.inputs, grayscale(test_data.reshape(-1, 3, 1024)).astype(np.int64) + 1)
+    gray = grayscale(test_data.reshape(-1, 3, 1024)).astype(np.int64)
+    assert np.array_equal(test.inputs, gray + 1)
     assert test.targets.tolist() == test_labels.tolist()
     assert data.protocol["files"][-1] == str(tmp_path / where / "test_batch")
     assert data.protocol["classes"] == list(CLASSES) and data.protocol["split_seed"] == 42
@@ -80,38 +53,41 @@ def test_image_reads_the_python_pickles(tmp_path, where):
 
 
 def test_planes_are_red_green_blue_in_row_major_order(tmp_path):
-    written = release(tmp_path)
+    written = write_cifar_release(tmp_path)
     data, labels = written["test_batch"]
     data[0] = 0
     data[0, 1] = 255            # red at row 0, column 1
     data[0, 1024 + 32] = 255    # green at row 1, column 0
     data[0, 2048 + 1023] = 255  # blue at the last pixel
-    write_batch(tmp_path / "cifar-10-batches-py" / "test_batch", data, labels, "test_batch")
-    gray = loaded(Image, tmp_path).splits["test"].inputs[0] - 1
+    write_cifar_batch(tmp_path / "cifar-10-batches-py" / "test_batch", data, labels, "test_batch")
+    gray = cifar(Image, tmp_path).splits["test"].inputs[0] - 1
     assert (gray[1], gray[32], gray[1023]) == (76, 149, 29) and gray.sum() == 76 + 149 + 29
-    rgb = loaded(SCIFAR, tmp_path).splits["test"].inputs[0]  # (1024, 3) raw levels
-    assert rgb[1].tolist() == [255, 0, 0] and rgb[32].tolist() == [0, 255, 0] and rgb[1023].tolist() == [0, 0, 255]
+    rgb = cifar(SCIFAR, tmp_path).splits["test"].inputs[0]  # (1024, 3) raw levels
+    assert rgb[1].tolist() == [255, 0, 0] and rgb[32].tolist() == [0, 255, 0]
+    assert rgb[1023].tolist() == [0, 0, 255]
 
 
 def test_split_is_seeded_disjoint_and_whole(tmp_path):
-    written = release(tmp_path)
+    written = write_cifar_release(tmp_path)
     train_images = np.concatenate([written[f"data_batch_{k}"][0] for k in range(1, 6)])
     gray = grayscale(train_images.reshape(-1, 3, 1024)).astype(np.int64) + 1
-    a, b, c = loaded(Image, tmp_path), loaded(Image, tmp_path, seed=5), loaded(Image, tmp_path, split_seed=7)
+    a, b = cifar(Image, tmp_path), cifar(Image, tmp_path, seed=5)
+    c = cifar(Image, tmp_path, split_seed=7)
     rows = {tuple(x) for x in gray}
     assert len(rows) == 100
     for data in (a, b, c):
         train = {tuple(x) for x in data.splits["train"].inputs}
         val = {tuple(x) for x in data.splits["val"].inputs}
         assert len(train) == 90 and len(val) == 10 and not train & val and train | val == rows
-    assert np.array_equal(a.splits["val"].inputs, b.splits["val"].inputs)  # the run's seed orders training only
+    # the run's seed orders training only
+    assert np.array_equal(a.splits["val"].inputs, b.splits["val"].inputs)
     assert a.fingerprint == b.fingerprint != c.fingerprint
     assert not np.array_equal(a.splits["val"].inputs, c.splits["val"].inputs)
 
 
 def test_real_encoding_standardises_with_train_statistics(tmp_path):
-    written = release(tmp_path)
-    data = loaded(Image, tmp_path, encoding="real")
+    written = write_cifar_release(tmp_path)
+    data = cifar(Image, tmp_path, encoding="real")
     assert (data.input_kind, data.d_input) == ("continuous", 1)
     train = data.splits["train"].inputs.astype(np.float64)
     mean, std = data.protocol["encoding"]["mean"], data.protocol["encoding"]["std"]
@@ -122,16 +98,18 @@ def test_real_encoding_standardises_with_train_statistics(tmp_path):
     np.testing.assert_allclose(x[:, 0], (raw - mean[0]) / std[0], rtol=1e-5, atol=1e-5)
 
     test_data, labels = written["test_batch"]
-    write_batch(tmp_path / "cifar-10-batches-py" / "test_batch", 255 - test_data, labels, "test_batch")
-    changed = loaded(Image, tmp_path, encoding="real")
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    write_cifar_batch(path, 255 - test_data, labels, "test_batch")
+    changed = cifar(Image, tmp_path, encoding="real")
     assert changed.protocol["encoding"] == data.protocol["encoding"]  # test pixels play no part
     assert changed.fingerprint != data.fingerprint
 
 
 def test_scifar_standardises_each_channel(tmp_path):
-    release(tmp_path)
-    data = loaded(SCIFAR, tmp_path)
-    assert (data.input_kind, data.d_input, data.seq_len, data.num_classes) == ("continuous", 3, 1024, 10)
+    write_cifar_release(tmp_path)
+    data = cifar(SCIFAR, tmp_path)
+    assert (data.input_kind, data.d_input, data.seq_len, data.num_classes) == \
+        ("continuous", 3, 1024, 10)
     train = data.splits["train"].inputs.reshape(-1, 3).astype(np.float64)  # (90 * 1024, 3)
     assert data.protocol["encoding"]["mean"] == pytest.approx(train.mean(0).tolist())
     assert data.protocol["encoding"]["std"] == pytest.approx(train.std(0).tolist())
@@ -139,16 +117,15 @@ def test_scifar_standardises_each_channel(tmp_path):
     x = batch["inputs"]
     assert x.dtype == torch.float32 and x.shape == (8, 1024, 3) and batch["mask"].all()
     everything = torch.cat([b["inputs"] for b in data.train_dataloader()]).reshape(-1, 3)
-    assert everything.mean(0).abs().max() < 1e-4 and (everything.std(0) - 1).abs().max() < 1e-3
+    assert everything.mean(0).abs().max() < 1e-4
+    assert (everything.std(0) - 1).abs().max() < 1e-3
 
 
 def test_eval_loaders_keep_every_example_in_order(tmp_path):
-    release(tmp_path)
-    data = loaded(Image, tmp_path)
-    for split, size in (("val", 10), ("test", 20)):
-        batches = list(getattr(data, f"{split}_dataloader")())
-        assert len(batches) == math.ceil(size / 8)
-        assert torch.cat([b["target"] for b in batches]).tolist() == data.splits[split].targets.tolist()
+    write_cifar_release(tmp_path)
+    data = cifar(Image, tmp_path)
+    assert (len(data.splits["val"]), len(data.splits["test"])) == (10, 20)
+    assert_eval_loaders_keep_every_example(data, 8)
     batch = next(iter(data.test_dataloader()))
     assert batch["inputs"].dtype == torch.long and batch["inputs"].shape == (8, 1024)
     assert batch["mask"].all() and (batch["inputs"] >= 1).all() and (batch["inputs"] <= 256).all()
@@ -158,11 +135,12 @@ def test_missing_data_says_what_where_and_how_to_get_it(tmp_path):
     with pytest.raises(DataError) as err:
         Image(data_dir=str(tmp_path / "nowhere")).setup()
     message = str(err.value)
-    for part in ("data_batch_1", "test_batch", "cifar-10-batches-py", str((tmp_path / "nowhere").resolve()),
-                 "cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html", "LRA_DATA"):
+    for part in ("data_batch_1", "test_batch", "cifar-10-batches-py",
+                 str((tmp_path / "nowhere").resolve()), "cifar-10-python.tar.gz",
+                 "https://www.cs.toronto.edu/~kriz/cifar.html", "LRA_DATA"):
         assert part in message
 
-    release(tmp_path)
+    write_cifar_release(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
     with pytest.raises(DataError, match="no test_batch beside it"):
         SCIFAR(data_dir=str(tmp_path)).setup()
@@ -171,11 +149,13 @@ def test_missing_data_says_what_where_and_how_to_get_it(tmp_path):
 @pytest.mark.parametrize("content, why", [
     (b"not a pickle", "not a CIFAR-10 python batch"),
     (pickle.dumps({b"labels": [0]}), "not a CIFAR-10 python batch"),
-    (pickle.dumps({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}), "uint8 (N, 3072)"),
-    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}), "labels must be 0-9"),
+    (pickle.dumps({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}),
+     "uint8 (N, 3072)"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}),
+     "labels must be 0-9"),
 ])
 def test_malformed_batch_names_the_file(tmp_path, content, why):
-    release(tmp_path)
+    write_cifar_release(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(content)
     with pytest.raises(DataError, match=f"data_batch_3: .*{re.escape(why)}"):
         Image(data_dir=str(tmp_path), val_size=10).setup()
@@ -184,14 +164,12 @@ def test_malformed_batch_names_the_file(tmp_path, content, why):
 def test_options_are_checked(tmp_path):
     with pytest.raises(DataError, match="encoding must be 'tokens' or 'real'"):
         Image(encoding="rgb")
-    release(tmp_path)
+    write_cifar_release(tmp_path)
     with pytest.raises(DataError, match="val_size=100 must be between 1 and 99"):
         Image(data_dir=str(tmp_path), val_size=100).setup()
 
 
 def test_yaml_options_build_the_modules():
     for name, cls in (("image", Image), ("scifar", SCIFAR)):
-        options = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-        assert options.pop("name") == name and registry.task(name) is cls
-        data = cls(data_dir="data", seed=0, **options)
+        data = task_from_yaml(name, cls)
         assert (data.val_size, data.split_seed, data.seq_len) == (5000, 42, 1024)

@@ -1,20 +1,18 @@
-"""ListOps: operator semantics, the released string format, the generator, the loader and batches."""
+"""ListOps: operator semantics, the released string format, the generator, the loader and
+batches."""
 import itertools
-import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from helpers import assert_eval_loaders_keep_every_example, loaded, task_from_yaml
+from writers import write_listops_release
 
-from lra import registry
 from lra.generators.listops import TreeSpec, prepare_listops, samples
 from lra.tasks.base import DataError
 from lra.tasks.listops import VOCAB, ListOps, ListOpsMini, evaluate, tokenize
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
 SMALL = TreeSpec(max_depth=4, min_args=2, max_args=5, min_length=10, max_length=100)
 
 
@@ -83,13 +81,15 @@ def test_generated_lines_round_trip(spec):
 
 def test_prepare_is_seeded_unique_and_atomic(tmp_path):
     kwargs = dict(n_train=300, n_val=60, n_test=60, min_length=20, max_length=200, progress=False)
+    settings = [("a", 3, 1), ("b", 3, 1), ("c", 3, 2), ("d", 4, 1)]
     runs = {name: prepare_listops(tmp_path / name, seed=seed, workers=workers, **kwargs)
-            for name, seed, workers in [("a", 3, 1), ("b", 3, 1), ("c", 3, 2), ("d", 4, 1)]}
+            for name, seed, workers in settings}
     files = {name: [(out / f"basic_{s}.tsv").read_bytes() for s in ("train", "val", "test")]
              for name, out in runs.items()}
     assert files["a"] == files["b"] == files["c"]  # same seed, any number of workers
     assert files["a"] != files["d"]
-    assert sorted(p.name for p in runs["a"].iterdir()) == [f"basic_{s}.tsv" for s in ("test", "train", "val")]
+    names = [f"basic_{s}.tsv" for s in ("test", "train", "val")]
+    assert sorted(p.name for p in runs["a"].iterdir()) == names
     lines = [data.split(b"\r\n") for data in files["a"]]
     assert all(part[0] == b"Source\tTarget" and part[-1] == b"" for part in lines)
     sources = [[row.split(b"\t")[0] for row in part[1:-1]] for part in lines]
@@ -98,28 +98,12 @@ def test_prepare_is_seeded_unique_and_atomic(tmp_path):
     assert all(20 < len(tokenize(s)) < 200 for s in itertools.chain(*sources))
 
 
-def write_split(folder, split, rows):
-    folder.mkdir(parents=True, exist_ok=True)
-    text = "Source\tTarget\r\n" + "".join(f"{row}\r\n" for row in rows)
-    (folder / f"basic_{split}.tsv").write_bytes(text.encode())
-
-
-def release(root, where="lra_release/lra_release/listops-1000", train_rows=None):
-    folder = root / where
-    write_split(folder, "train", train_rows or ["( ( ( [MAX 2 ) 9 ) ] )\t9",
-                                                "( ( ( ( [SM 7 ) 8 ) 9 ) ] )\t4",
-                                                "( ( ( [MIN 3 ) 1 ) ] )\t1"])
-    write_split(folder, "val", ["( ( ( [MED 1 ) 2 ) ] )\t1"])
-    write_split(folder, "test", ["( ( ( [MAX 2 ) 9 ) ] )\t9", "( ( ( [MAX 9 ) 9 ) ] )\t9",
-                                 "( ( ( [MIN 0 ) 5 ) ] )\t0"])
-    return folder
-
-
 @pytest.mark.parametrize("where", ["listops", "lra_release/lra_release/listops-1000"])
 def test_loader_reads_the_released_format(tmp_path, where):
-    folder = release(tmp_path, where)
+    folder = write_listops_release(tmp_path, where)
     data = ListOps(data_dir=str(tmp_path), seed=0)
-    assert (data.num_classes, data.seq_len, data.vocab_size, data.input_kind, data.dual) == (10, 2000, 16, "tokens", False)
+    assert (data.num_classes, data.seq_len, data.vocab_size, data.input_kind, data.dual) == \
+        (10, 2000, 16, "tokens", False)
     data.setup()
     train = data.splits["train"]
     assert train.inputs[0].tolist() == ids("[MAX 2 9 ]") and train.targets.tolist() == [9, 4, 1]
@@ -131,16 +115,14 @@ def test_loader_reads_the_released_format(tmp_path, where):
     data.setup()
     assert data.splits is splits  # setup is idempotent
 
-    (folder / "basic_val.tsv").write_bytes((folder / "basic_val.tsv").read_bytes().replace(b"\t1", b"\t2"))
-    changed = ListOps(data_dir=str(tmp_path))
-    changed.setup()
-    assert changed.fingerprint != data.fingerprint
+    val = folder / "basic_val.tsv"
+    val.write_bytes(val.read_bytes().replace(b"\t1", b"\t2"))
+    assert loaded(ListOps, tmp_path).fingerprint != data.fingerprint
 
 
 def test_loader_truncates_at_max_len(tmp_path):
-    release(tmp_path)
-    data = ListOps(data_dir=str(tmp_path), max_len=3)
-    data.setup()
+    write_listops_release(tmp_path)
+    data = loaded(ListOps, tmp_path, max_len=3)
     assert [len(x) for x in data.splits["train"].inputs] == [3, 3, 3]
 
 
@@ -153,7 +135,7 @@ def test_loader_truncates_at_max_len(tmp_path):
     ("( ( ( [MAX 2 ) 9 ) ] )\t10", "not an integer in 0-9"),
 ])
 def test_malformed_line_names_file_and_line(tmp_path, row, why):
-    release(tmp_path, train_rows=["( ( ( [MAX 2 ) 9 ) ] )\t9", row])
+    write_listops_release(tmp_path, train_rows=["( ( ( [MAX 2 ) 9 ) ] )\t9", row])
     with pytest.raises(DataError, match=f"basic_train.tsv:3: .*{re.escape(why)}"):
         ListOps(data_dir=str(tmp_path)).setup()
 
@@ -163,7 +145,8 @@ def test_missing_data_says_how_to_get_it(tmp_path):
         ListOps(data_dir=str(tmp_path / "nowhere")).setup()
     message = str(err.value)
     assert "basic_train.tsv" in message and str((tmp_path / "nowhere").resolve()) in message
-    assert "lra data generate listops" in message and "lra_release.gz" in message and "LRA_DATA" in message
+    for part in ("lra data generate listops", "lra_release.gz", "LRA_DATA"):
+        assert part in message
 
 
 def mini(**kwargs):
@@ -175,28 +158,22 @@ def mini(**kwargs):
 def test_mini_is_generated_from_its_own_seed():
     a, b, c = mini(seed=0), mini(seed=1), mini(data_seed=1)
     assert a.fingerprint == b.fingerprint != c.fingerprint
-    assert a.protocol["source"] == "generated" and a.protocol["sizes"] == {"train": 200, "val": 37, "test": 37}
+    assert a.protocol["source"] == "generated"
+    assert a.protocol["sizes"] == {"train": 200, "val": 37, "test": 37}
     for split in ("train", "val", "test"):
         for x, y in zip(a.splits[split].inputs, a.splits[split].targets):
             assert evaluate(x) == y and 10 < len(x) < 100
 
 
 def test_yaml_options_build_the_modules():
-    for name in ("listops", "listops_mini"):
-        options = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-        cls = registry.task(options.pop("name"))
-        assert cls.name == name
-        cls(data_dir="data", seed=0, **options)
-    assert registry.task("listops") is ListOps and registry.task("listops_mini") is ListOpsMini
+    for name, cls in (("listops", ListOps), ("listops_mini", ListOpsMini)):
+        task_from_yaml(name, cls)
 
 
 def test_eval_loaders_keep_every_example_in_order():
     data = mini()
-    for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
-        batches = list(loader)
-        assert len(batches) == math.ceil(37 / 8)
-        targets = torch.cat([b["target"] for b in batches])
-        assert targets.tolist() == data.splits[split].targets.tolist()
+    assert (len(data.splits["val"]), len(data.splits["test"])) == (37, 37)
+    assert_eval_loaders_keep_every_example(data, 8)
 
 
 def test_train_shuffle_is_repeatable():
@@ -213,7 +190,8 @@ def test_batches_are_padded_and_masked():
     inputs, mask, lengths = batch["inputs"], batch["mask"], batch["lengths"]
     assert inputs.dtype == torch.long and mask.dtype == torch.bool and lengths.dtype == torch.long
     assert inputs.shape == mask.shape == (8, int(lengths.max()))
-    assert torch.equal(mask.sum(1), lengths) and not inputs[~mask].any() and (inputs[mask] > 0).all()
+    assert torch.equal(mask.sum(1), lengths)
+    assert not inputs[~mask].any() and (inputs[mask] > 0).all()
     for row, n, x in zip(inputs, lengths, data.splits["test"].inputs[:8]):
         assert row[:n].tolist() == x.tolist()
     assert np.array_equal(batch["target"].numpy(), data.splits["test"].targets[:8])

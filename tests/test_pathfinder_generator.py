@@ -5,12 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import loaded
+from writers import PATHFINDER_HARD as HARD
 
 from lra.generators.pathfinder import PRESETS, draw, prepare_pathfinder, sample, spec_for
 from lra.generators.reference import pathfinder_image
 from lra.tasks.pathfinder import Pathfinder
 
-HARD = "curv_contour_length_14"
 N_IMAGES = 300
 
 
@@ -23,14 +24,16 @@ def drawn():
 @pytest.mark.parametrize("spec, seeds", [
     (spec_for(32), [(1, 0), (1, 1)]),
     # Path-X's settings (margins 2 and 3, thicker lines, continuity 1.8) in a smaller window
-    (replace(PRESETS[128], resolution=80, seed_distance=13, contour_length=6, distractor_paddles=8), [(1, 1), (2, 0)]),
+    (replace(PRESETS[128], resolution=80, seed_distance=13, contour_length=6,
+             distractor_paddles=8), [(1, 1), (2, 0)]),
 ], ids=["32px", "pathx-like"])
 def test_fast_generator_draws_what_the_slow_reference_draws(spec, seeds):
     for seed, label in seeds:
         fast = draw(spec, np.random.default_rng(seed), label)
         slow = pathfinder_image(spec, np.random.default_rng(seed), label)
         assert np.array_equal(fast.pixels, slow.pixels)
-        assert np.array_equal(fast.dots, slow.dots) and fast.margin == slow.margin and fast.label == label
+        assert np.array_equal(fast.dots, slow.dots)
+        assert fast.margin == slow.margin and fast.label == label
         assert len(fast.contours) == len(slow.contours)
         assert all(np.array_equal(a, b) for a, b in zip(fast.contours, slow.contours))
 
@@ -47,7 +50,8 @@ def test_statistics_match_the_release(drawn):
     assert (x.max(axis=(1, 2)) == 255).all()
     labels = np.array([d.label for d in drawn])
     spread = means.std() * np.sqrt(1 / (labels == 0).sum() + 1 / (labels == 1).sum())
-    assert abs(means[labels == 1].mean() - means[labels == 0].mean()) < 3 * spread  # no label-dependent ink
+    gap = means[labels == 1].mean() - means[labels == 0].mean()
+    assert abs(gap) < 3 * spread  # no label-dependent ink
     # distractors are left out where they do not fit, as in the original: their number varies
     assert len({len(d.contours) for d in drawn}) >= 3
 
@@ -109,33 +113,38 @@ def test_every_resolution_has_a_preset():
 
 def test_release_layout_is_seeded_the_same_for_any_workers_and_read_by_the_loader(tmp_path):
     kwargs = dict(resolution=32, n=50, per_folder=20, seed=3, progress=False)
-    leaves = {name: prepare_pathfinder(tmp_path / name, workers=w, **kwargs) for name, w in (("a", 1), ("b", 2))}
-    files = {name: {p.relative_to(leaf): p.read_bytes() for p in sorted(leaf.rglob("*")) if p.is_file()}
+    leaves = {name: prepare_pathfinder(tmp_path / name, workers=w, **kwargs)
+              for name, w in (("a", 1), ("b", 2))}
+    files = {name: {p.relative_to(leaf): p.read_bytes()
+                    for p in sorted(leaf.rglob("*")) if p.is_file()}
              for name, leaf in leaves.items()}
     assert files["a"] == files["b"]  # same seed, any number of workers
-    assert sorted(p.name for p in files["a"] if p.parts[0] == "metadata") == ["0.npy", "1.npy", "2.npy"]
+    metadata = sorted(p.name for p in files["a"] if p.parts[0] == "metadata")
+    assert metadata == ["0.npy", "1.npy", "2.npy"]
     assert leaves["a"] == tmp_path / "a" / "pathfinder32" / HARD
     lines = files["a"][Path("metadata/2.npy")].decode().splitlines()
     assert len(lines) == 10 and all(len(line.split()) == 11 for line in lines)
-    assert lines[0].split()[:3] == ["imgs/2", "sample_0.png", "0"] and lines[0].split()[4:] == \
-        ["1.0", "14", "4", "2", "0.5", "1", "1"]  # continuity, lengths, paddle, thickness, margin, contrasts
+    assert lines[0].split()[:3] == ["imgs/2", "sample_0.png", "0"]
+    # continuity, lengths, paddle, thickness, margin, contrasts
+    assert lines[0].split()[4:] == ["1.0", "14", "4", "2", "0.5", "1", "1"]
     labels = [int(line.split()[3]) for m in ("0", "1")
               for line in files["a"][Path(f"metadata/{m}.npy")].decode().splitlines()]
     assert sum(labels) == 20  # half of each batch folder
-    data = Pathfinder(data_dir=str(tmp_path / "a"))
-    data.setup()
-    assert data.protocol["images"] == 50 and data.protocol["sizes"] == {"train": 40, "val": 5, "test": 5}
+    data = loaded(Pathfinder, tmp_path / "a")
+    assert data.protocol["images"] == 50
+    assert data.protocol["sizes"] == {"train": 40, "val": 5, "test": 5}
     tokens = np.concatenate([data.splits[s].inputs for s in ("train", "val", "test")])
     first = sample(spec_for(32), 3, 0, 0, labels[0]).pixels.reshape(-1)
     assert (tokens == first).all(axis=1).sum() == 1  # image (0, 0) is what `sample` draws
-    assert prepare_pathfinder(tmp_path / "a", workers=1, **kwargs) == leaves["a"]  # complete: nothing redone
+    # complete: nothing redone
+    assert prepare_pathfinder(tmp_path / "a", workers=1, **kwargs) == leaves["a"]
     other = prepare_pathfinder(tmp_path / "c", workers=1, **{**kwargs, "seed": 4})
     assert (other / "imgs/0/sample_0.png").read_bytes() != files["a"][Path("imgs/0/sample_0.png")]
 
 
 def test_cli_generates_any_resolution_and_pathx_is_128(lra, tmp_path):
-    made = lra("data", "generate", "pathfinder", "--resolution", "64", "--n", "3", "--data-dir", "d",
-               "--workers", "1")
+    made = lra("data", "generate", "pathfinder", "--resolution", "64", "--n", "3",
+               "--data-dir", "d", "--workers", "1")
     assert made.code == 0, made.err
     assert len(list((tmp_path / "d/pathfinder/pathfinder64" / HARD / "imgs/0").glob("*.png"))) == 3
     assert "lra data prepare pathfinder task.resolution=64 --data-dir d" in made.out

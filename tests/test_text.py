@@ -1,62 +1,34 @@
-"""Text (IMDb bytes) and Retrieval (AAN pairs): encodings, both IMDb layouts, splits, files, batches."""
-import math
+"""Text (IMDb bytes) and Retrieval (AAN pairs): encodings, both IMDb layouts, splits, files,
+batches."""
 import re
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from omegaconf import OmegaConf
+from helpers import assert_eval_loaders_keep_every_example, loaded, task_from_yaml
+from writers import (
+    AAN_PAIRS,
+    IMDB_TEST,
+    IMDB_TRAIN,
+    aan_doc,
+    write_aan_pairs,
+    write_aclimdb,
+    write_imdb_parquet,
+)
 
-from lra import registry
 from lra.errors import UserError
 from lra.tasks.base import DataError, collate
 from lra.tasks.text import Retrieval, Text, encode
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
+
+def text(root, **options):
+    return loaded(Text, root, **options)
 
 
-# --- fixtures in the released formats ------------------------------------------------------
-
-# (review, label, rating): aclImdb names files <id>_<rating>.txt, ratings 1-4 negative, 7-10
-# positive; reviews are single lines with HTML line breaks and some non-ASCII.
-TRAIN = [(f"Review {i}: {'a fine' if label else 'a dull'} film.<br /><br />Caf\u00e9 scene {i * 7}.", label,
-          8 if label else 2) for label in (0, 1) for i in range(10)]
-TEST = [("Awful. Just awful.", 0, 1), ("Not worth it \u2014 2/10", 0, 2), ("Meh", 0, 4),
-        ("Loved it!", 1, 10), ("A \u201cmasterpiece\u201d.", 1, 9)]
-
-
-def write_aclimdb(root):
-    folder = root / "aclImdb"
-    for split, rows in (("train", TRAIN), ("test", TEST)):
-        for i, (review, label, rating) in enumerate(rows):
-            path = folder / split / ("pos" if label else "neg") / f"{i}_{rating}.txt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(review.encode())
-    return folder
-
-
-def write_imdb_parquet(root, shards=1):
-    """Hugging Face's plain_text/{split}-0000k-of-0000n.parquet: columns text (string), label (int64)."""
-    folder = root / "plain_text"
-    folder.mkdir(parents=True)
-    for split, rows in (("train", TRAIN), ("test", TEST)):
-        rows = rows[::-1] if split == "train" else rows  # another row order than aclImdb's
-        n = shards if split == "train" else 1
-        for k in range(n):
-            part = rows[k::n]
-            table = pa.table({"text": pa.array([r[0] for r in part], pa.string()),
-                              "label": pa.array([r[1] for r in part], pa.int64())})
-            pq.write_table(table, folder / f"{split}-{k:05d}-of-{n:05d}.parquet")
-    return folder
-
-
-def text(root, **kwargs):
-    data = Text(data_dir=str(root), **kwargs)
-    data.setup()
-    return data
+def retrieval(root, **options):
+    return loaded(Retrieval, root, **options)
 
 
 def as_bytes(ds):
@@ -68,7 +40,8 @@ def test_encode_known_strings():
     assert hi.tolist() == [73, 106, 34] and hi.dtype == np.uint8
     assert cafe.tolist() == [100, 98, 103, 196, 170]  # c a f, then U+00E9 as 0xC3 0xA9
     assert cut.tolist() == [98, 99, 100, 101, 102]
-    assert encode(["caf\u00e9".encode()], max_len=4)[0].tolist() == [100, 98, 103, 196]  # bytes, not characters
+    # bytes, not characters
+    assert encode(["caf\u00e9".encode()], max_len=4)[0].tolist() == [100, 98, 103, 196]
     tab, high = encode([b"\t", b"\x00\xff"], max_len=10)  # 0xFF cannot be uint8 + 1
     assert tab.tolist() == [10] and high.tolist() == [1, 256] and high.dtype == np.int16
 
@@ -79,10 +52,10 @@ def test_both_imdb_layouts_give_the_same_examples(tmp_path):
     write_aclimdb(tmp_path / "a" / "lra_release" / "lra_release")
     write_imdb_parquet(tmp_path / "b" / "imdb", shards=2)
     folder, parquet = text(tmp_path / "a"), text(tmp_path / "b")
-    assert (folder.num_classes, folder.seq_len, folder.vocab_size, folder.input_kind, folder.dual) == \
-        (2, 4096, 257, "tokens", False)
+    assert (folder.num_classes, folder.seq_len, folder.vocab_size, folder.input_kind,
+            folder.dual) == (2, 4096, 257, "tokens", False)
     assert (folder.protocol["source"], parquet.protocol["source"]) == ("aclImdb", "parquet")
-    assert folder.protocol["files"] == str(tmp_path / "a" / "lra_release" / "lra_release" / "aclImdb")
+    assert folder.protocol["files"] == str(tmp_path / "a/lra_release/lra_release/aclImdb")
     assert len(parquet.protocol["files"]["train"]) == 2
     for split in ("train", "val", "test"):
         a, b = folder.splits[split], parquet.splits[split]
@@ -93,7 +66,7 @@ def test_both_imdb_layouts_give_the_same_examples(tmp_path):
     test = folder.splits["test"]
     assert test.targets.tolist() == [0, 0, 0, 1, 1]
     assert test.inputs[0].tolist() == [b + 1 for b in b"Awful. Just awful."]
-    assert as_bytes(test) == sorted((r.encode(), y) for r, y, _ in TEST)
+    assert as_bytes(test) == sorted((r.encode(), y) for r, y, _ in IMDB_TEST)
     assert folder.majority_rate == pytest.approx(3 / 5)
 
 
@@ -102,12 +75,15 @@ def test_heldout_split_is_disjoint_seeded_and_recorded(tmp_path):
     data = text(tmp_path)
     train, val = data.splits["train"], data.splits["val"]
     assert [len(data.splits[s]) for s in ("train", "val", "test")] == [18, 2, 5]
-    assert sorted(as_bytes(train) + as_bytes(val)) == sorted((r.encode(), y) for r, y, _ in TRAIN)
+    reviews = sorted((r.encode(), y) for r, y, _ in IMDB_TRAIN)
+    assert sorted(as_bytes(train) + as_bytes(val)) == reviews
     assert not set(as_bytes(train)) & set(as_bytes(val))
     assert data.protocol["validation"] == "heldout" and data.protocol["split_seed"] == 0
-    assert data.protocol["val_fraction"] == 0.1 and data.protocol["sizes"] == {"train": 18, "val": 2, "test": 5}
+    assert data.protocol["val_fraction"] == 0.1
+    assert data.protocol["sizes"] == {"train": 18, "val": 2, "test": 5}
 
-    assert as_bytes(text(tmp_path, seed=5).splits["val"]) == as_bytes(val)  # the run's seed orders only
+    # the run's seed orders only
+    assert as_bytes(text(tmp_path, seed=5).splits["val"]) == as_bytes(val)
     others = [as_bytes(text(tmp_path, split_seed=s).splits["val"]) for s in (1, 2, 3)]
     assert any(v != as_bytes(val) for v in others)
     other = text(tmp_path, split_seed=1)
@@ -146,15 +122,18 @@ def test_text_fingerprint_follows_the_files(tmp_path):
 def test_text_rejects_malformed_files(tmp_path):
     folder = write_aclimdb(tmp_path / "a")
     (folder / "train" / "neg" / "3_2.txt").write_bytes(b"caf\xe9")  # Latin-1, not UTF-8
-    with pytest.raises(DataError, match=re.escape(str(folder / "train" / "neg" / "3_2.txt")) + ": not UTF-8"):
+    latin = folder / "train" / "neg" / "3_2.txt"
+    with pytest.raises(DataError, match=re.escape(str(latin)) + ": not UTF-8"):
         text(tmp_path / "a")
 
     plain = tmp_path / "b" / "plain_text"
     plain.mkdir(parents=True)
-    pq.write_table(pa.table({"review": ["x"], "label": [0]}), plain / "train-00000-of-00001.parquet")
-    with pytest.raises(DataError, match=r"train-00000-of-00001.parquet: columns \[.review., .label.\], not text and label"):
+    shard = plain / "train-00000-of-00001.parquet"
+    pq.write_table(pa.table({"review": ["x"], "label": [0]}), shard)
+    why = r"train-00000-of-00001.parquet: columns \[.review., .label.\], not text and label"
+    with pytest.raises(DataError, match=why):
         text(tmp_path / "b")
-    pq.write_table(pa.table({"text": ["x"], "label": [-1]}), plain / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"text": ["x"], "label": [-1]}), shard)
     with pytest.raises(DataError, match=r"label 0 or 1; found labels \[-1\]"):
         text(tmp_path / "b")
 
@@ -171,45 +150,14 @@ def test_text_missing_data_says_how_to_get_it(tmp_path):
 
 # --- Retrieval -----------------------------------------------------------------------------
 
-# The release writes each document as a Python bytes literal (b'...', with \n and \t escaped),
-# so a line never holds more than the four tabs between its five columns.
-def doc(text):
-    return repr(text.encode())
-
-
-PAIRS = {
-    "train": ["1.0\tP05-1001\tW04-3201\t" + doc("Parsing with CCG.\nWe cite Smith.") + "\t" + doc("Smith 2004"),
-              "0.0\tP05-1001\tJ93-2004\t" + doc("Parsing with CCG.\nWe cite Smith.") + "\t" + doc("Penn Treebank"),
-              "1\tD07-1003\tP02-1040\t" + doc("BLEU scores\t\u00e9") + "\t" + doc("BLEU: a method"),
-              "0\tD07-1003\tC00-1007\t" + doc("BLEU scores") + "\t" + doc("x")],
-    "eval": ["1.0\tA\tB\t" + doc("ab") + "\t" + doc("c"), "0.0\tA\tC\t" + doc("ab") + "\t" + doc("d"),
-             "0.0\tA\tD\t" + doc("ab") + "\t" + doc("e")],
-    "test": ["0.0\tE\tF\t" + doc("f") + "\t" + doc("g"), "1.0\tE\tG\t" + doc("f") + "\t" + doc("h"),
-             "0.0\tE\tH\t" + doc("f") + "\t" + doc("i")],
-}
-
-
-def write_pairs(root, where="lra_release/lra_release/tsv_data", train=None):
-    folder = root / where
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, lines in {**PAIRS, "train": train or PAIRS["train"]}.items():
-        (folder / f"new_aan_pairs.{split}.tsv").write_bytes("".join(f"{x}\n" for x in lines).encode())
-    return folder
-
-
-def retrieval(root, **kwargs):
-    data = Retrieval(data_dir=str(root), **kwargs)
-    data.setup()
-    return data
-
-
 def test_retrieval_reads_the_released_format(tmp_path):
-    folder = write_pairs(tmp_path)
+    folder = write_aan_pairs(tmp_path)
     data = retrieval(tmp_path)
     assert (data.num_classes, data.seq_len, data.vocab_size, data.dual) == (2, 4000, 257, True)
     train = data.splits["train"]
     assert train.targets.tolist() == [1, 0, 1, 0]
-    assert train.inputs[1].tolist() == [b + 1 for b in doc("Parsing with CCG.\nWe cite Smith.").encode()]
+    document = aan_doc("Parsing with CCG.\nWe cite Smith.").encode()
+    assert train.inputs[1].tolist() == [b + 1 for b in document]
     assert train.inputs2[1].tolist() == [b + 1 for b in b"b'Penn Treebank'"]
     assert [len(data.splits[s]) for s in ("train", "val", "test")] == [4, 3, 3]
     assert data.protocol["files"]["val"] == str(folder / "new_aan_pairs.eval.tsv")
@@ -218,23 +166,26 @@ def test_retrieval_reads_the_released_format(tmp_path):
 
 
 def test_dual_batch_through_collate(tmp_path):
-    write_pairs(tmp_path)
+    write_aan_pairs(tmp_path)
     data = retrieval(tmp_path)
     examples = [data.splits["train"][i] for i in range(4)]
     batch = collate(examples)
     for key in ("inputs", "mask", "lengths", "inputs2", "mask2", "lengths2", "target"):
         assert key in batch
-    assert batch["inputs"].shape == batch["mask"].shape == (4, max(len(e["inputs"]) for e in examples))
+    longest = max(len(e["inputs"]) for e in examples)
+    assert batch["inputs"].shape == batch["mask"].shape == (4, longest)
     assert batch["inputs2"].shape == (4, max(len(e["inputs2"]) for e in examples))
     assert batch["inputs2"].dtype == torch.long and batch["mask2"].dtype == torch.bool
-    assert torch.equal(batch["mask2"].sum(1), batch["lengths2"]) and not batch["inputs2"][~batch["mask2"]].any()
-    assert batch["lengths2"].tolist() == [len(doc(t).encode()) for t in ("Smith 2004", "Penn Treebank",
-                                                                         "BLEU: a method", "x")]
+    assert torch.equal(batch["mask2"].sum(1), batch["lengths2"])
+    assert not batch["inputs2"][~batch["mask2"]].any()
+    seconds = ("Smith 2004", "Penn Treebank", "BLEU: a method", "x")
+    assert batch["lengths2"].tolist() == [len(aan_doc(t).encode()) for t in seconds]
     assert batch["target"].tolist() == [1, 0, 1, 0]
 
 
 @pytest.mark.parametrize("line, why", [
-    ("1.0\tA\tB\t" + doc("ab"), "expected 5 tab-separated columns (label, id1, id2, text1, text2), found 4"),
+    ("1.0\tA\tB\t" + aan_doc("ab"),
+     "expected 5 tab-separated columns (label, id1, id2, text1, text2), found 4"),
     ("1.0\tA\tB\tb'a'\tb'b'\tb'c'", "found 6"),
     ("2\tA\tB\tb'a'\tb'b'", "label '2' is not 0 or 1"),
     ("yes\tA\tB\tb'a'\tb'b'", "label 'yes' is not 0 or 1"),
@@ -242,7 +193,7 @@ def test_dual_batch_through_collate(tmp_path):
     ("0.0\tA\tB\tb'a'\t", "empty document in column 5"),
 ])
 def test_malformed_retrieval_line_names_file_and_line(tmp_path, line, why):
-    write_pairs(tmp_path, train=[PAIRS["train"][0], line])
+    write_aan_pairs(tmp_path, train=[AAN_PAIRS["train"][0], line])
     with pytest.raises(DataError, match=f"new_aan_pairs.train.tsv:2: .*{re.escape(why)}"):
         retrieval(tmp_path)
 
@@ -252,17 +203,17 @@ def test_retrieval_missing_data_says_how_to_get_it(tmp_path):
         retrieval(tmp_path / "nowhere")
     message = str(err.value)
     assert str((tmp_path / "nowhere").resolve()) in message
-    for part in ("new_aan_pairs.train.tsv", "label<TAB>id1<TAB>id2<TAB>text1<TAB>text2", "lra_release.gz",
-                 "tsv_data", "LRA_DATA"):
+    for part in ("new_aan_pairs.train.tsv", "label<TAB>id1<TAB>id2<TAB>text1<TAB>text2",
+                 "lra_release.gz", "tsv_data", "LRA_DATA"):
         assert part in message
-    folder = write_pairs(tmp_path / "some")
+    folder = write_aan_pairs(tmp_path / "some")
     (folder / "new_aan_pairs.eval.tsv").unlink()
     with pytest.raises(DataError, match="but no new_aan_pairs.eval.tsv beside it"):
         retrieval(tmp_path / "some")
 
 
 def test_retrieval_fingerprint_follows_the_files(tmp_path):
-    folder = write_pairs(tmp_path)
+    folder = write_aan_pairs(tmp_path)
     before = retrieval(tmp_path).fingerprint
     assert retrieval(tmp_path).fingerprint == before and len(before) == 64
     assert retrieval(tmp_path, max_len=100).fingerprint != before
@@ -275,18 +226,12 @@ def test_retrieval_fingerprint_follows_the_files(tmp_path):
 
 def test_eval_loaders_keep_every_example(tmp_path):
     write_aclimdb(tmp_path)
-    write_pairs(tmp_path)
+    write_aan_pairs(tmp_path)
     for data in (text(tmp_path, batch_size=2), text(tmp_path, batch_size=2, protocol="published"),
                  retrieval(tmp_path, batch_size=2)):
-        for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
-            batches = list(loader)
-            n = len(data.splits[split])
-            assert len(batches) == math.ceil(n / 2)  # text's 5 test reviews end in a partial batch
-            assert torch.cat([b["target"] for b in batches]).tolist() == data.splits[split].targets.tolist()
+        assert_eval_loaders_keep_every_example(data, 2)  # text's 5 test reviews: a partial batch
 
 
 def test_yaml_options_build_the_modules():
     for name, cls in (("text", Text), ("retrieval", Retrieval)):
-        options = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-        assert options.pop("name") == name and registry.task(name) is cls
-        cls(data_dir="data", seed=0, **options)
+        task_from_yaml(name, cls)

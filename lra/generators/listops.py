@@ -47,7 +47,8 @@ class TreeSpec:
     max_length: int = 2000
 
     def __post_init__(self):
-        if not (1 <= self.min_args <= self.max_args and 0 <= self.leaf_prob <= 1 and self.max_depth >= 2):
+        if not (1 <= self.min_args <= self.max_args and 0 <= self.leaf_prob <= 1
+                and self.max_depth >= 2):
             raise ValueError(f"bad ListOps tree spec {self}: need 1 <= min_args <= max_args, "
                              "0 <= leaf_prob <= 1 and max_depth >= 2")
         if not 1 <= self.min_length < self.max_length - 1:
@@ -56,7 +57,8 @@ class TreeSpec:
 
 
 def _grow(spec, rng):
-    """Draw CHUNK_ROOTS trees breadth first, all at once; drop a tree as soon as it must be too long.
+    """Draw CHUNK_ROOTS trees breadth first, all at once; drop a tree as soon as it must be too
+    long.
 
     Returns the levels (per node: tree, is_op, k children, sym = operator 0-3 or digit; the
     children of a level's operators make up the next level, in order) and a mask of the
@@ -89,14 +91,17 @@ def _grow(spec, rng):
 
 
 def _chunk(spec, seed, index):
-    """Chunk `index` of the stream for (spec, seed): the kept trees as lines `source\\ttarget\\n`."""
+    """Chunk `index` of the stream for (spec, seed): the kept trees as lines
+    `source\\ttarget\\n`."""
     levels, keep = _grow(spec, np.random.default_rng([seed, index]))
     ordinal = np.cumsum(keep) - 1  # tree id -> rank among the kept trees
     for lv in levels:
         sel = keep[lv.tree]
-        lv.tree, lv.is_op, lv.k, lv.sym = ordinal[lv.tree[sel]], lv.is_op[sel], lv.k[sel], lv.sym[sel]
+        lv.tree, lv.is_op, lv.k, lv.sym = (ordinal[lv.tree[sel]], lv.is_op[sel], lv.k[sel],
+                                           lv.sym[sel])
         lv.ops = np.flatnonzero(lv.is_op)
-        lv.starts = np.cumsum(lv.k[lv.ops]) - lv.k[lv.ops]  # first child of each operator, level below
+        # the first child of each operator, on the level below
+        lv.starts = np.cumsum(lv.k[lv.ops]) - lv.k[lv.ops]
 
     # Bottom up: token length and value of every subtree. The children of a level's operators
     # are the level below, contiguous and in order, so segment reductions give both.
@@ -106,8 +111,10 @@ def _chunk(spec, seed, index):
         if len(lv.ops):
             k, starts, v = lv.k[lv.ops], lv.starts, below.value
             lv.length[lv.ops] += np.add.reduceat(below.length, starts)
-            ranked = np.sort(np.repeat(np.arange(len(k)) * 10, k) + v) % 10  # values sorted per segment
-            median = (ranked[starts + (k - 1) // 2] + ranked[starts + k // 2]) // 2  # int(np.median)
+            # the values sorted within each operator's segment
+            ranked = np.sort(np.repeat(np.arange(len(k)) * 10, k) + v) % 10
+            # int(np.median)
+            median = (ranked[starts + (k - 1) // 2] + ranked[starts + k // 2]) // 2
             lv.value[lv.ops] = np.choose(lv.sym[lv.ops], [np.minimum.reduceat(v, starts),
                                                           np.maximum.reduceat(v, starts),
                                                           median, np.add.reduceat(v, starts) % 10])
@@ -125,7 +132,8 @@ def _chunk(spec, seed, index):
     # the root's end with the target, "] )\t9\n". Pieces are addressed by code.
     n_k = spec.max_args - spec.min_args + 1
     pieces = ([f"{d} ) " for d in range(10)]
-              + ["( " * (k + 1) + op + " " for op in OPERATORS for k in range(spec.min_args, spec.max_args + 1)]
+              + ["( " * (k + 1) + op + " "
+                 for op in OPERATORS for k in range(spec.min_args, spec.max_args + 1)]
               + ["] ) ) "] + [f"] )\t{d}\n" for d in range(10)])
     pieces = np.array(pieces, dtype=object)
     first = np.cumsum(levels[0].length) - levels[0].length  # first token of each tree
@@ -166,8 +174,8 @@ def samples(spec, seed, workers=1):
                 seen.add(key)
                 yield line
         if not seen and index == 63:
-            raise ValueError(f"{spec} drew no tree in its length window in {64 * CHUNK_ROOTS} tries; "
-                             "widen the window or allow deeper trees")
+            raise ValueError(f"{spec} drew no tree in its length window in {64 * CHUNK_ROOTS} "
+                             "tries; widen the window or allow deeper trees")
 
 
 def prepare_listops(out_dir, n_train=96_000, n_val=2_000, n_test=2_000, seed=0, min_length=500,
@@ -184,9 +192,11 @@ def prepare_listops(out_dir, n_train=96_000, n_val=2_000, n_test=2_000, seed=0, 
     stream = samples(TreeSpec(min_length=min_length, max_length=max_length), seed, workers)
     temps = {}
     try:
-        with tqdm(total=sum(sizes.values()), desc="listops", unit=" samples", disable=not progress) as bar:
+        with tqdm(total=sum(sizes.values()), desc="listops", unit=" samples",
+                  disable=not progress) as bar:
             for split, n in sizes.items():
-                fd, temps[split] = tempfile.mkstemp(prefix=f".basic_{split}.", suffix=".tmp", dir=out)
+                fd, temps[split] = tempfile.mkstemp(prefix=f".basic_{split}.", suffix=".tmp",
+                                                    dir=out)
                 with os.fdopen(fd, "wb") as f:
                     f.write(HEADER)
                     for line in itertools.islice(stream, n):

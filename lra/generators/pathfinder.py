@@ -44,7 +44,8 @@ weights picks the same pixel), the original's longer way elsewhere.
 
     from lra.generators.pathfinder import prepare_pathfinder
     prepare_pathfinder("data/pathfinder", resolution=32, n=200_000, workers=2)
-    # -> data/pathfinder/pathfinder32/curv_contour_length_14/{imgs/<b>/sample_<i>.png, metadata/<b>.npy}
+    # -> data/pathfinder/pathfinder32/curv_contour_length_14/
+    #        {imgs/<b>/sample_<i>.png, metadata/<b>.npy}
 
 This module needs only numpy and Pillow, so its spawned workers start fast.
 """
@@ -73,7 +74,7 @@ class PathSpec:
     """The original script's arguments for one kind of image (lengths in pixels)."""
     resolution: int = 32
     contour_length: int = 14       # paddles per target (14 hard, 9 medium, 6 easy)
-    distractor_paddles: int = 20   # distractors: this // distractor_length contours of distractor_length
+    distractor_paddles: int = 20   # this // distractor_length contours of distractor_length
     paddle_length: int = 2
     thickness: float = 0.5
     margins: tuple = (1,)          # one drawn per image; consecutive paddles are 2 * margin apart
@@ -99,26 +100,31 @@ class PathSpec:
     @property
     def folder(self):
         """The release's folder name of this difficulty (by target contour length)."""
-        return DIFFICULTY_DIRS.get(self.contour_length, f"curv_contour_length_{self.contour_length}")
+        return DIFFICULTY_DIRS.get(self.contour_length,
+                                   f"curv_contour_length_{self.contour_length}")
 
 
 # The LRA's settings of the original script, as its TFDS builders list them (the rest are
 # the script's defaults: paddle length 5, contrast 1, padding 22, seed distance 27).
 PRESETS = {
     32: PathSpec(),
-    64: PathSpec(resolution=64, distractor_paddles=22, paddle_length=5, thickness=1, seed_distance=12,
-                 continuity=1.8, marker_radius=2.5, target_contrast=0.8, distractor_contrast=0.8),
-    128: PathSpec(resolution=128, distractor_paddles=35, paddle_length=5, thickness=1.5, margins=(2, 3),
-                  seed_distance=20, continuity=1.8, marker_radius=3, target_contrast=0.9, distractor_contrast=0.9),
-    256: PathSpec(resolution=256, distractor_paddles=30, paddle_length=5, thickness=2, margins=(3,), padding=22,
-                  seed_distance=27, continuity=1.8, marker_radius=5, target_contrast=1.0, distractor_contrast=1.0),
+    64: PathSpec(resolution=64, distractor_paddles=22, paddle_length=5, thickness=1,
+                 seed_distance=12, continuity=1.8, marker_radius=2.5,
+                 target_contrast=0.8, distractor_contrast=0.8),
+    128: PathSpec(resolution=128, distractor_paddles=35, paddle_length=5, thickness=1.5,
+                  margins=(2, 3), seed_distance=20, continuity=1.8, marker_radius=3,
+                  target_contrast=0.9, distractor_contrast=0.9),
+    256: PathSpec(resolution=256, distractor_paddles=30, paddle_length=5, thickness=2,
+                  margins=(3,), padding=22, seed_distance=27, continuity=1.8, marker_radius=5,
+                  target_contrast=1.0, distractor_contrast=1.0),
 }
 
 
 def spec_for(resolution=32, contour_length=14):
     """The preset of `resolution` (32, 64, 128 or 256) with targets of `contour_length` paddles."""
     if resolution not in PRESETS:
-        raise ValueError(f"no Pathfinder preset for resolution {resolution}; choose one of {sorted(PRESETS)}")
+        raise ValueError(f"no Pathfinder preset for resolution {resolution}; "
+                         f"choose one of {sorted(PRESETS)}")
     return replace(PRESETS[resolution], contour_length=int(contour_length))
 
 
@@ -126,7 +132,8 @@ def spec_for(resolution=32, contour_length=14):
 
 def translate(point, angle, distance):
     """`point` (y, x) moved `distance` along `angle`, rounded up to whole pixels."""
-    return (math.ceil(point[0] + distance * math.sin(angle)), math.ceil(point[1] + distance * math.cos(angle)))
+    return (math.ceil(point[0] + distance * math.sin(angle)),
+            math.ceil(point[1] + distance * math.cos(angle)))
 
 
 def flip(angle):
@@ -188,15 +195,18 @@ def render_paddle(length, thickness, margin, antialias, angle):
 
 
 def window(start, reach, shape):
-    """Slices of a frame of `shape` and of a (2 * reach + 1)^2 stamp centred at `start` that overlap."""
+    """Slices of a frame of `shape` and of a (2 * reach + 1)^2 stamp centred at `start` that
+    overlap."""
     (y, x), (h, w) = start, shape
-    y0, y1, x0, x1 = max(y - reach, 0), min(y + reach, h - 1) + 1, max(x - reach, 0), min(x + reach, w - 1) + 1
+    y0, y1, x0, x1 = (max(y - reach, 0), min(y + reach, h - 1) + 1,
+                      max(x - reach, 0), min(x + reach, w - 1) + 1)
     return ((slice(y0, y1), slice(x0, x1)),
             (slice(y0 - y + reach, y1 - y + reach), slice(x0 - x + reach, x1 - x + reach)))
 
 
 def marker(resolution, centre, radius, antialias):
-    """The original's dot: a disc drawn at `antialias` times the size around `centre`, shrunk (uint8)."""
+    """The original's dot: a disc drawn at `antialias` times the size around `centre`, shrunk
+    (uint8)."""
     size = resolution * antialias
     y, x = np.ogrid[-centre[0] * antialias:size - centre[0] * antialias,
                     -centre[1] * antialias:size - centre[1] * antialias]
@@ -205,7 +215,8 @@ def marker(resolution, centre, radius, antialias):
 
 def finish(image, dots, spec, draw_marker=marker):
     """The dots over the paddles, stretched to 0..255 as the original saved it (uint8)."""
-    markers = np.maximum(*(draw_marker(spec.resolution, d, spec.marker_radius, spec.antialias) for d in dots))
+    markers = np.maximum(*(draw_marker(spec.resolution, d, spec.marker_radius, spec.antialias)
+                           for d in dots))
     return bytescale(np.maximum(image, markers.astype(np.float64) / 255))
 
 
@@ -225,8 +236,8 @@ class Drawing(NamedTuple):
 class _Paddle:
     """A paddle from the centre of a (2 reach + 1)^2 stamp: its `line` (float64) and `mask`
     (float32) as drawn; `stamp` (rows, columns, 2), minus the mask and 1 - the mask dilated by a
-    disc of radius margin, cut to where the dilation is not 0 (rows and columns `box` from the centre);
-    its `hot` mask values above OVERLAP - 1 with their offsets from the centre."""
+    disc of radius margin, cut to where the dilation is not 0 (rows and columns `box` from the
+    centre); its `hot` mask values above OVERLAP - 1 with their offsets from the centre."""
 
     def __init__(self, line, mask, margin, res):
         self.line, self.mask, self.res = line, mask, res
@@ -235,15 +246,18 @@ class _Paddle:
         wide = dilate(mask, disc(margin))
         rows, cols = np.flatnonzero(wide.any(axis=1)), np.flatnonzero(wide.any(axis=0))
         cut = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-        self.box = int(rows[0]) - reach, int(rows[-1]) + 1 - reach, int(cols[0]) - reach, int(cols[-1]) + 1 - reach
-        self.stamp = np.stack([-mask[cut], 1 - wide[cut]], axis=-1).astype(np.float64)  # mask is float32
+        self.box = (int(rows[0]) - reach, int(rows[-1]) + 1 - reach,
+                    int(cols[0]) - reach, int(cols[-1]) + 1 - reach)
+        # mask is float32
+        self.stamp = np.stack([-mask[cut], 1 - wide[cut]], axis=-1).astype(np.float64)
         hot_y, hot_x = np.nonzero(mask > OVERLAP - 1.01)
         self.hot = mask[hot_y, hot_x].astype(np.float64)
         self.hot_yx = hot_y - reach, hot_x - reach
         if len(self.hot):
             self.hot_box = (int(self.hot_yx[0].min()), int(self.hot_yx[0].max()) + 1,
                             int(self.hot_yx[1].min()), int(self.hot_yx[1].max()) + 1)
-            # flat offsets from the first hot pixel: a slice of the state starting there takes them all
+            # flat offsets from the first hot pixel: a slice of the state starting there takes
+            # them all
             flat = 2 * (self.hot_yx[0] * res + self.hot_yx[1])
             self.hot_first, self.hot_flat = int(flat.min()), flat - flat.min()
             self.hot_ones = np.ones(len(self.hot))
@@ -257,16 +271,19 @@ class _Paddle:
         (y, x), res = start, self.res
         y0, y1, x0, x1 = self.hot_box
         if y + y0 >= 0 and x + x0 >= 0 and y + y1 <= res and x + x1 <= res:
-            there = flat[2 * (y * res + x) + self.hot_first:].take(self.hot_flat)  # minus the mask
-            # mostly the masks there sum to less than 0.78, and the paddle's (at most 1) cannot reach
-            # OVERLAP with any of them (a dot product is the fastest sum or minimum of a small array)
+            there = flat[2 * (y * res + x) + self.hot_first:].take(self.hot_flat)  # minus mask
+            # mostly the masks there sum to less than 0.78, and the paddle's (at most 1) cannot
+            # reach OVERLAP with any of them (a dot product is the fastest sum or minimum of a
+            # small array)
             return there.dot(self.hot_ones) > -0.78 or (self.hot - there).max() < OVERLAP
         hy, hx = self.hot_yx[0] + y, self.hot_yx[1] + x
         inside = (hy >= 0) & (hy < res) & (hx >= 0) & (hx < res)
-        return not inside.any() or (self.hot[inside] - flat[2 * (hy[inside] * res + hx[inside])]).max() < OVERLAP
+        return (not inside.any()
+                or (self.hot[inside] - flat[2 * (hy[inside] * res + hx[inside])]).max() < OVERLAP)
 
     def merge(self, state, start):
-        """Add the paddle from `start` to the contours' mask and take its dilation out of the room."""
+        """Add the paddle from `start` to the contours' mask and take its dilation out of the
+        room."""
         (y, x), res = start, self.res
         y0, y1, x0, x1 = self.box
         y0, y1, x0, x1 = y + y0, y + y1, x + x0, x + x1
@@ -298,35 +315,45 @@ class _Kit:
     def __init__(self, spec, margin):
         self.spec, self.margin, self.res = spec, margin, spec.resolution
         self.length, self.radius = spec.paddle_length, spec.paddle_length + margin
-        self.reach = spec.paddle_length + math.ceil(spec.thickness) + margin  # stamps are (2 reach + 1)^2
+        # stamps are (2 reach + 1)^2
+        self.reach = spec.paddle_length + math.ceil(spec.thickness) + margin
         res, p = self.res, spec.padding
         mask = np.zeros((res, res))
         mask[:p], mask[-p:], mask[:, :p], mask[:, -p:] = 1, 1, 1, 1
-        self.empty = np.stack([-mask, 1 - dilate(mask, disc(margin))], axis=-1)  # (res, res, 2): -mask, room
-        self.scratch = self.empty.copy()  # the state of target pairs being tried, restored after each
-        self.first_taken = np.ones((res, res), bool)  # the first seed keeps 2 * seed_distance from every edge
+        # (res, res, 2): -mask, room
+        self.empty = np.stack([-mask, 1 - dilate(mask, disc(margin))], axis=-1)
+        # the state of target pairs being tried, restored after each
+        self.scratch = self.empty.copy()
+        # the first seed keeps 2 * seed_distance from every edge
+        self.first_taken = np.ones((res, res), bool)
         d = 2 * spec.seed_distance
         self.first_taken[d:res - d, d:res - d] = mask[d:res - d, d:res - d] > 0.3
-        # the pixels tried around a pivot p: p + (truncated offsets of one point per pixel of arc), sorted
+        # the pixels tried around a pivot p: p + (truncated offsets of one point per pixel of
+        # arc), sorted
         sample = np.arange(0, 360, 360.0 / (2 * self.radius * np.pi)) * np.pi / 180
-        arc = np.stack([np.floor(np.sin(sample) * self.radius), np.floor(np.cos(sample) * self.radius)], axis=1)
+        arc = np.stack([np.floor(np.sin(sample) * self.radius),
+                        np.floor(np.cos(sample) * self.radius)], axis=1)
         self.oy, self.ox = np.unique(arc.astype(int), axis=0).T
         self.offsets = list(zip(self.oy.tolist(), self.ox.tolist()))
         self.directions = np.arctan2(self.oy, self.ox)
-        self.turned = [flip(a) for a in self.directions]  # the angle a paddle is drawn along towards its pivot
+        # the angle a paddle is drawn along towards its pivot
+        self.turned = [flip(a) for a in self.directions]
         # pivots in `box` (top <= y < bottom, left <= x < right) have all offsets inside; the room
         # at them is then `flat` past the state's pixel pivot - (top, left), flattened
         top, left = -int(self.oy.min()), -int(self.ox.min())
         self.box = top, res - int(self.oy.max()), left, res - int(self.ox.max())
         self.flat = 2 * ((self.oy + top) * res + self.ox + left) + 1
-        self._paddles, self._inks, self._kernels, self._first, self._courses, self._edge = {}, {}, {}, {}, {}, {}
+        self._paddles, self._inks, self._kernels = {}, {}, {}
+        self._first, self._courses, self._edge = {}, {}, {}
         self.courses = [self.course(a) for a in self.directions]  # after a turn towards offset j
-        self.turned_paddles = [self.paddle(a) for a in self.turned]  # the paddle drawn towards offset j
+        # the paddle drawn towards offset j
+        self.turned_paddles = [self.paddle(a) for a in self.turned]
 
     def paddle(self, angle):
         """A `_Paddle` along `angle`, drawn once."""
         if angle not in self._paddles:
-            line, mask = render_paddle(self.length, self.spec.thickness, self.margin, self.spec.antialias, angle)
+            line, mask = render_paddle(self.length, self.spec.thickness, self.margin,
+                                       self.spec.antialias, angle)
             self._paddles[angle] = _Paddle(line, mask.astype(np.float32), self.margin, self.res)
         return self._paddles[angle]
 
@@ -398,7 +425,8 @@ class _Kit:
         `translate` takes it, before rounding."""
         if heading not in self._courses:
             turn = np.abs(self.directions - heading)
-            turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * self.spec.continuity, 0.5 * np.pi)
+            turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * self.spec.continuity,
+                              0.5 * np.pi)
             step = self.length + 2 * self.margin
             self._courses[heading] = (np.maximum(np.cos(turn), 0) ** 2, step * math.sin(heading),
                                       step * math.cos(heading))
@@ -450,7 +478,8 @@ class _Snake:
 def _seed(kit, rng, free_starts, room=True):
     """A first paddle as the original's seeds: (start, angle, pivot), or None. Each try draws an
     angle, then a start among `free_starts(angle)`; a try whose paddle end or pivot leaves the
-    window is repeated. `room` False: the window is too full (known only after an angle is drawn)."""
+    window is repeated. `room` False: the window is too full (known only after an angle is
+    drawn)."""
     res = kit.res
     for _ in range(kit.spec.paddle_tries):
         angle = random_angle(rng)
@@ -462,7 +491,8 @@ def _seed(kit, rng, free_starts, room=True):
         start = divmod(int(free[rng.integers(0, len(free))]), res)
         head = translate(start, angle, kit.length)
         pivot = translate(head, flip(angle), kit.radius)
-        if 0 <= head[0] < res and 0 <= head[1] < res and 0 <= pivot[0] < res and 0 <= pivot[1] < res:
+        if (0 <= head[0] < res and 0 <= head[1] < res
+                and 0 <= pivot[0] < res and 0 <= pivot[1] < res):
             return start, angle, pivot
     return None
 
@@ -504,7 +534,8 @@ def _pick(pmf, cmf, total, r):
     terms): where r * total lies that close to a step of cmf, the original's way decides."""
     target, slack = r * total, 1e-12 * total
     i = int(cmf.searchsorted(target, side="right"))
-    if i < len(cmf) and cmf.item(i) > target + slack and (i == 0 or cmf.item(i - 1) < target - slack):
+    if (i < len(cmf) and cmf.item(i) > target + slack
+            and (i == 0 or cmf.item(i - 1) < target - slack)):
         return i
     i = int((pmf / pmf.sum()).cumsum().searchsorted(r, side="right"))
     return i if i < len(pmf) else 0  # none: argmax of all False is the first
@@ -521,7 +552,8 @@ def _second_seed(kit, rng, first):
                  round(first[1] + spec.seed_distance * math.cos(turn)))
         head = translate(start, angle, kit.length)
         pivot = translate(head, flip(angle), kit.radius)
-        if 0 <= head[0] < res and 0 <= head[1] < res and 0 <= pivot[0] < res and 0 <= pivot[1] < res:
+        if (0 <= head[0] < res and 0 <= head[1] < res
+                and 0 <= pivot[0] < res and 0 <= pivot[1] < res):
             return start, angle, pivot
     return None
 
@@ -535,15 +567,18 @@ def _targets(kit, rng):
     second = _second_seed(kit, rng, seed[0])
     if second is None:
         return None
-    snakes = [_Snake(kit, *seed, kit.spec.target_contrast), _Snake(kit, *second, kit.spec.target_contrast)]
+    snakes = [_Snake(kit, *seed, kit.spec.target_contrast),
+              _Snake(kit, *second, kit.spec.target_contrast)]
     state = kit.scratch
     flat = state.reshape(-1)
     for _ in range(kit.spec.contour_length - 1):
         for snake in snakes:
             if not _extend(kit, rng, state, flat, snake):
-                np.copyto(state, kit.empty)  # a copy of the whole state is cheaper than undoing paddles
+                # a copy of the whole state is cheaper than undoing paddles
+                np.copyto(state, kit.empty)
                 return None
-    snakes[1].last.merge(state, snakes[1].tip)  # as the original: the second target's last paddle only
+    # as the original: the second target's last paddle only
+    snakes[1].last.merge(state, snakes[1].tip)
     kit.scratch = kit.empty.copy()
     return snakes, state
 
@@ -574,7 +609,8 @@ def _distractor(kit, rng, state, room):
 def draw(spec, rng, label):
     """One image (a `Drawing`) with dots on one target (label 1) or on both (label 0)."""
     res = spec.resolution
-    margin = spec.margins[int(rng.integers(0, len(spec.margins)))] if len(spec.margins) > 1 else spec.margins[0]
+    margin = (spec.margins[int(rng.integers(0, len(spec.margins)))] if len(spec.margins) > 1
+              else spec.margins[0])
     kit = _kit(spec, margin)
     for _ in range(MAX_RESTARTS):
         found = _targets(kit, rng)
@@ -585,7 +621,8 @@ def draw(spec, rng, label):
     targets, state = found
     contours = list(targets)
     for _ in range(spec.n_distractors):
-        room = np.count_nonzero(state[..., 0] >= -0.3) / res ** 2 >= spec.min_free  # the mask <= 0.3
+        # the mask <= 0.3
+        room = np.count_nonzero(state[..., 0] >= -0.3) / res ** 2 >= spec.min_free
         for _ in range(spec.distractor_tries):
             drawn = _distractor(kit, rng, state, room)
             if drawn is not None:
@@ -599,12 +636,14 @@ def draw(spec, rng, label):
             np.maximum(image[frame], kit.ink(angle, snake.contrast)[part], out=image[frame])
     first = int(rng.integers(0, 2))
     dots = np.array([targets[first].paddles[0][0], targets[first if label else 1 - first].tip])
-    ends = [np.array([(s, translate(s, a, kit.length)) for s, a in snake.paddles]) for snake in contours]
+    ends = [np.array([(s, translate(s, a, kit.length)) for s, a in snake.paddles])
+            for snake in contours]
     return Drawing(finish(image, dots, spec, _marker), int(label), dots, ends, margin)
 
 
 def sample(spec, seed, batch, index, label):
-    """Image `index` of batch folder `batch`: drawn from numpy's PCG64 seeded [seed, batch, index]."""
+    """Image `index` of batch folder `batch`: drawn from numpy's PCG64 seeded [seed, batch,
+    index]."""
     return draw(spec, np.random.default_rng([seed, batch, index]), label)
 
 
@@ -614,8 +653,9 @@ def metadata_line(spec, batch, index, label, margin):
     """A line of `metadata/<b>.npy` in the release's 11 fields: folder, file, index, label,
     continuity, contour length, distractor length, paddle length, paddle thickness, margin,
     number of paddle contrasts."""
-    return (f"imgs/{batch} sample_{index}.png {index} {label} {float(spec.continuity)} {spec.contour_length} "
-            f"{spec.distractor_length} {spec.paddle_length} {spec.thickness} {margin} 1\n")
+    return (f"imgs/{batch} sample_{index}.png {index} {label} {float(spec.continuity)} "
+            f"{spec.contour_length} {spec.distractor_length} {spec.paddle_length} "
+            f"{spec.thickness} {margin} 1\n")
 
 
 def batch_labels(seed, batch, count):
@@ -657,8 +697,8 @@ def _write_batch(job):
     return batch
 
 
-def prepare_pathfinder(out_dir, resolution=32, n=200_000, seed=0, contour_length=14, per_folder=1000,
-                       workers=1, progress=True):
+def prepare_pathfinder(out_dir, resolution=32, n=200_000, seed=0, contour_length=14,
+                       per_folder=1000, workers=1, progress=True):
     """Write `n` images in the release layout under `out_dir`; return the difficulty folder.
 
     Layout: out_dir/pathfinder<res>/<difficulty>/imgs/<b>/sample_<i>.png and metadata/<b>.npy

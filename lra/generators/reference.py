@@ -111,9 +111,11 @@ def _seed(mask, lined, spec, margin, rng, min_free=0.0):
     for _ in range(spec.paddle_tries):
         angle = random_angle(rng)
         kernel = _frame_paddle((2 * reach + 1,) * 2, (reach + 1, reach + 1), angle, spec, margin)[1]
-        taken = np.ceil(dilate(lined, kernel.astype(np.uint8)) - 0.3)  # -inf where the kernel misses the window
+        # -inf where the kernel misses the window
+        taken = np.ceil(dilate(lined, kernel.astype(np.uint8)) - 0.3)
         raw_free = np.count_nonzero(np.ceil(mask - 0.3) == 0)
-        ys, xs = np.nonzero(taken == 0) if taken.min() >= 0 else ((), ())  # any negative: "no free pixel"
+        # any negative: "no free pixel"
+        ys, xs = np.nonzero(taken == 0) if taken.min() >= 0 else ((), ())
         if min_free and raw_free / res ** 2 < min_free:
             return None
         if not len(ys):
@@ -143,7 +145,8 @@ def _extend(snake, mask, spec, margin, rng, contrast):
     directions = np.arctan2(coords[:, 0] - pivot[0], coords[:, 1] - pivot[1])
     turn = np.abs(directions - snake["angle"])
     turn = np.minimum(np.minimum(turn, 2 * np.pi - turn) * spec.continuity, 0.5 * np.pi)
-    pmf = np.multiply(np.array([1 - dilated[coords[:, 0], coords[:, 1]]]), np.maximum(np.cos(turn), 0) ** 2)
+    pmf = np.multiply(np.array([1 - dilated[coords[:, 0], coords[:, 1]]]),
+                      np.maximum(np.cos(turn), 0) ** 2)
     total = np.sum(pmf)
     if total < 1e-4:
         return None
@@ -163,8 +166,9 @@ def _extend(snake, mask, spec, margin, rng, contrast):
 
 def _new_snake(shape, start, angle, pivot, spec, margin, contrast):
     ink, cover = _frame_paddle(shape, start, angle, spec, margin, contrast)
-    return {"image": ink.astype(np.float64), "cover": cover, "pivot": pivot, "angle": angle, "start": start,
-            "tip": start, "paddles": [(start, translate(start, angle, spec.paddle_length))]}
+    return {"image": ink.astype(np.float64), "cover": cover, "pivot": pivot, "angle": angle,
+            "start": start, "tip": start,
+            "paddles": [(start, translate(start, angle, spec.paddle_length))]}
 
 
 def _targets(spec, margin, rng):
@@ -188,7 +192,8 @@ def _targets(spec, margin, rng):
         head = translate(start, angle, spec.paddle_length)
         pivot = translate(head, flip(angle), spec.paddle_length + margin)
         if _inside(res, head, pivot):
-            snakes.append(_new_snake(shape, start, angle, pivot, spec, margin, spec.target_contrast))
+            snakes.append(_new_snake(shape, start, angle, pivot, spec, margin,
+                                     spec.target_contrast))
             break
     else:
         return None
@@ -216,8 +221,10 @@ def _distractor(image, mask, spec, margin, rng):
 
 
 def pathfinder_image(spec, rng, label):
-    """One image by the original's process, the slow way (a `Drawing`, as `pathfinder.draw` returns)."""
-    margin = spec.margins[int(rng.integers(0, len(spec.margins)))] if len(spec.margins) > 1 else spec.margins[0]
+    """One image by the original's process, the slow way (a `Drawing`, as `pathfinder.draw`
+    returns)."""
+    margin = (spec.margins[int(rng.integers(0, len(spec.margins)))] if len(spec.margins) > 1
+              else spec.margins[0])
     found = None
     while found is None:
         found = _targets(spec, margin, rng)
@@ -233,4 +240,5 @@ def pathfinder_image(spec, rng, label):
                 break
     first = int(rng.integers(0, 2))
     dots = np.array([targets[first]["start"], targets[first if label else 1 - first]["tip"]])
-    return Drawing(finish(image, dots, spec), int(label), dots, [np.array(s["paddles"]) for s in contours], margin)
+    return Drawing(finish(image, dots, spec), int(label), dots,
+                   [np.array(s["paddles"]) for s in contours], margin)

@@ -2,4 +2,5 @@
 
 Importing this package registers the built-in tasks; base.py holds what they share.
 """
-from lra.tasks import image, listops, pathfinder, speech, text  # noqa: F401  (each registers its tasks)
+# each registers its tasks
+from lra.tasks import image, listops, pathfinder, speech, text  # noqa: F401

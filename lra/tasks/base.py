@@ -50,8 +50,9 @@ def find_file(root, name, max_depth=3):
 
 
 def split_files(root, names, missing):
-    """{split: path} of the files `names` ({split: file name}) beside the shallowest train file under
-    root; a DataError says `missing` when the train file is absent, and names any sibling that is."""
+    """{split: path} of the files `names` ({split: file name}) beside the shallowest train file
+    under root; a DataError says `missing` when the train file is absent, and names any sibling
+    that is."""
     train = find_file(root, names["train"])
     if train is None:
         raise DataError(missing)
@@ -69,7 +70,8 @@ def progress(iterable, total, what):
 
 
 class SequenceDataset(Dataset):
-    """Examples held as numpy arrays: `inputs[i]` (L,) or (L, d), `targets[i]`, and `inputs2[i]` if dual.
+    """Examples held as numpy arrays: `inputs[i]` (L,) or (L, d), `targets[i]`, and `inputs2[i]`
+    if dual.
 
     `inputs` may be anything indexed that way: a list of arrays, one 2-d array, or the
     memory-mapped Arrow column of a cache. `options()` gives the keyword arguments, besides
@@ -115,7 +117,8 @@ class Standardized(SequenceDataset):
 
 
 def pad(seqs):
-    """Pad arrays of shape (L_i, ...) with 0 to (B, max L_i, ...); integers become long, floats float32."""
+    """Pad arrays of shape (L_i, ...) with 0 to (B, max L_i, ...); integers become long, floats
+    float32."""
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)  # (B,)
     width = int(lengths.max())
     out = np.zeros((len(seqs), width, *seqs[0].shape[1:]), dtype=seqs[0].dtype)  # (B, L, ...)
@@ -186,7 +189,8 @@ def majority_rate(targets):
 
 
 class TaskData(L.LightningDataModule):
-    """Base of every task. Subclasses set the shape attributes in `__init__` and implement `load()`."""
+    """Base of every task. Subclasses set the shape attributes in `__init__` and implement
+    `load()`."""
 
     name = None
     num_classes = None
@@ -228,7 +232,8 @@ class TaskData(L.LightningDataModule):
 
     def _loader(self, split, shuffle):
         n = len(self.splits[split])
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        rank, world = ((self.trainer.global_rank, self.trainer.world_size) if self.trainer
+                       else (0, 1))
         sampler = (EpochShuffle(n, self.seed, rank, world) if shuffle
                    else Shard(n, rank, world) if world > 1 else None)
         return DataLoader(self.splits[split], batch_size=self.batch_size, sampler=sampler,
@@ -239,7 +244,8 @@ class TaskData(L.LightningDataModule):
         loader = self._loader("train", shuffle=True)
         if self.resume_position:
             loader.sampler.skip_epoch = self.resume_position["epoch"]
-            loader.sampler.skip = self.resume_position["batches"] * self.batch_size * loader.sampler.world
+            loader.sampler.skip = (self.resume_position["batches"] * self.batch_size
+                                   * loader.sampler.world)
         return loader
 
     def state_dict(self):

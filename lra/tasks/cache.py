@@ -63,13 +63,15 @@ def cache_root(data):
 
 
 def source_summary(data_root, files):
-    """Where the raw files are and their signature: sha256 of (path, size, mtime) of each, in order."""
+    """Where the raw files are and their signature: sha256 of (path, size, mtime) of each, in
+    order."""
     digest, total, prefix = sha256(), 0, os.path.join(data_root, "")
     for path in map(os.fspath, files):
         try:
             stat = os.stat(path)
         except FileNotFoundError:
-            raise DataError(f"{path} vanished while the data was being listed; is it being written?") from None
+            raise DataError(f"{path} vanished while the data was being listed; is it being "
+                            "written?") from None
         digest.update(f"{path.removeprefix(prefix)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
         total += stat.st_size
     parents = {os.path.dirname(os.fspath(p)) for p in files}
@@ -147,14 +149,17 @@ def open_split(folder, meta):
         except FileNotFoundError:
             raise Unusable(f"{folder.name}/{name} is missing") from None
         if found != size:
-            raise Unusable(f"{folder.name}/{name} is {found} bytes, not the {size} it was written with")
+            raise Unusable(f"{folder.name}/{name} is {found} bytes, not the {size} it was "
+                           "written with")
     try:
         table = datasets.load_from_disk(str(folder)).data.table
     except Exception as err:  # a damaged file fails inside pyarrow or datasets in many ways
-        raise Unusable(f"split {folder.name} cannot be opened ({type(err).__name__}: {err})") from None
+        raise Unusable(f"split {folder.name} cannot be opened ({type(err).__name__}: {err})") \
+            from None
     if table.num_rows != meta["rows"]:
         raise Unusable(f"split {folder.name} has {table.num_rows} rows, not {meta['rows']}")
-    columns = {name: ArrowRows(table, name, shape, folder) for name, shape in meta["shapes"].items()}
+    columns = {name: ArrowRows(table, name, shape, folder)
+               for name, shape in meta["shapes"].items()}
     split = _dataset_class(meta["dataset"])(columns["inputs"], table.column("target").to_numpy(),
                                             **meta["options"])
     split.inputs2 = columns.get("inputs2")
@@ -162,7 +167,8 @@ def open_split(folder, meta):
 
 
 def open_cache(folder, key):
-    """(manifest, splits) of the complete cache for `key` in `folder`; raises Unusable saying why not."""
+    """(manifest, splits) of the complete cache for `key` in `folder`; raises Unusable saying why
+    not."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
     except FileNotFoundError:
@@ -170,11 +176,13 @@ def open_cache(folder, key):
     except (OSError, ValueError) as err:
         raise Unusable(f"its manifest.json is unreadable ({err})") from None
     if manifest.get("cache_version") != CACHE_VERSION:
-        raise Unusable(f"it was built by another version (cache version {manifest.get('cache_version')}, "
-                       f"lra {manifest.get('lra_version')}; this is cache version {CACHE_VERSION})")
+        raise Unusable("it was built by another version (cache version "
+                       f"{manifest.get('cache_version')}, lra {manifest.get('lra_version')}; "
+                       f"this is cache version {CACHE_VERSION})")
     if manifest.get("key") != key or sorted(manifest.get("splits", ())) != sorted(SPLITS):
         raise Unusable(f"its manifest describes key {manifest.get('key')}, not {key}")
-    return manifest, {split: open_split(folder / split, manifest["splits"][split]) for split in SPLITS}
+    return manifest, {split: open_split(folder / split, manifest["splits"][split])
+                      for split in SPLITS}
 
 
 # --- building one --------------------------------------------------------------------------------
@@ -187,7 +195,8 @@ def _column(arrays):
     width = int(np.prod(shape, dtype=np.int64))
     offsets = np.zeros(len(arrays) + 1, np.int64)
     np.cumsum([len(a) * width for a in arrays], out=offsets[1:])
-    values = arrays.reshape(-1) if isinstance(arrays, np.ndarray) else np.concatenate([a.reshape(-1) for a in arrays])
+    values = (arrays.reshape(-1) if isinstance(arrays, np.ndarray)
+              else np.concatenate([a.reshape(-1) for a in arrays]))
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values)), list(shape)
 
 
@@ -224,7 +233,8 @@ def _save_split(split, folder):
         if quiet:
             datasets.enable_progress_bars()
     return {"dataset": type(split).__name__, "options": split.options(), "shapes": shapes,
-            "files": {p.name: p.stat().st_size for p in sorted(folder.glob("*.arrow"))}, **describe(split)}
+            "files": {p.name: p.stat().st_size for p in sorted(folder.glob("*.arrow"))},
+            **describe(split)}
 
 
 def _lra_version():
@@ -263,7 +273,8 @@ def _publish(building, folder, key):
 
 
 def _clear_abandoned(parent):
-    """Remove build folders left behind by processes of this machine that have ended (killed mid-build)."""
+    """Remove build folders left behind by processes of this machine that have ended (killed
+    mid-build)."""
     host = socket.gethostname()
     for path in parent.glob(f".building-*-{host}-*"):
         pid = path.name.rsplit("-", 2)[1]  # .building-<key>-<host>-<pid>-<random>
@@ -278,7 +289,8 @@ def build(data, folder, key, sources):
     started = time.perf_counter()
     splits = data.load()
     _clear_abandoned(folder.parent)
-    building = folder.with_name(f".building-{key}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
+    building = folder.with_name(f".building-{key}-{socket.gethostname()}-{os.getpid()}-"
+                                f"{secrets.token_hex(4)}")
     try:
         entries = {split: _save_split(splits[split], building / split) for split in SPLITS}
         write_json_atomic(building / "manifest.json", {
@@ -310,21 +322,24 @@ def prepare(data, files=None):
         try:
             return folder, *open_cache(folder, key), False
         except Unusable as why:
-            warnings.warn(f"data cache {folder} is not used: {why}; rebuilding it", CacheWarning, stacklevel=2)
+            warnings.warn(f"data cache {folder} is not used: {why}; rebuilding it", CacheWarning,
+                          stacklevel=2)
             _discard(folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot make the data cache folder {folder.parent} ({err.strerror}); point "
-                        "LRA_CACHE at a writable folder") from err
+        raise UserError(f"cannot make the data cache folder {folder.parent} ({err.strerror}); "
+                        "point LRA_CACHE at a writable folder") from err
     if not os.access(folder.parent, os.W_OK):
-        raise UserError(f"cannot write the data cache under {folder.parent}; point LRA_CACHE at a writable folder")
+        raise UserError(f"cannot write the data cache under {folder.parent}; point LRA_CACHE at a "
+                        "writable folder")
     build(data, folder, key, sources)
     return folder, *open_cache(folder, key), True
 
 
 def setup(data):
-    """Set `data` up from its cache (building it first if needed), or in memory for a generated task."""
+    """Set `data` up from its cache (building it first if needed), or in memory for a generated
+    task."""
     if data.splits is not None:
         return
     files = data.sources()
@@ -343,7 +358,8 @@ def setup(data):
 def _table(rows):
     """Rows of cells as aligned text: the first column to the left, the others to the right."""
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+    return ["  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
+                      for c, (cell, w) in enumerate(zip(row, widths)))
             for row in rows]
 
 
@@ -361,7 +377,8 @@ def info(data):
         lines = [f"{data.name}: prepared cache {folder}",
                  f"  built {manifest['built_at']} in {manifest['build_seconds']:.1f} s by lra "
                  f"{manifest['lra_version']} (cache version {manifest['cache_version']})",
-                 f"  from {src['files']:,} files ({src['bytes'] / 1e6:,.1f} MB) under {src['folder']}"]
+                 f"  from {src['files']:,} files ({src['bytes'] / 1e6:,.1f} MB) under "
+                 f"{src['folder']}"]
         data.fingerprint, data.protocol = manifest["fingerprint"], manifest["protocol"]
     lines += [f"  source {data.protocol['source']}, fingerprint {data.fingerprint}", ""]
 
@@ -372,12 +389,14 @@ def info(data):
         for name, label in (("lengths", split), ("lengths2", f"{split} (2nd document)")):
             if name in s:
                 n = s[name]
-                rows.append([label, f"{s['rows']:,}", str(n["min"]), f"{n['mean']:.1f}", f"{n['median']:.1f}",
-                             str(n["max"]), f"{top} ({100 * counts[top] / s['rows']:.1f}%)"])
+                rows.append([label, f"{s['rows']:,}", str(n["min"]), f"{n['mean']:.1f}",
+                             f"{n['median']:.1f}", str(n["max"]),
+                             f"{top} ({100 * counts[top] / s['rows']:.1f}%)"])
     lines += _table(rows) + [""]
 
     rows = [["class", *stats]]
     for label in range(data.num_classes):
-        rows.append([str(label)] + [f"{c:,} ({100 * c / s['rows']:.1f}%)" for s in stats.values()
-                                    for c in [s["labels"][label] if label < len(s["labels"]) else 0]])
+        rows.append([str(label)] + [
+            f"{c:,} ({100 * c / s['rows']:.1f}%)" for s in stats.values()
+            for c in [s["labels"][label] if label < len(s["labels"]) else 0]])
     return "\n".join(lines + _table(rows))

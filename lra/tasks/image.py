@@ -138,7 +138,8 @@ class CIFAR(TaskData):
         raise NotImplementedError
 
     def encode(self, parts):
-        """{split: (pixels, targets)} -> ({split: SequenceDataset}, a description of the encoding)."""
+        """{split: (pixels, targets)} -> ({split: SequenceDataset}, a description of the
+        encoding)."""
         raise NotImplementedError
 
     def tokenization(self):
@@ -209,7 +210,8 @@ class Image(CIFAR):
 
     def encode(self, parts):
         if self.encoding == "tokens":
-            splits = {split: SequenceDataset(x.astype(np.int16) + 1, y) for split, (x, y) in parts.items()}
+            splits = {split: SequenceDataset(x.astype(np.int16) + 1, y)
+                      for split, (x, y) in parts.items()}
             return splits, {"kind": "tokens", "token": "gray + 1", "vocab_size": self.vocab_size}
         mean, std = channel_stats(parts["train"][0])
         splits = {split: Standardized(x, y, mean, std) for split, (x, y) in parts.items()}
@@ -226,7 +228,8 @@ class SCIFAR(CIFAR):
     d_input = 3
 
     def tokenization(self):
-        return "scifar-v1: pixel (r, g, b), (x - mean_c) / std_c, per-channel stats of the train split"
+        return ("scifar-v1: pixel (r, g, b), (x - mean_c) / std_c, "
+                "per-channel stats of the train split")
 
     def pixels(self, rgb):
         return np.ascontiguousarray(rgb.transpose(0, 2, 1))  # (N, 1024, 3)

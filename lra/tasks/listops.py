@@ -1,4 +1,5 @@
-"""ListOps: nested MIN / MAX / MED / SM expressions over digits, classified by their value (10 classes).
+"""ListOps: nested MIN / MAX / MED / SM expressions over digits, classified by their value (10
+classes).
 
 Nangia & Bowman, "ListOps: A Diagnostic Dataset for Latent Tree Learning" (NAACL SRW 2018),
 as regenerated for the Long-Range Arena (Tay et al., ICLR 2021). A line of `basic_train.tsv`:
@@ -7,7 +8,7 @@ as regenerated for the Long-Range Arena (Tay et al., ICLR 2021). A line of `basi
 
 The model sees the tokens with parentheses dropped: `[MAX 2 9 ]`. Make the files, then train:
 
-    lra data generate listops       # data/listops/basic_{train,val,test}.tsv (lra.generators.listops)
+    lra data generate listops       # data/listops/basic_{train,val,test}.tsv
     lra train task=listops          # tokenised once into the cache (`lra data prepare listops`)
 
 `listops_mini`, the default task of `lra train`, is the same process made short and shallow,
@@ -25,7 +26,8 @@ from lra.generators.listops import HEADER, OPERATORS, TreeSpec, samples
 from lra.registry import register_task
 from lra.tasks.base import DataError, SequenceDataset, TaskData, split_files
 
-VOCAB = ("<pad>", *OPERATORS, "]", *"0123456789")  # token id = index: pad 0, ops 1-4, ] 5, digit d 6+d
+# token id = index: pad 0, operators 1-4, ] 5, digit d 6 + d
+VOCAB = ("<pad>", *OPERATORS, "]", *"0123456789")
 TOKENIZATION = "listops-v1: drop ( and ), keep ], split on whitespace; ids " + " ".join(VOCAB)
 
 _APPLY = {1: min, 2: max, 3: lambda args: int(np.median(args)), 4: lambda args: sum(args) % 10}
@@ -54,7 +56,8 @@ def tokenize(source):
 
 
 def evaluate(ids):
-    """The value of an expression given as token ids: `evaluate([4, 13, 14, 5]) == 5` ([SM 7 8 ])."""
+    """The value of an expression given as token ids: `evaluate([4, 13, 14, 5]) == 5`
+    ([SM 7 8 ])."""
     stack = [[]]
     for t in map(int, ids):
         if t in _APPLY:
@@ -71,13 +74,15 @@ def evaluate(ids):
 # --- reading the files --------------------------------------------------------------------
 
 def read_split(path, max_len, digest):
-    """Token arrays (truncated at max_len) and targets of one `basic_*.tsv`; its bytes go to `digest`."""
+    """Token arrays (truncated at max_len) and targets of one `basic_*.tsv`; its bytes go to
+    `digest`."""
     tokens, targets = [], []
     with open(path, "rb") as f:
         header = f.readline()
         digest.update(header)
         if header.rstrip(b"\r\n") != HEADER.rstrip(b"\r\n"):
-            raise DataError(f"{path}:1: expected the header 'Source<TAB>Target', found {header[:60]!r}")
+            raise DataError(f"{path}:1: expected the header 'Source<TAB>Target', "
+                            f"found {header[:60]!r}")
         for lineno, line in enumerate(f, 2):
             digest.update(line)
             fields = line.rstrip(b"\r\n").split(b"\t")
@@ -85,9 +90,11 @@ def read_split(path, max_len, digest):
                 continue
             try:
                 if len(fields) != 2:
-                    raise ValueError(f"expected 2 tab-separated columns (Source, Target), found {len(fields)}")
+                    raise ValueError("expected 2 tab-separated columns (Source, Target), "
+                                     f"found {len(fields)}")
                 if fields[1].strip() not in _DIGITS:
-                    raise ValueError(f"target {fields[1].decode(errors='replace')!r} is not an integer in 0-9")
+                    target = fields[1].decode(errors="replace")
+                    raise ValueError(f"target {target!r} is not an integer in 0-9")
                 tokens.append(tokenize(fields[0])[:max_len])
             except ValueError as err:
                 raise DataError(f"{path}:{lineno}: {err}") from None
@@ -122,7 +129,8 @@ class ListOps(TaskData):
     def _files(self):
         """{split: path} of the three files beside the shallowest `basic_train.tsv`."""
         root = Path(self.data_dir).resolve()
-        return split_files(root, {split: f"basic_{split}.tsv" for split in ("train", "val", "test")}, _missing(root))
+        names = {split: f"basic_{split}.tsv" for split in ("train", "val", "test")}
+        return split_files(root, names, _missing(root))
 
     def sources(self):
         return list(self._files().values())

@@ -13,7 +13,7 @@ parameters. The original generator wrote the same table with `np.save`; both are
 Make the files (or unpack lra_release.gz), then train:
 
     lra data generate pathfinder    # our generator, lra.generators.pathfinder (pathx: 128 px)
-    lra data prepare pathfinder     # decode the PNGs once into the cache (`lra train` does it on first use)
+    lra data prepare pathfinder     # decode the PNGs once into the cache (else `lra train` does)
     lra train task=pathfinder
 
 docs/tasks.md describes the format, the split and the generator.
@@ -33,7 +33,8 @@ from PIL import Image
 from lra.registry import register_task
 from lra.tasks.base import DataError, SequenceDataset, TaskData, progress
 
-DIFFICULTIES = {"hard": "curv_contour_length_14", "medium": "curv_contour_length_9", "easy": "curv_baseline"}
+DIFFICULTIES = {"hard": "curv_contour_length_14", "medium": "curv_contour_length_9",
+                "easy": "curv_baseline"}
 ENCODINGS = {"tokens": "pixel p -> token p + 1 (0 is padding), vocab 257",
              "continuous": "pixel p -> (p / 255 - 0.5) / 0.5, one channel"}
 NPY_MAGIC = b"\x93NUMPY"
@@ -68,8 +69,9 @@ def read_metadata(path):
     out = []
     for lineno, fields in enumerate(rows, 1):
         if len(fields) < 4 or fields[3] not in ("0", "1"):
-            raise DataError(f"{path}:{lineno}: expected at least 4 space-separated fields (folder, file, "
-                            f"index, label 0 or 1), found {' '.join(fields)[:80]!r}")
+            raise DataError(f"{path}:{lineno}: expected at least 4 space-separated fields "
+                            f"(folder, file, index, label 0 or 1), found "
+                            f"{' '.join(fields)[:80]!r}")
         out.append((fields[0], fields[1], int(fields[3])))
     return out, data
 
@@ -83,8 +85,8 @@ def _decode(path, resolution):
     except (OSError, ValueError) as err:  # missing, empty, truncated, not an image
         return None, b"", f"{type(err).__name__}: {err}"
     if pixels.shape != (resolution, resolution):
-        raise DataError(f"{path}: a {pixels.shape[1]}x{pixels.shape[0]} image; pathfinder{resolution} "
-                        f"images are {resolution}x{resolution}")
+        raise DataError(f"{path}: a {pixels.shape[1]}x{pixels.shape[0]} image; "
+                        f"pathfinder{resolution} images are {resolution}x{resolution}")
     return pixels.reshape(-1), hashlib.sha256(data).digest(), None
 
 
@@ -118,13 +120,14 @@ class ImageDataset(SequenceDataset):
 
 def _missing(root, resolution, difficulty):
     generator = "pathx" if resolution == 128 else "pathfinder"
-    return (f"Pathfinder data not found: no pathfinder{resolution}/{difficulty}/metadata/ folder up to "
-            f"3 folders deep under the data root {root}. Expected layout: pathfinder{resolution}/"
-            f"{difficulty}/imgs/<b>/sample_<i>.png and metadata/<b>.npy (text, one line per image: "
-            f"folder file index label ...). Generate it with `lra data generate {generator}` (writes "
-            f"{root / 'pathfinder'}), or download lra_release.gz from the google-research/long-range-arena "
-            "repository (https://storage.googleapis.com/long-range-arena/lra_release.gz), unpack it "
-            "under the data root, and point LRA_DATA or data_dir= at that root.")
+    return (f"Pathfinder data not found: no pathfinder{resolution}/{difficulty}/metadata/ folder "
+            f"up to 3 folders deep under the data root {root}. Expected layout: "
+            f"pathfinder{resolution}/{difficulty}/imgs/<b>/sample_<i>.png and metadata/<b>.npy "
+            "(text, one line per image: folder file index label ...). Generate it with "
+            f"`lra data generate {generator}` (writes {root / 'pathfinder'}), or download "
+            "lra_release.gz from the google-research/long-range-arena repository "
+            "(https://storage.googleapis.com/long-range-arena/lra_release.gz), unpack it under the "
+            "data root, and point LRA_DATA or data_dir= at that root.")
 
 
 # --- the data modules ----------------------------------------------------------------------
@@ -141,7 +144,8 @@ class Pathfinder(TaskData):
                  difficulty="hard", encoding="tokens", split_seed=42, read_threads=4):
         super().__init__(data_dir, seed, batch_size, num_workers)
         if difficulty not in DIFFICULTIES:
-            raise ValueError(f"unknown difficulty {difficulty!r}; choose one of {', '.join(DIFFICULTIES)}")
+            raise ValueError(f"unknown difficulty {difficulty!r}; "
+                             f"choose one of {', '.join(DIFFICULTIES)}")
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
         self.resolution, self.difficulty, self.encoding = int(resolution), difficulty, encoding
@@ -163,7 +167,8 @@ class Pathfinder(TaskData):
     def sources(self):
         """The metadata files and every file under imgs/ (listed, not opened)."""
         leaf, metas = self._leaf()
-        images = sorted(os.path.join(folder, name) for folder, _, names in os.walk(leaf / "imgs") for name in names)
+        images = sorted(os.path.join(folder, name)
+                        for folder, _, names in os.walk(leaf / "imgs") for name in names)
         return [str(meta) for meta in metas] + images
 
     def load(self):
@@ -180,7 +185,8 @@ class Pathfinder(TaskData):
             paths += [leaf / sub / name for sub, name, _ in rows]
             labels += [label for _, _, label in rows]
         if not paths:
-            raise DataError(f"{leaf / 'metadata'} lists no images. " + _missing(root, self.resolution, folder))
+            raise DataError(f"{leaf / 'metadata'} lists no images. "
+                            + _missing(root, self.resolution, folder))
 
         start = time.perf_counter()
         pixels = np.zeros((len(paths), self.seq_len), np.uint8)
@@ -204,11 +210,14 @@ class Pathfinder(TaskData):
                   for split, idx in zip(("train", "val", "test"), parts)}
         self.fingerprint = digest.hexdigest()
         self.protocol = {"source": "files", "folder": str(leaf), "metadata_files": len(metas),
-                         "images": len(paths), "skipped": len(skipped), "skipped_files": skipped[:20],
+                         "images": len(paths), "skipped": len(skipped),
+                         "skipped_files": skipped[:20],
                          "resolution": self.resolution, "difficulty": self.difficulty,
-                         "tokenization": ENCODINGS[self.encoding], "split": "80/10/10 torch.randperm",
+                         "tokenization": ENCODINGS[self.encoding],
+                         "split": "80/10/10 torch.randperm",
                          "split_seed": self.split_seed, "shuffle_seed": self.seed,
-                         "read_seconds": round(seconds, 2), "files_per_second": round(len(paths) / max(seconds, 1e-9)),
+                         "read_seconds": round(seconds, 2),
+                         "files_per_second": round(len(paths) / max(seconds, 1e-9)),
                          "sizes": {split: len(ds) for split, ds in splits.items()}}
         return splits
 

@@ -4,7 +4,7 @@ Warden, "Speech Commands: A Dataset for Limited-Vocabulary Speech Recognition" (
 16 kHz audio classified from its 16,000 samples, as in the S4 paper (Gu et al., ICLR 2022).
 
     mkdir -p $LRA_DATA/speech_commands
-    tar xzf speech_commands_v0.02.tar.gz -C $LRA_DATA/speech_commands   # the archive has no top folder
+    tar xzf speech_commands_v0.02.tar.gz -C $LRA_DATA/speech_commands   # it has no top folder
     lra data prepare sc35            # read once into the cache (`lra train` does it on first use)
     lra train task=sc35              # or task=sc10
 
@@ -55,7 +55,8 @@ def read_wav(path):
 
 
 def read_clips(root, names, threads):
-    """int16 (N, 16000) clips (zero-padded at the end) of the files `names` under root, and their sha256s.
+    """int16 (N, 16000) clips (zero-padded at the end) of the files `names` under root, and their
+    sha256s.
 
     File reads run in a thread pool: opening and reading release the GIL, and so does hashing.
     """
@@ -109,7 +110,8 @@ class SpeechCommands(TaskData):
             raise DataError(_missing(data_root))
         root = listed.parent
         if not (root / LISTS["val"]).is_file():
-            raise DataError(f"found {listed} but no {LISTS['val']} beside it. " + _missing(data_root))
+            raise DataError(f"found {listed} but no {LISTS['val']} beside it. "
+                            + _missing(data_root))
         absent = [w for w in self.words if not (root / w).is_dir()]
         if absent:
             raise DataError(f"{root} has {LISTS['test']} but no folder for {', '.join(absent)}: "
@@ -119,15 +121,18 @@ class SpeechCommands(TaskData):
         for split, names in held_out.items():
             lost = sorted(names.difference(on_disk))
             if lost:
-                raise DataError(f"{root / LISTS[split]} names {len(lost)} clips of these words that "
-                                f"are not there, e.g. {lost[0]}: is the archive fully unpacked?")
-        names = {"train": [n for n in on_disk if n not in held_out["val"] and n not in held_out["test"]],
+                raise DataError(f"{root / LISTS[split]} names {len(lost)} clips of these words "
+                                f"that are not there, e.g. {lost[0]}: is the archive fully "
+                                "unpacked?")
+        names = {"train": [n for n in on_disk
+                           if n not in held_out["val"] and n not in held_out["test"]],
                  "val": sorted(held_out["val"]), "test": sorted(held_out["test"])}
         return root, names
 
     def sources(self):
         root, names = self._files()
-        return [root / name for name in LISTS.values()] + [root / f for files in names.values() for f in files]
+        return ([root / name for name in LISTS.values()]
+                + [root / f for files in names.values() for f in files])
 
     def load(self):
         root, names = self._files()

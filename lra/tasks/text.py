@@ -70,7 +70,8 @@ def read_aclimdb(folder):
         texts, labels = [], []
         for label, kind in enumerate(("neg", "pos")):
             where = folder / split / kind
-            files = [where / name for name in os.listdir(where) if name.endswith(".txt")] if where.is_dir() else []
+            files = ([where / name for name in os.listdir(where) if name.endswith(".txt")]
+                     if where.is_dir() else [])
             if not files:
                 raise DataError(f"found {folder} but no reviews in {where}; expected {IMDB_LAYOUT}")
             for path in files:  # in any order: load() sorts the examples
@@ -78,7 +79,8 @@ def read_aclimdb(folder):
                 try:
                     review.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+                    raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") \
+                        from None
                 texts.append(review)
             labels += [label] * len(files)
         splits[split] = texts, labels
@@ -86,26 +88,30 @@ def read_aclimdb(folder):
 
 
 def read_imdb_parquet(folder):
-    """{"train", "test"} -> (review bytes, labels) and the files read, from Hugging Face's plain_text/."""
+    """{"train", "test"} -> (review bytes, labels) and the files read, from Hugging Face's
+    plain_text/."""
     splits, files = {}, {}
     for split in ("train", "test"):
         files[split] = sorted(folder.glob(f"{split}-*.parquet"))
         if not files[split]:
-            raise DataError(f"found {folder} but no {split}-*.parquet in it; expected {IMDB_LAYOUT}")
+            raise DataError(f"found {folder} but no {split}-*.parquet in it; "
+                            f"expected {IMDB_LAYOUT}")
         texts, labels = [], []
         for path in files[split]:
             try:
                 columns = pq.read_schema(path).names
                 if "text" not in columns or "label" not in columns:
-                    raise DataError(f"{path}: columns {columns}, not text and label; expected {IMDB_LAYOUT}")
+                    raise DataError(f"{path}: columns {columns}, not text and label; "
+                                    f"expected {IMDB_LAYOUT}")
                 table = pq.read_table(path, columns=["text", "label"])
             except (pa.ArrowException, OSError) as err:
-                raise DataError(f"{path}: unreadable as parquet ({err}); expected {IMDB_LAYOUT}") from None
+                raise DataError(f"{path}: unreadable as parquet ({err}); "
+                                f"expected {IMDB_LAYOUT}") from None
             label = table.column("label").to_numpy(zero_copy_only=False)
             if table.column("text").null_count or not np.isin(label, (0, 1)).all():
-                raise DataError(f"{path}: every row needs a text and a label 0 or 1; found labels "
-                                f"{sorted(set(label.tolist()))} and {table.column('text').null_count} "
-                                "empty texts")
+                raise DataError(f"{path}: every row needs a text and a label 0 or 1; found "
+                                f"labels {sorted(set(label.tolist()))} and "
+                                f"{table.column('text').null_count} empty texts")
             texts += [review.encode() for review in table.column("text").to_pylist()]
             labels += label.tolist()
         splits[split] = texts, labels
@@ -132,7 +138,8 @@ class Text(TaskData):
             raise UserError(f"task.protocol={protocol!r}: choose heldout (validate on a seeded "
                             "split of train) or published (validate on the test set, as LRA did)")
         if not 0 < val_fraction < 1:
-            raise UserError(f"task.val_fraction={val_fraction}: give a share of train between 0 and 1")
+            raise UserError(f"task.val_fraction={val_fraction}: give a share of train between "
+                            "0 and 1")
         self.seq_len = int(max_len)
         self.validation = protocol
         self.val_fraction = float(val_fraction)
@@ -152,7 +159,8 @@ class Text(TaskData):
     def sources(self):
         kind, folder = self._source()
         if kind == "parquet":
-            return sorted(p for split in ("train", "test") for p in folder.glob(f"{split}-*.parquet"))
+            return sorted(p for split in ("train", "test")
+                          for p in folder.glob(f"{split}-*.parquet"))
         wheres = [folder / split / label for split in ("train", "test") for label in ("neg", "pos")]
         return sorted(where / name for where in wheres if where.is_dir()
                       for name in os.listdir(where) if name.endswith(".txt"))
@@ -164,7 +172,8 @@ class Text(TaskData):
         else:
             raw, files = read_imdb_parquet(folder)
 
-        recipe = {"tokenization": TOKENIZATION, "max_len": self.seq_len, "validation": self.validation}
+        recipe = {"tokenization": TOKENIZATION, "max_len": self.seq_len,
+                  "validation": self.validation}
         if self.validation == "heldout":
             recipe.update(val_fraction=self.val_fraction, split_seed=self.split_seed)
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
@@ -203,7 +212,8 @@ _LABELS = {b"0": 0, b"1": 1, b"0.0": 0, b"1.0": 1}
 
 
 def read_pairs(path, max_len, digest):
-    """(first documents, second documents, labels) of one `new_aan_pairs.*.tsv`; its bytes go to `digest`.
+    """(first documents, second documents, labels) of one `new_aan_pairs.*.tsv`; its bytes go to
+    `digest`.
 
     A line: label, id1, id2, text1, text2, tab-separated, no header, no quoting.
     """
@@ -235,17 +245,18 @@ def read_pairs(path, max_len, digest):
 
 
 def _missing_pairs(root):
-    return (f"Retrieval data not found: no new_aan_pairs.train.tsv (with new_aan_pairs.eval.tsv and "
-            f"new_aan_pairs.test.tsv beside it) up to 3 folders deep under the data root {root}. "
-            "Expected tab-separated lines label<TAB>id1<TAB>id2<TAB>text1<TAB>text2, no header. "
-            f"They ship in lra_release.gz ({LRA_RELEASE}, from the google-research/long-range-arena "
-            "repository) as lra_release/lra_release/tsv_data/: unpack it under the data root and "
-            "point LRA_DATA or data_dir= at that root.")
+    return ("Retrieval data not found: no new_aan_pairs.train.tsv (with new_aan_pairs.eval.tsv "
+            "and new_aan_pairs.test.tsv beside it) up to 3 folders deep under the data root "
+            f"{root}. Expected tab-separated lines label<TAB>id1<TAB>id2<TAB>text1<TAB>text2, no "
+            f"header. They ship in lra_release.gz ({LRA_RELEASE}, from the "
+            "google-research/long-range-arena repository) as lra_release/lra_release/tsv_data/: "
+            "unpack it under the data root and point LRA_DATA or data_dir= at that root.")
 
 
 @register_task("retrieval")
 class Retrieval(TaskData):
-    """Pairs of AAN papers, each as bytes: `new_aan_pairs.{train,eval,test}.tsv` (eval validates)."""
+    """Pairs of AAN papers, each as bytes: `new_aan_pairs.{train,eval,test}.tsv` (eval
+    validates)."""
 
     name = "retrieval"
     num_classes = 2
@@ -258,10 +269,11 @@ class Retrieval(TaskData):
         self.seq_len = int(max_len)
 
     def _files(self):
-        """{split: path} of the three files beside the shallowest `new_aan_pairs.train.tsv` (eval validates)."""
+        """{split: path} of the three files beside the shallowest `new_aan_pairs.train.tsv` (eval
+        validates)."""
         root = Path(self.data_dir).resolve()
-        names = {split: f"new_aan_pairs.{stem}.tsv" for split, stem in (("train", "train"), ("val", "eval"),
-                                                                         ("test", "test"))}
+        names = {split: f"new_aan_pairs.{stem}.tsv"
+                 for split, stem in (("train", "train"), ("val", "eval"), ("test", "test"))}
         return split_files(root, names, _missing_pairs(root))
 
     def sources(self):
@@ -275,6 +287,7 @@ class Retrieval(TaskData):
             splits[split], files[split] = SequenceDataset(first, labels, inputs2=second), str(path)
         self.fingerprint = digest.hexdigest()
         self.protocol = {"source": "files", "files": files, "tokenization": TOKENIZATION,
-                         "max_len": self.seq_len, "validation": "eval file", "shuffle_seed": self.seed,
+                         "max_len": self.seq_len, "validation": "eval file",
+                         "shuffle_seed": self.seed,
                          "sizes": {split: len(ds) for split, ds in splits.items()}}
         return splits
