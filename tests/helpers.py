@@ -15,8 +15,9 @@ PUBLISHED = ROOT / "leaderboard" / "published.csv"
 
 
 def rel_err(a, b):
-    """Relative error |a - b| / |b| in float64, as flash-linear-attention compares kernels."""
-    a, b = a.detach().double(), b.detach().double()
+    """Relative error |a - b| / |b| in float64 (complex128 for complex tensors), as
+    flash-linear-attention compares kernels."""
+    a, b = (t.detach().to(torch.complex128 if t.is_complex() else torch.float64) for t in (a, b))
     return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 
 

@@ -7,15 +7,11 @@ import math
 
 import pytest
 import torch
+from helpers import rel_err
 
 from lra.kernels.cauchy import cauchy, cauchy_conj, cauchy_reference
 from lra.models.s4 import S4, S4Layer, legs_nplr, real_form
 
-
-def rel_err(a, b):
-    """|a - b| / |b|, complex-aware (helpers.rel_err casts to float64, which drops imaginary
-    parts)."""
-    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 
 def random_layer(H=8, N=16, bidirectional=False, seed=0):
     """A float64 layer in eval mode with every SSM parameter moved away from its init."""

@@ -7,15 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import rel_err
 
 from lra.kernels.vandermonde import vandermonde, vandermonde_reference
 from lra.models.s4d import S4D, S4DLayer, init_imag
 
-
-def rel_err(a, b):
-    """|a - b| / |b|, complex-aware (helpers.rel_err casts to float64, which drops imaginary
-    parts)."""
-    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 
 def random_layer(H=8, N=16, bidirectional=False, seed=0):
     """A float64 layer in eval mode with every SSM parameter drawn at random."""
