@@ -35,12 +35,12 @@ import triton.language as tl
 
 from lra.kernels.additive_recurrence.triton_common import (
     NEG,
-    _check,
-    _gain_args,
-    _load_gain,
-    _load_tile,
-    _precision,
-    _reduce_gain,
+    check_inputs,
+    dot_precision,
+    gain_args,
+    load_gain,
+    load_tile,
+    reduce_gain,
 )
 from lra.kernels.dispatch import interpreting
 
@@ -91,8 +91,8 @@ def _causal_states(k, v, g, z, states, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
         mk = (rows[:, None] < L) & (ck[None, :] < DK)
         pk = rows[:, None] * DK + ck[None, :]
         kc = tl.where(mk, tl.load(k + pk, mask=mk, other=0.0).to(tl.float32), NEG)
-        vc = _load_tile(v, rows, cv, L, DV)
-        gc = _load_gain(g, rows, ck, mk, sgt, sgc, HAS_GAIN)
+        vc = load_tile(v, rows, cv, L, DV)
+        gc = load_gain(g, rows, ck, mk, sgt, sgc, HAS_GAIN)
         _, z_last = _load_z(z, pk, mk, rows, L)
         S = S * tl.exp(z_prev - z_last)[:, None] + tl.dot(
             tl.trans(tl.exp(kc - z_last[None, :]) * gc), vc, input_precision=PRECISION)
@@ -115,7 +115,7 @@ def _chunk_keys(k, g, z, rows, ck, c, L, DK, sgt, sgc, BT: tl.constexpr, HAS_GAI
     mk = (rows[:, None] < L) & (ck[None, :] < DK)
     pk = rows[:, None] * DK + ck[None, :]
     kc = tl.where(mk, tl.load(k + pk, mask=mk, other=0.0).to(tl.float32), NEG)
-    gc = _load_gain(g, rows, ck, mk, sgt, sgc, HAS_GAIN)
+    gc = load_gain(g, rows, ck, mk, sgt, sgc, HAS_GAIN)
     zc, z_last = _load_z(z, pk, mk, rows, L)
     z_first = tl.min(zc, 0)
     one_dot = tl.max(z_last - z_first, 0) < RISE
@@ -142,7 +142,7 @@ def _causal_out(q, k, v, g, z, states, o, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
     v, o = v + bh * L * DV, o + bh * L * DV
     g += (bh // H) * sgb + (bh % H) * sgh
     states += (bh * NT + c) * DK * DV
-    vc = _load_tile(v, rows, cv, L, DV)
+    vc = load_tile(v, rows, cv, L, DV)
     causal = steps[:, None] >= steps[None, :]  # (t, s)
     oc = tl.zeros((BT, BV), tl.float32)
     scores = tl.zeros((BT, BT), tl.float32)
@@ -150,8 +150,8 @@ def _causal_out(q, k, v, g, z, states, o, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
         ck = kb + tl.arange(0, BK)
         kc, gc, zc, z_last, z_prev, ref, one_dot = _chunk_keys(k, g, z, rows, ck, c, L, DK, sgt,
                                                                sgc, BT, HAS_GAIN)
-        qc = _load_tile(q, rows, ck, L, DK)
-        S = _load_tile(states, ck, cv, DK, DV)
+        qc = load_tile(q, rows, ck, L, DK)
+        S = load_tile(states, ck, cv, DK, DV)
         oc += tl.dot(qc * tl.exp(z_prev[None, :] - zc), S, input_precision=PRECISION)
         if one_dot:
             scores += _chunk_scores(qc, kc, gc, zc, ref, PRECISION)
@@ -185,8 +185,8 @@ def _causal_dq(k, v, g, z, states, do, dq, L, DK, DV, H, NT, sgb, sgh, sgt, sgc,
     dqc = tl.zeros((BT, BK), tl.float32)
     for vb in range(0, DV, BV):
         cv = vb + tl.arange(0, BV)
-        vc, doc = _load_tile(v, rows, cv, L, DV), _load_tile(do, rows, cv, L, DV)
-        S = _load_tile(states, ck, cv, DK, DV)
+        vc, doc = load_tile(v, rows, cv, L, DV), load_tile(do, rows, cv, L, DV)
+        S = load_tile(states, ck, cv, DK, DV)
         dp += tl.dot(doc, tl.trans(vc), input_precision=PRECISION)
         dqc += tl.dot(doc, tl.trans(S), input_precision=PRECISION)
     dqc *= tl.exp(z_prev[None, :] - zc)
@@ -225,8 +225,8 @@ def _causal_states_back(q, z, do, dq, dstates, cstates, L, DK, DV, NT, BT: tl.co
         rows = c * BT + steps
         mk = (rows[:, None] < L) & (ck[None, :] < DK)
         pk = rows[:, None] * DK + ck[None, :]
-        qc, doc = _load_tile(q, rows, ck, L, DK), _load_tile(do, rows, cv, L, DV)
-        r = qc * _load_tile(dq, rows, ck, L, DK)
+        qc, doc = load_tile(q, rows, ck, L, DK), load_tile(do, rows, cv, L, DV)
+        r = qc * load_tile(dq, rows, ck, L, DK)
         zc, z_last = _load_z(z, pk, mk, rows, L)
         z_prev = _chunk_start(z, ck, c, BT, DK)
         qp, decay = tl.exp(z_prev[None, :] - zc), tl.exp(z_prev - z_last)
@@ -246,15 +246,15 @@ def _causal_dv(q, k, g, z, dstates, do, dv, L, DK, DV, H, NT, sgb, sgh, sgt, sgc
     do, dv = do + bh * L * DV, dv + bh * L * DV
     g += (bh // H) * sgb + (bh % H) * sgh
     dstates += (bh * NT + c) * DK * DV
-    doc = _load_tile(do, rows, cv, L, DV)
+    doc = load_tile(do, rows, cv, L, DV)
     dvc = tl.zeros((BT, BV), tl.float32)
     scores = tl.zeros((BT, BT), tl.float32)  # (t, s)
     for kb in range(0, DK, BK):
         ck = kb + tl.arange(0, BK)
         kc, gc, zc, z_last, _, ref, one_dot = _chunk_keys(k, g, z, rows, ck, c, L, DK, sgt, sgc, BT,
                                                           HAS_GAIN)
-        qc = _load_tile(q, rows, ck, L, DK)
-        D = _load_tile(dstates, ck, cv, DK, DV)
+        qc = load_tile(q, rows, ck, L, DK)
+        D = load_tile(dstates, ck, cv, DK, DV)
         dvc += tl.dot(tl.exp(kc - z_last[None, :]) * gc, D, input_precision=PRECISION)
         if one_dot:
             scores += _chunk_scores(qc, kc, gc, zc, ref, PRECISION)
@@ -284,14 +284,14 @@ def _causal_dk(q, k, v, g, z, dstates, cstates, do, dq, dk, dg, L, DK, DV, H, NT
     dstates += (bh * NT + c) * DK * DV
     kc, gc, zc, z_last, _, ref, one_dot = _chunk_keys(k, g, z, rows, ck, c, L, DK, sgt, sgc, BT,
                                                       HAS_GAIN)
-    qc = _load_tile(q, rows, ck, L, DK)
-    r = qc * _load_tile(dq, rows, ck, L, DK)
+    qc = load_tile(q, rows, ck, L, DK)
+    r = qc * load_tile(dq, rows, ck, L, DK)
     dp = tl.zeros((BT, BT), tl.float32)  # (t, s): do_t . v_s
     vD = tl.zeros((BT, BK), tl.float32)  # (s, j): v_s . D_j
     for vb in range(0, DV, BV):
         cv = vb + tl.arange(0, BV)
-        vc, doc = _load_tile(v, rows, cv, L, DV), _load_tile(do, rows, cv, L, DV)
-        D = _load_tile(dstates, ck, cv, DK, DV)
+        vc, doc = load_tile(v, rows, cv, L, DV), load_tile(do, rows, cv, L, DV)
+        D = load_tile(dstates, ck, cv, DK, DV)
         dp += tl.dot(doc, tl.trans(vc), input_precision=PRECISION)
         vD += tl.dot(vc, tl.trans(D), input_precision=PRECISION)
     dp = tl.where(steps[:, None] >= steps[None, :], dp, 0.0)
@@ -340,12 +340,12 @@ class _Causal(torch.autograd.Function):
         d_v = v.shape[-1]
         bt, bk, bv, warps = _causal_blocks(d_k, d_v, chunk)
         n_chunks = triton.cdiv(L, bt)
-        g, gs = _gain_args(gain, k)
+        g, gs = gain_args(gain, k)
         z = torch.logcumsumexp(k.float(), dim=2)  # (B, H, L, d_k) float32
         # the state before each chunk
         states = torch.empty(B * H, n_chunks, d_k, d_v, device=q.device, dtype=torch.float32)
-        common = dict(BT=bt, BK=bk, BV=bv, HAS_GAIN=gain is not None, PRECISION=_precision(q.dtype),
-                      num_warps=warps)
+        common = dict(BT=bt, BK=bk, BV=bv, HAS_GAIN=gain is not None,
+                      PRECISION=dot_precision(q.dtype), num_warps=warps)
         _causal_states[(triton.cdiv(d_k, bk), triton.cdiv(d_v, bv), B * H)](
             k, v, g, z, states, L, d_k, d_v, H, n_chunks, *gs, **common)
         o = torch.empty_like(v)
@@ -362,7 +362,7 @@ class _Causal(torch.autograd.Function):
         B, H, L, d_k = q.shape
         d_v, n_chunks = v.shape[-1], states.shape[1]
         key_blocks, value_blocks = triton.cdiv(d_k, common["BK"]), triton.cdiv(d_v, common["BV"])
-        g, gs = _gain_args(gain, k)
+        g, gs = gain_args(gain, k)
         dq = torch.empty(B, H, L, d_k, device=q.device, dtype=torch.float32)
         _causal_dq[(key_blocks, n_chunks, B * H)](k, v, g, z, states, do, dq, L, d_k, d_v, H,
                                                   n_chunks, *gs, **common)
@@ -380,7 +380,7 @@ class _Causal(torch.autograd.Function):
         _causal_dk[(key_blocks, n_chunks, B * H)](q, k, v, g, z, after, after_c, do, dq, dk, dg, L,
                                                   d_k, d_v, H, n_chunks, *gs, STORE_DG=store_dg,
                                                   **common)
-        dgain = _reduce_gain(dg, gain) if store_dg else None
+        dgain = reduce_gain(dg, gain) if store_dg else None
         return dq.to(q.dtype), dk.to(k.dtype), dv, dgain, None
 
 
@@ -389,5 +389,5 @@ def additive_causal_triton(q, k, v, gain=None, chunk=None):
 
     chunk: steps per chunk (a power of two >= 16), None picks.
     """
-    _check(q, k, v, gain)
+    check_inputs(q, k, v, gain)
     return _Causal.apply(q, k, v, gain, chunk)

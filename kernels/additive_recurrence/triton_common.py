@@ -14,7 +14,7 @@ NEG = tl.constexpr(-3.4028234663852886e38)
 
 
 @triton.jit
-def _load_gain(g, rows, ck, inside, sgt, sgc, HAS_GAIN: tl.constexpr):
+def load_gain(g, rows, ck, inside, sgt, sgc, HAS_GAIN: tl.constexpr):
     if HAS_GAIN:
         return tl.load(g + rows[:, None] * sgt + ck[None, :] * sgc, mask=inside,
                        other=0.0).to(tl.float32)
@@ -23,17 +23,19 @@ def _load_gain(g, rows, ck, inside, sgt, sgc, HAS_GAIN: tl.constexpr):
 
 
 @triton.jit
-def _load_tile(x, rows, cols, L, D):
+def load_tile(x, rows, cols, L, D):
     """x[rows, cols] of a (L, D) matrix in float32, 0 outside."""
     return tl.load(x + rows[:, None] * D + cols[None, :],
                    mask=(rows[:, None] < L) & (cols[None, :] < D), other=0.0).to(tl.float32)
 
 
-def _precision(dtype):
+def dot_precision(dtype):
+    """tl.dot's precision for an input dtype: TF32x3 (about float32's accuracy) for float32."""
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _check(q, k, v, gain, mask=None):
+def check_inputs(q, k, v, gain, mask=None):
+    """Raise, saying what is wrong, unless the kernels can take these dtypes and shapes."""
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"the Triton additive recurrence takes q, k, v of one dtype among "
                          f"float32, float16 and bfloat16, got {q.dtype}, {k.dtype}, {v.dtype}; set "
@@ -49,7 +51,7 @@ def _check(q, k, v, gain, mask=None):
         raise ValueError(f"mask {tuple(mask.shape)} must be (B, L) = {(q.shape[0], q.shape[2])}")
 
 
-def _gain_args(gain, k):
+def gain_args(gain, k):
     """The gain as (tensor, strides over (B, H, L, d_k)), broadcast without a copy; k stands in
     when there is none."""
     if gain is None:
@@ -58,7 +60,7 @@ def _gain_args(gain, k):
     return full, full.stride()
 
 
-def _reduce_gain(dg, gain):
+def reduce_gain(dg, gain):
     """The gain's gradient from dg (B, H, L, d_k), summed over the dimensions the gain broadcasts
     along."""
     return dg.sum_to_size(gain.shape).to(gain.dtype)

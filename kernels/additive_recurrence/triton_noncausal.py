@@ -22,12 +22,12 @@ import triton.language as tl
 
 from lra.kernels.additive_recurrence.triton_common import (
     NEG,
-    _check,
-    _gain_args,
-    _load_gain,
-    _load_tile,
-    _precision,
-    _reduce_gain,
+    check_inputs,
+    dot_precision,
+    gain_args,
+    load_gain,
+    load_tile,
+    reduce_gain,
 )
 from lra.kernels.dispatch import interpreting
 
@@ -76,7 +76,7 @@ def _noncausal_stats(k, v, g, mask, m_part, total_part, s_part, L, NS, DK, DV, H
         kc = tl.load(k + rows[:, None] * DK + ck[None, :], mask=real, other=0.0).to(tl.float32)
         kc = tl.where(real, kc, NEG)
         vc = _load_real(v, rows, cv, real_rows, DV)
-        gc = _load_gain(g, rows, ck, real, sgt, sgc, HAS_GAIN)
+        gc = load_gain(g, rows, ck, real, sgt, sgc, HAS_GAIN)
         m_new = tl.maximum(m, tl.max(kc, 0))
         p = tl.where(real, tl.exp(kc - m_new[None, :]), 0.0)  # (BT, BK)
         scale = tl.exp(m - m_new)
@@ -99,7 +99,7 @@ def _noncausal_out(q, mask, state, o, L, NS, DK, DV, H, LS: tl.constexpr, BT: tl
     bh, first = _split(NS, LS)
     steps, ck, cv = tl.arange(0, BT), ik * BK + tl.arange(0, BK), iv * BV + tl.arange(0, BV)
     q, o = q + bh * L * DK, o + (ik * (tl.num_programs(2) // NS) + bh) * L * DV
-    S = _load_tile(state + bh * DK * DV, ck, cv, DK, DV)
+    S = load_tile(state + bh * DK * DV, ck, cv, DK, DV)
     for start in range(first, first + LS, BT):
         rows = start + steps
         qc = _load_real(q, rows, ck, _real_rows(mask, bh // H, rows, L, HAS_MASK), DK)
@@ -142,8 +142,8 @@ def _noncausal_bwd(q, k, v, g, mask, do, state, lse, dstate, dq, dk, dv, dg, L, 
     dq, dk, dg = dq + share, dk + share, dg + share
     v, do, dv = v + bh * L * DV, do + bh * L * DV, dv + (ik * BH + bh) * L * DV
     g += (bh // H) * sgb + (bh % H) * sgh
-    S = _load_tile(state + bh * DK * DV, ck, cv, DK, DV)
-    dS = _load_tile(dstate + bh * DK * DV, ck, cv, DK, DV)
+    S = load_tile(state + bh * DK * DV, ck, cv, DK, DV)
+    dS = load_tile(dstate + bh * DK * DV, ck, cv, DK, DV)
     lse_k = tl.load(lse + bh * DK + ck, mask=ck < DK, other=0.0)
     c = tl.sum(dS * S, 1)  # (BK,): this value block's share of sum_v dS S
     for start in range(first, first + LS, BT):
@@ -156,7 +156,7 @@ def _noncausal_bwd(q, k, v, g, mask, do, state, lse, dstate, dq, dk, dv, dg, L, 
         kc = tl.load(k + pk, mask=real, other=0.0).to(tl.float32)
         # pads: w = 0, o = 0
         vc, doc = _load_real(v, rows, cv, real_rows, DV), _load_real(do, rows, cv, real_rows, DV)
-        gc = _load_gain(g, rows, ck, real, sgt, sgc, HAS_GAIN)
+        gc = load_gain(g, rows, ck, real, sgt, sgc, HAS_GAIN)
         # softmax weights
         w = tl.where(real, tl.exp(tl.where(real, kc, lse_k[None, :]) - lse_k[None, :]), 0.0)
         dw = tl.dot(vc, tl.trans(dS), input_precision=PRECISION)  # (BT, BK)
@@ -197,9 +197,9 @@ class _NonCausal(torch.autograd.Function):
         bt, ls, bk, bv, warps = _noncausal_blocks(d_k, d_v)
         n_splits = triton.cdiv(L, ls)
         grid = (triton.cdiv(d_v, bv), triton.cdiv(d_k, bk), B * H * n_splits)
-        g, gs = _gain_args(gain, k)
+        g, gs = gain_args(gain, k)
         m = q if mask is None else mask.to(torch.uint8).contiguous()
-        blocks = dict(LS=ls, BT=bt, BK=bk, BV=bv, PRECISION=_precision(q.dtype), num_warps=warps)
+        blocks = dict(LS=ls, BT=bt, BK=bk, BV=bv, PRECISION=dot_precision(q.dtype), num_warps=warps)
         top, total = (torch.empty(B, H, n_splits, d_k, device=q.device, dtype=torch.float32)
                       for _ in range(2))
         parts = torch.empty(B, H, n_splits, d_k, d_v, device=q.device, dtype=torch.float32)
@@ -225,14 +225,14 @@ class _NonCausal(torch.autograd.Function):
         parts = torch.empty(B, H, n_splits, d_k, d_v, device=q.device, dtype=torch.float32)
         _noncausal_dstate[grid](q, m, do, parts, L, n_splits, d_k, d_v, H, HAS_MASK=ctx.has_mask,
                                 **blocks)
-        g, gs = _gain_args(gain, k)
+        g, gs = gain_args(gain, k)
         store_dg = gain is not None and ctx.needs_input_grad[4]
         dq, dk, dv = _shares(grid[0], q), _shares(grid[0], q), _shares(grid[1], v)
         dg = _shares(grid[0], q) if store_dg else dk
         _noncausal_bwd[grid](q, k, v, g, m, do, state, lse, parts.sum(2), dq, dk, dv, dg, L,
                              n_splits, d_k, d_v, H, *gs, HAS_GAIN=gain is not None,
                              HAS_MASK=ctx.has_mask, STORE_DG=store_dg, **blocks)
-        dgain = _reduce_gain(dg.sum(0), gain) if store_dg else None
+        dgain = reduce_gain(dg.sum(0), gain) if store_dg else None
         return dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.sum(0).to(v.dtype), None, dgain
 
 
@@ -244,5 +244,5 @@ def _shares(n, like):
 def additive_noncausal_triton(q, k, v, mask=None, gain=None):
     """additive_noncausal_reference's result by the Triton kernels: pads (mask False) get key
     weight 0."""
-    _check(q, k, v, gain, mask)
+    check_inputs(q, k, v, gain, mask)
     return _NonCausal.apply(q, k, v, mask, gain)

@@ -17,7 +17,7 @@ kernels of `lra.kernels.attention.triton` run the same loops, one program per bl
 import torch
 from torch.nn import functional as F
 
-from lra.kernels.attention.reference import _key_lengths, _real_queries
+from lra.kernels.attention.reference import key_lengths, real_queries
 
 
 def _online_softmax(q, k, v, n, causal, block_size, dropout_p):
@@ -54,7 +54,7 @@ def attention_chunked(q, k, v, lengths=None, causal=False, block_size=64, dropou
 
     Same inputs and result as `attention_reference`; dropout_p drops attention weights.
     """
-    n = _key_lengths(lengths, q)
+    n = key_lengths(lengths, q)
     n_blocks = (n + block_size - 1) // block_size  # (B,) key blocks each row needs
     out = q.new_zeros(q.shape)  # rows with n = 0 stay zero
     for nb in n_blocks.unique().tolist():
@@ -65,4 +65,4 @@ def attention_chunked(q, k, v, lengths=None, causal=False, block_size=64, dropou
         o = _online_softmax(q[rows, :, :end], k[rows, :, :end], v[rows, :, :end], n[rows], causal,
                             block_size, dropout_p)
         out = out.index_copy(0, rows, F.pad(o, (0, 0, 0, q.shape[2] - o.shape[2])))  # (B, h, L, d)
-    return out * _real_queries(n, q.shape[2])
+    return out * real_queries(n, q.shape[2])

@@ -8,14 +8,14 @@ lengths for every attention path of this family.
 import torch
 
 
-def _key_lengths(lengths, q):
+def key_lengths(lengths, q):
     """Per-row key lengths (B,) on q's device; None means every key is real."""
     if lengths is None:
         return torch.full((q.shape[0],), q.shape[2], device=q.device)
     return torch.as_tensor(lengths, device=q.device)
 
 
-def _real_queries(n, L):
+def real_queries(n, L):
     """(B, 1, L, 1): True at the queries before each row's length."""
     return (torch.arange(L, device=n.device) < n[:, None])[:, None, :, None]
 
@@ -26,7 +26,7 @@ def attention_reference(q, k, v, lengths=None, causal=False):
     q, k, v: (B, heads, L, d); lengths: (B,) real keys per row (padding at the end) or None.
     """
     L, d = q.shape[2:]
-    n = _key_lengths(lengths, q)
+    n = key_lengths(lengths, q)
     pos = torch.arange(L, device=q.device)
     allowed = (pos < n[:, None])[:, None, None, :]  # (B, 1, 1, L) keys
     if causal:
@@ -35,4 +35,4 @@ def attention_reference(q, k, v, lengths=None, causal=False):
     s = (q @ k.transpose(-2, -1)) / d**0.5  # (B, h, L, L)
     s = s.masked_fill(~allowed, float("-inf"))
     s = torch.where(has_key, s, 0.0)  # an empty row softmaxes zeros, not -inf, then is zeroed
-    return (s.softmax(-1) * has_key) @ v * _real_queries(n, L)  # (B, h, L, d)
+    return (s.softmax(-1) * has_key) @ v * real_queries(n, L)  # (B, h, L, d)
