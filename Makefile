@@ -39,7 +39,7 @@ bench: install  ## one block of each model (B8 L1024 D128 N64, 1 thread) -> benc
 	OMP_NUM_THREADS=1 $(BIN)/lra bench layers
 
 kernels-check: install  ## compile every Triton kernel for an H100 (sm_90) without a GPU: shared memory, registers, spills
-	env -u TRITON_INTERPRET OMP_NUM_THREADS=1 $(BIN)/python -m lra.kernels.compile_check $(ARGS)
+	env -u TRITON_INTERPRET OMP_NUM_THREADS=1 $(BIN)/python -m lra.bench.compile_check $(ARGS)
 
 lint: install  ## check style with ruff (CI runs it after the tests)
 	$(BIN)/ruff check .

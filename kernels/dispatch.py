@@ -42,9 +42,10 @@ def use_triton(family, tensor):
         return False
     runnable = triton_installed() and (tensor.is_cuda or interpreting())
     if choice == "triton" and not runnable:
-        why = ("Triton is not installed (pip install triton, Linux x86_64)" if not triton_installed()
-               else f"the tensors are on {tensor.device.type}, and Triton runs on CUDA or, on a CPU, "
-                    "only under TRITON_INTERPRET=1")
+        why = ("Triton is not installed (pip install triton, Linux x86_64)"
+               if not triton_installed()
+               else f"the tensors are on {tensor.device.type}, and Triton runs on CUDA or, on a "
+                    "CPU, only under TRITON_INTERPRET=1")
         raise RuntimeError(f"LRA_KERNELS=triton asks for the Triton kernel of {family}, but {why}; "
                            "unset LRA_KERNELS or set LRA_KERNELS=reference.")
     return runnable and (choice == "triton" or tensor.is_cuda)

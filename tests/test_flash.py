@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import padded_batch, rel_err
 
-from lra.kernels.attention import attention, attention_reference, blockwise_attention
+from lra.kernels.attention import attention, attention_reference, attention_chunked
 from lra.models.flash import Flash
 from lra.models.transformer import Transformer
 
@@ -32,7 +32,7 @@ def test_blockwise_and_sdpa_match_reference(B, L, causal, monkeypatch):
         assert (want[0][i, :, n:] == 0).all() and (want[1][i, :, n:] == 0).all()
     monkeypatch.delenv("LRA_KERNELS", raising=False)
     paths = {
-        "blockwise": lambda *a: blockwise_attention(*a, lengths, causal, block_size=16),
+        "blockwise": lambda *a: attention_chunked(*a, lengths, causal, block_size=16),
         "sdpa dispatch": lambda *a: attention(*a, lengths, causal, block_size=16),
     }
     for path, fn in paths.items():
@@ -51,7 +51,7 @@ def test_reference_equals_each_row_alone(causal):
         alone = attention_reference(*row, None, causal)
         err = rel_err(o[i:i + 1, :, :n], alone)
         assert err < 1e-14, f"row {i}: rel err {err:.2e}"
-    for path in (blockwise_attention, attention):  # no lengths: every key is real
+    for path in (attention_chunked, attention):  # no lengths: every key is real
         err = rel_err(path(q, k, v, None, causal), attention_reference(q, k, v, None, causal))
         assert err < 1e-12, f"{path.__name__} without lengths: rel err {err:.2e}"
 
@@ -64,13 +64,13 @@ def test_key_blocks_past_a_row_length_are_never_read():
     for i, n in enumerate(lengths.tolist()):
         end = -(-n // 16) * 16  # the end of the row's last block
         k2[i, :, end:], v2[i, :, end:] = float("nan"), float("nan")
-    got = blockwise_attention(q, k2, v2, lengths, block_size=16)
+    got = attention_chunked(q, k2, v2, lengths, block_size=16)
     assert torch.isfinite(got).all()
     assert rel_err(got, want) < 1e-12
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("path", [attention_reference, blockwise_attention, attention])
+@pytest.mark.parametrize("path", [attention_reference, attention_chunked, attention])
 def test_row_without_keys_gives_zeros_and_finite_grads(path, causal):
     q, k, v = qkv(3, 37)
     o = path(q, k, v, torch.tensor([37, 0, 5]), causal)

@@ -1,20 +1,22 @@
-"""The Triton additive recurrence against the PyTorch forms: forward and every gradient on odd shapes,
-large keys, ragged padding, the dispatch, and a LightNet model on either path."""
+"""The Triton additive recurrence against the PyTorch forms: forward and every gradient on odd
+shapes, large keys, ragged padding, the dispatch, and a LightNet model on either path."""
 import pytest
 import torch
+from helpers import rel_err
 
-from lra.kernels import additive_recurrence as ar
+from lra.kernels.additive_recurrence import (
+    additive_causal_chunked,
+    additive_noncausal_reference,
+    additive_recurrence,
+)
 from lra.models.lightnet import LightNet
 
 pytestmark = pytest.mark.kernels
 
 
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30)).item()
-
-
 def inputs(B, H, L, dk, dv, gain_shape=None, key_scale=3.0, seed=0):
-    """float64 q, k, v (B, H, L, .) and a gain of gain_shape (None: no gain); keys uniform in +-key_scale."""
+    """float64 q, k, v (B, H, L, .) and a gain of gain_shape (None: no gain); keys uniform in
+    +-key_scale."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, H, L, dk, generator=g, dtype=torch.float64)
     k = key_scale * (2 * torch.rand(B, H, L, dk, generator=g, dtype=torch.float64) - 1)
@@ -26,12 +28,14 @@ def inputs(B, H, L, dk, dv, gain_shape=None, key_scale=3.0, seed=0):
 def value_and_grads(fn, args, seed=1):
     """fn's output and the gradients of a random projection of it w.r.t. each tensor in args."""
     out = fn(*args)
-    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out)
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
     return out, torch.autograd.grad((out * w).sum(), [a for a in args if a is not None])
 
 
 def check(fast, reference, args, device, dtype=torch.float32, tol=1e-5, grad_tol=1e-5):
-    """fast on (args in dtype, on device) against reference in float64: output and every gradient."""
+    """fast on (args in dtype, on device) against reference in float64: output and every
+    gradient."""
     args64 = [None if a is None else a.clone().requires_grad_() for a in args]
     argsd = [None if a is None else a.to(device, dtype).requires_grad_() for a in args]
     want, want_grads = value_and_grads(reference, args64)
@@ -45,6 +49,16 @@ def check(fast, reference, args, device, dtype=torch.float32, tol=1e-5, grad_tol
         assert err < grad_tol, f"d{name}: rel err {err:.1e}"
 
 
+def chunked(q, k, v, g):
+    """The causal PyTorch form, as the causal kernels are called."""
+    return additive_causal_chunked(q, k, v, gain=g)
+
+
+def softmax_form(mask):
+    """The non-causal PyTorch form under mask, as a function of (q, k, v, g)."""
+    return lambda q, k, v, g: additive_noncausal_reference(q, k, v, mask, g)
+
+
 CAUSAL_CASES = {  # B, H, L, d_k, d_v, gain shape, chunk
     "3 chunks of 16, gain (L, d_k)": (1, 2, 37, 6, 5, (37, 6), 16),
     "batch 3, 2 chunks of 64, 2 value blocks, no gain": (3, 1, 100, 12, 20, None, 64),
@@ -54,26 +68,28 @@ CAUSAL_CASES = {  # B, H, L, d_k, d_v, gain shape, chunk
 
 @pytest.mark.parametrize("case", CAUSAL_CASES)
 def test_causal_matches_the_chunked_reference(triton_device, case):
-    from lra.kernels.additive_recurrence_triton import causal_triton
+    from lra.kernels.additive_recurrence.triton_causal import additive_causal_triton
 
     B, H, L, dk, dv, gain_shape, chunk = CAUSAL_CASES[case]
-    check(lambda q, k, v, g: causal_triton(q, k, v, g, chunk=chunk),
-          lambda q, k, v, g: ar.causal_chunked(q, k, v, gain=g), inputs(B, H, L, dk, dv, gain_shape), triton_device)
+    check(lambda q, k, v, g: additive_causal_triton(q, k, v, g, chunk=chunk), chunked,
+          inputs(B, H, L, dk, dv, gain_shape), triton_device)
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy overflows in masked-out scores
+# the interpreter's numpy overflows in masked-out scores
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("keys", ["ramp", "500"])
 def test_causal_large_keys_stay_exact(triton_device, keys):
     """A ramp of 40 per step rises ~600 inside one chunk (the step-by-step branch) between ordinary
     chunks (the one-dot branch); keys of +-500 put every chunk on the step-by-step branch."""
-    from lra.kernels.additive_recurrence_triton import causal_triton
+    from lra.kernels.additive_recurrence.triton_causal import additive_causal_triton
 
-    q, k, v, gain = inputs(2, 1, 60, 20, 5, (60, 20), key_scale=500.0 if keys == "500" else 3.0)  # 2 key blocks
+    # 2 key blocks
+    q, k, v, gain = inputs(2, 1, 60, 20, 5, (60, 20), key_scale=500.0 if keys == "500" else 3.0)
     if keys == "ramp":
         k[:, :, 20:36] += 40.0 * torch.arange(16, dtype=torch.float64)[:, None]
-    check(lambda q, k, v, g: causal_triton(q, k, v, g, chunk=16),
-          lambda q, k, v, g: ar.causal_chunked(q, k, v, gain=g), (q, k, v, gain), triton_device,
-          tol=2e-5, grad_tol=1e-3)  # float32 spacing at 500 is 3e-5: keys that size carry that error
+    # float32 spacing at 500 is 3e-5: keys that size carry that error
+    check(lambda q, k, v, g: additive_causal_triton(q, k, v, g, chunk=16), chunked, (q, k, v, gain),
+          triton_device, tol=2e-5, grad_tol=1e-3)
 
 
 NONCAUSAL_CASES = {  # B, H, L, d_k, d_v, gain shape, lengths (None: no mask), key scale
@@ -85,7 +101,7 @@ NONCAUSAL_CASES = {  # B, H, L, d_k, d_v, gain shape, lengths (None: no mask), k
 
 @pytest.mark.parametrize("case", NONCAUSAL_CASES)
 def test_noncausal_matches_the_softmax_reference(triton_device, case):
-    from lra.kernels.additive_recurrence_triton import noncausal_triton
+    from lra.kernels.additive_recurrence.triton_noncausal import additive_noncausal_triton
 
     B, H, L, dk, dv, gain_shape, lengths, scale = NONCAUSAL_CASES[case]
     mask = None if lengths is None else torch.arange(L) < torch.tensor(lengths)[:, None]  # (B, L)
@@ -93,34 +109,41 @@ def test_noncausal_matches_the_softmax_reference(triton_device, case):
     if mask is not None:
         k[~mask[:, None, :, None].expand_as(k)] = 1e4  # huge keys at pads must get weight 0
     mask_d = None if mask is None else mask.to(triton_device)
-    check(lambda q, k, v, g: noncausal_triton(q, k, v, mask_d, g),
-          lambda q, k, v, g: ar.noncausal(q, k, v, mask, g), (q, k, v, gain), triton_device)
+    check(lambda q, k, v, g: additive_noncausal_triton(q, k, v, mask_d, g), softmax_form(mask),
+          (q, k, v, gain), triton_device)
 
 
 def test_forced_triton_takes_the_kernels_and_refuses_float64(triton_device, monkeypatch):
-    from lra.kernels import additive_recurrence_triton as fast
+    import lra.kernels.additive_recurrence.triton_causal as causal_kernels
+    import lra.kernels.additive_recurrence.triton_noncausal as noncausal_kernels
 
     calls = []
-    for name in ("causal_triton", "noncausal_triton"):
-        kernel = getattr(fast, name)
-        monkeypatch.setattr(fast, name, lambda *a, kernel=kernel, name=name, **kw: calls.append(name) or kernel(*a, **kw))
+    for module, name in ((causal_kernels, "additive_causal_triton"),
+                         (noncausal_kernels, "additive_noncausal_triton")):
+        kernel = getattr(module, name)
+
+        def counted(*a, kernel=kernel, name=name, **kw):
+            calls.append(name)
+            return kernel(*a, **kw)
+        monkeypatch.setattr(module, name, counted)
     q, k, v, gain = (t.float().to(triton_device) for t in inputs(2, 1, 19, 6, 5, (19, 6)))
     mask = (torch.arange(19) < torch.tensor([[19], [7]])).to(triton_device)
     for causal in (True, False):
-        out = ar.additive_recurrence(q, k, v, mask, causal=causal, gain=gain)
+        out = additive_recurrence(q, k, v, mask, causal=causal, gain=gain)
         monkeypatch.setenv("LRA_KERNELS", "reference")
-        want = ar.additive_recurrence(q, k, v, mask, causal=causal, gain=gain)
+        want = additive_recurrence(q, k, v, mask, causal=causal, gain=gain)
         monkeypatch.setenv("LRA_KERNELS", "triton")
         assert rel_err(out, want) < 1e-5
-    assert calls == ["causal_triton", "noncausal_triton"]
+    assert calls == ["additive_causal_triton", "additive_noncausal_triton"]
     with pytest.raises(ValueError, match="float64.*LRA_KERNELS=reference"):
-        ar.additive_recurrence(q.double(), k.double(), v.double(), causal=True)
+        additive_recurrence(q.double(), k.double(), v.double(), causal=True)
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_lightnet_is_the_same_on_either_path(triton_device, monkeypatch, bidirectional):
     torch.manual_seed(0)
-    model = LightNet(d_model=16, n_layers=1, n_heads=2, positions="both", bidirectional=bidirectional).to(triton_device)
+    model = LightNet(d_model=16, n_layers=1, n_heads=2, positions="both",
+                     bidirectional=bidirectional).to(triton_device)
     x, w = torch.randn(2, 3, 37, 16, device=triton_device).unbind(0)
     mask = (torch.arange(37) < torch.tensor([[37], [20], [1]])).to(triton_device)  # (3, 37)
     results = {}
@@ -137,49 +160,60 @@ def test_lightnet_is_the_same_on_either_path(triton_device, monkeypatch, bidirec
         assert err < 1e-4, f"d{name}: rel err {err:.1e}"
 
 
-needs_cuda = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+needs_cuda = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=needs_cuda)])  # bf16 loads
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "noncausal"])  # are broken in the interpreter
+# bf16 loads are broken in the interpreter
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=needs_cuda)])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "noncausal"])
 def test_half_precision_inputs_compute_in_float32(triton_device, causal, dtype):
-    from lra.kernels.additive_recurrence_triton import causal_triton, noncausal_triton
+    from lra.kernels.additive_recurrence.triton_causal import additive_causal_triton
+    from lra.kernels.additive_recurrence.triton_noncausal import additive_noncausal_triton
 
     L = 100
     mask = torch.arange(L) < torch.tensor([[L], [43]])
-    args = [a.to(dtype).double() for a in inputs(2, 2, L, 20, 12, (L, 20))]  # the reference sees the same values
+    # the reference sees the same values
+    args = [a.to(dtype).double() for a in inputs(2, 2, L, 20, 12, (L, 20))]
     if causal:
-        fast, reference = causal_triton, lambda q, k, v, g: ar.causal_chunked(q, k, v, gain=g)
+        fast, reference = additive_causal_triton, chunked
     else:
-        fast = lambda q, k, v, g: noncausal_triton(q, k, v, mask.to(triton_device), g)  # noqa: E731
-        reference = lambda q, k, v, g: ar.noncausal(q, k, v, mask, g)  # noqa: E731
+        mask_d = mask.to(triton_device)
+        fast = lambda q, k, v, g: additive_noncausal_triton(q, k, v, mask_d, g)  # noqa: E731
+        reference = softmax_form(mask)
     check(fast, reference, args, triton_device, dtype=dtype, tol=1e-2, grad_tol=2e-2)
 
 
 def test_noncausal_pads_give_zeros_and_are_never_read(triton_device):
-    from lra.kernels.additive_recurrence_triton import noncausal_triton
+    from lra.kernels.additive_recurrence.triton_noncausal import additive_noncausal_triton
 
     q, k, v, gain = inputs(2, 2, 70, 6, 5, (70, 6))
     mask = torch.arange(70) < torch.tensor([[70], [19]])
-    fast = lambda q, k, v, g: noncausal_triton(q, k, v, mask.to(triton_device), g)  # noqa: E731
-    check(fast, lambda q, k, v, g: ar.noncausal(q, k, v, mask, g), (q, k, v, gain), triton_device)
+    mask_d = mask.to(triton_device)
+    fast = lambda q, k, v, g: additive_noncausal_triton(q, k, v, mask_d, g)  # noqa: E731
+    check(fast, softmax_form(mask), (q, k, v, gain), triton_device)
     nan = [t.clone() for t in (q, k, v)]
     for t in nan:
         t[1, :, 19:] = float("nan")
-    out, grads = value_and_grads(fast, [a.to(triton_device, torch.float32).requires_grad_() for a in (*nan, gain)])
+    out, grads = value_and_grads(fast, [a.to(triton_device, torch.float32).requires_grad_()
+                                        for a in (*nan, gain)])
     assert all(torch.isfinite(t).all() for t in (out, *grads))
     assert (out[1, :, 19:] == 0).all() and all((g[1, :, 19:] == 0).all() for g in grads[:3])
-    assert rel_err(out.cpu(), ar.noncausal(q, k, v, mask, gain)) < 1e-5
+    assert rel_err(out.cpu(), additive_noncausal_reference(q, k, v, mask, gain)) < 1e-5
 
 
 def test_gpu_blocks_compute_the_same(triton_device, monkeypatch):
-    """The blocks picked for a GPU (causal: chunks of 64, key and value blocks of 32; non-causal: parts of
-    256 steps), not the interpreter's small ones, give the same results: 3 key blocks, 2 value blocks."""
-    import lra.kernels.additive_recurrence_triton as additive_triton
+    """The blocks picked for a GPU (causal: chunks of 64, key and value blocks of 32; non-causal:
+    parts of 256 steps), not the interpreter's small ones, give the same results: 3 key blocks,
+    2 value blocks."""
+    import lra.kernels.additive_recurrence.triton_causal as causal_kernels
+    import lra.kernels.additive_recurrence.triton_noncausal as noncausal_kernels
 
-    monkeypatch.setattr(additive_triton, "interpreting", lambda: False)
+    monkeypatch.setattr(causal_kernels, "interpreting", lambda: False)
+    monkeypatch.setattr(noncausal_kernels, "interpreting", lambda: False)
     args = inputs(2, 1, 300, 70, 40, (300, 70))
     mask = torch.arange(300) < torch.tensor([[300], [180]])
-    check(additive_triton.causal_triton, lambda q, k, v, g: ar.causal_chunked(q, k, v, gain=g), args, triton_device)
-    check(lambda q, k, v, g: additive_triton.noncausal_triton(q, k, v, mask.to(triton_device), g),
-          lambda q, k, v, g: ar.noncausal(q, k, v, mask, g), args, triton_device)
+    mask_d = mask.to(triton_device)
+    check(causal_kernels.additive_causal_triton, chunked, args, triton_device)
+    check(lambda q, k, v, g: noncausal_kernels.additive_noncausal_triton(q, k, v, mask_d, g),
+          softmax_form(mask), args, triton_device)

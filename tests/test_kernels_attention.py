@@ -1,20 +1,20 @@
-"""Triton FlashAttention: o, dq, dk, dv == attention_reference on odd shapes; the dispatch; the flash model."""
+"""Triton FlashAttention: o, dq, dk, dv == attention_reference on odd shapes; the dispatch; the
+flash model."""
 import pytest
 import torch
+from helpers import rel_err
 
-from lra.kernels.attention import attention, attention_reference
+from lra.kernels.attention import attention
+from lra.kernels.attention.reference import attention_reference
 from lra.models.flash import Flash
 
 pytestmark = pytest.mark.kernels
 
 
-def rel_err(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-30)).item()
-
-
 def qkv(B, L, d, device, dtype=torch.float32, H=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(B, H, L, d, generator=g).to(device, dtype).requires_grad_() for _ in range(3)]
+    return [torch.randn(B, H, L, d, generator=g).to(device, dtype).requires_grad_()
+            for _ in range(3)]
 
 
 def forward_and_grads(fn, q, k, v, g):
@@ -23,11 +23,12 @@ def forward_and_grads(fn, q, k, v, g):
 
 
 def compare(q, k, v, lengths, causal, tol, reference_inputs=None):
-    """The Triton kernels against the fp32 reference (on reference_inputs if given): o, dq, dk, dv by relative error."""
-    from lra.kernels.attention_triton import flash_attention
+    """The Triton kernels against the fp32 reference (on reference_inputs if given): o, dq, dk, dv
+    by relative error."""
+    from lra.kernels.attention.triton import attention_triton
 
     g = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q.device, q.dtype)
-    got = forward_and_grads(lambda *a: flash_attention(*a, lengths, causal), q, k, v, g)
+    got = forward_and_grads(lambda *a: attention_triton(*a, lengths, causal), q, k, v, g)
     ref = [t.detach().float().requires_grad_() for t in reference_inputs or (q, k, v)]
     want = forward_and_grads(lambda *a: attention_reference(*a, lengths, causal), *ref, g.float())
     for what, a, b in zip(["o", "dq", "dk", "dv"], got, want):
@@ -42,11 +43,13 @@ def compare(q, k, v, lengths, causal, tol, reference_inputs=None):
 @pytest.mark.parametrize("B", [1, 3])
 def test_forward_and_grads_match_reference(B, L, causal, triton_device):
     q, k, v = qkv(B, L, 16, triton_device)
-    lengths = None if B == 1 else torch.tensor([L - 5, 1, 0])  # 32 = two whole key blocks; 95 ends in a partial one
+    # 32 = two whole key blocks; 95 ends in a partial one
+    lengths = None if B == 1 else torch.tensor([L - 5, 1, 0])
     o, dq, dk, dv = compare(q, k, v, lengths, causal, tol=1e-5)
     if lengths is not None:  # the row without keys: zeros, forward and backward
         assert all((t[2] == 0).all() for t in (o, dq, dk, dv))
-        assert (dk[1, :, 1:] == 0).all() and (dv[1, :, 1:] == 0).all()  # padded keys get no gradient
+        # padded keys get no gradient
+        assert (dk[1, :, 1:] == 0).all() and (dv[1, :, 1:] == 0).all()
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -62,7 +65,8 @@ def test_keys_past_a_row_length_are_never_read(triton_device):
     for i, n in enumerate(lengths.tolist()):
         k_nan[i, :, n:], v_nan[i, :, n:] = float("nan"), float("nan")
     for causal in (False, True):
-        compare(q, k_nan.requires_grad_(), v_nan.requires_grad_(), lengths, causal, 1e-5, reference_inputs=(q, k, v))
+        compare(q, k_nan.requires_grad_(), v_nan.requires_grad_(), lengths, causal, 1e-5,
+                reference_inputs=(q, k, v))
 
 
 def test_float16(triton_device):
@@ -71,7 +75,8 @@ def test_float16(triton_device):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="bfloat16 loads are wrong under Triton's CPU interpreter")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="bfloat16 loads are wrong under Triton's CPU interpreter")
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("causal", [False, True])
 def test_bfloat16_on_cuda(d, causal, triton_device):
@@ -80,11 +85,11 @@ def test_bfloat16_on_cuda(d, causal, triton_device):
 
 
 def test_dispatch_takes_the_triton_path_when_forced(triton_device, monkeypatch):
-    from lra.kernels import attention_triton
+    import lra.kernels.attention.triton as kernels
 
     calls = []
-    real = attention_triton.flash_attention
-    monkeypatch.setattr(attention_triton, "flash_attention", lambda *a: calls.append(1) or real(*a))
+    real = kernels.attention_triton
+    monkeypatch.setattr(kernels, "attention_triton", lambda *a: calls.append(1) or real(*a))
     q, k, v = qkv(1, 20, 16, triton_device)
     lengths = torch.tensor([13])
     o = attention(q, k, v, lengths, causal=True)
@@ -102,7 +107,8 @@ def test_flash_model_is_the_same_with_triton_and_reference(triton_device, monkey
     lengths = torch.tensor([37, 20, 1, 0])
     mask = (torch.arange(37) < lengths[:, None]).to(triton_device)  # (4, 37)
     x = torch.randn(4, 37, 32).to(triton_device).requires_grad_()
-    g = torch.randn(4, 37, 32).to(triton_device) * mask[..., None]  # (y * g).sum(): not y^2, which LayerNorm flattens
+    # (y * g).sum(): not y^2, which LayerNorm flattens
+    g = torch.randn(4, 37, 32).to(triton_device) * mask[..., None]
     results = {}
     for kernels in ("triton", "reference"):
         monkeypatch.setenv("LRA_KERNELS", kernels)
@@ -114,21 +120,22 @@ def test_flash_model_is_the_same_with_triton_and_reference(triton_device, monkey
 
 
 def test_bad_inputs_fail_clearly(triton_device):
-    from lra.kernels.attention_triton import flash_attention
+    from lra.kernels.attention.triton import attention_triton
 
     q = torch.zeros(1, 1, 8, 16, device=triton_device)
     with pytest.raises(ValueError, match="one .B, heads, L, d. shape"):
-        flash_attention(q, q[:, :, :4], q)
+        attention_triton(q, q[:, :, :4], q)
     with pytest.raises(ValueError, match="float16, bfloat16 or float32.*float64"):
-        flash_attention(*[q.double()] * 3)
+        attention_triton(*[q.double()] * 3)
     big = torch.zeros(1, 1, 8, 256, device=triton_device)
     with pytest.raises(ValueError, match="head dims up to 128, got 256"):
-        flash_attention(big, big, big)
+        attention_triton(big, big, big)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_padding_queries_get_zeros_and_give_nothing(causal, triton_device):
-    """Queries past a row's length: zero output and zero dq, and their values (here huge) change nothing else."""
+    """Queries past a row's length: zero output and zero dq, and their values (here huge) change
+    nothing else."""
     q, k, v = qkv(3, 100, 16, triton_device)
     lengths = torch.tensor([100, 40, 7])
     loud = q.detach().clone()
@@ -142,8 +149,9 @@ def test_padding_queries_get_zeros_and_give_nothing(causal, triton_device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_gpu_tiles_compute_the_same(dtype, triton_device, monkeypatch):
     """The tiles picked for a GPU, not the interpreter's small ones, give the same results."""
-    import lra.kernels.attention_triton as attention_triton
+    import lra.kernels.attention.triton as kernels
 
-    monkeypatch.setattr(attention_triton, "interpreting", lambda: False)
+    monkeypatch.setattr(kernels, "interpreting", lambda: False)
     q, k, v = qkv(3, 200, 64, triton_device, dtype)
-    compare(q, k, v, torch.tensor([200, 130, 1]), causal=True, tol=1e-5 if dtype == torch.float32 else 5e-3)
+    compare(q, k, v, torch.tensor([200, 130, 1]), causal=True,
+            tol=1e-5 if dtype == torch.float32 else 5e-3)

@@ -1,4 +1,4 @@
-"""Every Triton kernel compiles for an H100 (sm_90) on this GPU-less machine (lra.kernels.compile_check):
+"""Every Triton kernel compiles for an H100 (sm_90) on this GPU-less machine (the compile check):
 forward and backward, float32 and bfloat16, within the shared memory a block may use, and spilling
 registers only where docs/performance.md says so."""
 import dataclasses
@@ -9,24 +9,29 @@ import sys
 
 import pytest
 
-from lra.kernels.compile_check import FAMILIES, Compiled, compile_all, over_shared_memory, spilled
+from lra.bench.compile_check import FAMILIES, Compiled, compile_all, over_shared_memory, spilled
 
 pytestmark = pytest.mark.kernels
 
-KNOWN_SPILLS = {("additive_recurrence", "_causal_states_back"),  # float32: 8-40 bytes (docs/performance.md)
-                ("vandermonde", "_backward_kernel")}  # 8 bytes
-KERNELS = {"attention": {"_fwd", "_delta", "_dkdv", "_dq"}, "selective_scan": {"_scan_fwd", "_scan_bwd"},
-           "additive_recurrence": {"_causal_states", "_causal_out", "_causal_dq", "_causal_states_back", "_causal_dv",
-                                   "_causal_dk", "_noncausal_stats", "_noncausal_out", "_noncausal_dstate",
+# the spills docs/performance.md records: 8-40 bytes (float32) and 8 bytes
+KNOWN_SPILLS = {("additive_recurrence", "_causal_states_back"), ("vandermonde", "_backward_kernel")}
+KERNELS = {"attention": {"_fwd", "_delta", "_dkdv", "_dq"},
+           "selective_scan": {"_scan_fwd", "_scan_bwd"},
+           "additive_recurrence": {"_causal_states", "_causal_out", "_causal_dq",
+                                   "_causal_states_back", "_causal_dv", "_causal_dk",
+                                   "_noncausal_stats", "_noncausal_out", "_noncausal_dstate",
                                    "_noncausal_bwd"},
-           "vandermonde": {"_forward_kernel", "_backward_kernel"}, "cauchy": {"_forward_kernel", "_backward_kernel"}}
+           "vandermonde": {"_forward_kernel", "_backward_kernel"},
+           "cauchy": {"_forward_kernel", "_backward_kernel"}}
 
 
 def test_every_kernel_compiles_for_sm90_within_its_limits():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled, not interpreted
-    script = ("import dataclasses, json; from lra.kernels.compile_check import compile_all; "
+    # compiled, not interpreted
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = ("import dataclasses, json; from lra.bench.compile_check import compile_all; "
               "print(json.dumps([dataclasses.asdict(r) for r in compile_all(90, quick=True)]))")
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=900)
     assert run.returncode == 0, run.stderr[-4000:]
     results = [Compiled(**r) for r in json.loads(run.stdout.splitlines()[-1])]
 
@@ -49,7 +54,8 @@ def test_the_compile_check_refuses_to_run_interpreted(monkeypatch):
 
 def test_an_unknown_family_is_named(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(ValueError, match="unknown kernel families \\['flashy'\\]; known: attention"):
+    with pytest.raises(ValueError,
+                       match="unknown kernel families \\['flashy'\\]; known: attention"):
         next(compile_all(90, ["flashy"]))
 
 
@@ -63,12 +69,17 @@ def test_over_the_limit_and_spills_are_reported():
 
 
 def test_blocks_per_sm_by_registers_shared_memory_and_warps():
-    from lra.kernels.compile_check import blocks_per_sm
+    from lra.bench.compile_check import blocks_per_sm
 
     base = Compiled("attention", "bfloat16 d=64", "_fwd", 8, 3, 0, 255, 0)
-    assert blocks_per_sm(base, 90) == 1  # 255 registers x 256 threads: the register file holds one block
-    assert blocks_per_sm(dataclasses.replace(base, warps=4, registers=128), 90) == 4  # 16 warps' worth
-    assert blocks_per_sm(dataclasses.replace(base, warps=4, registers=32, shared=100_000), 90) == 2  # 228 KB
-    assert blocks_per_sm(dataclasses.replace(base, warps=1, registers=16), 90) == 32  # the block limit
-    assert blocks_per_sm(dataclasses.replace(base, warps=4, registers=32), 86) == 12  # 48 warps on sm_86
+    # 255 registers x 256 threads: the register file holds one block
+    assert blocks_per_sm(base, 90) == 1
+    # 16 warps' worth
+    assert blocks_per_sm(dataclasses.replace(base, warps=4, registers=128), 90) == 4
+    # 228 KB
+    assert blocks_per_sm(dataclasses.replace(base, warps=4, registers=32, shared=100_000), 90) == 2
+    # the block limit
+    assert blocks_per_sm(dataclasses.replace(base, warps=1, registers=16), 90) == 32
+    # 48 warps on sm_86
+    assert blocks_per_sm(dataclasses.replace(base, warps=4, registers=32), 86) == 12
     assert blocks_per_sm(base, 75) is None

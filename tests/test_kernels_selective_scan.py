@@ -1,16 +1,18 @@
 """The Triton selective scan of Mamba against its PyTorch reference: forward and all six gradients.
 
-Float32 kernels against float64 references on shapes that fill no block and no chunk (L = 37, 100;
-batch 1 and 3; N = 1, 16, 64; channel counts that are not a multiple of the channel block), a float64
-kernel with steps large enough to reset the state, half precision, the dispatch, and a whole
+Float32 kernels against float64 references on shapes that fill no block and no chunk (L = 37,
+100; batch 1 and 3; N = 1, 16, 64; channel counts that are not a multiple of the channel block), a
+float64 kernel with steps large enough to reset the state, half precision, the dispatch, and a whole
 bidirectional Mamba with padding. Without CUDA the kernels run in Triton's interpreter
 (tests/conftest.py sets TRITON_INTERPRET=1), so the shapes stay small.
 """
 import pytest
 import torch
-from test_mamba import scan_inputs as mamba_scan_inputs
+from helpers import rel_err
+from torch.nn import functional as F
 
-from lra.kernels.selective_scan import selective_scan, selective_scan_reference
+from lra.kernels.selective_scan import selective_scan
+from lra.kernels.selective_scan.reference import selective_scan_reference
 from lra.models.mamba import Mamba
 
 pytestmark = pytest.mark.kernels
@@ -18,13 +20,16 @@ pytestmark = pytest.mark.kernels
 NAMES = ("x", "dt", "A", "B", "C", "D")
 
 
-def rel_err(a, b):
-    return ((a.to(b.dtype) - b).norm() / b.norm().clamp(min=1e-30)).item()
-
-
 def scan_inputs(b, d, n, L, device, dt_scale=1.0, seed=0):
-    """test_mamba's float64 inputs, detached, on device."""
-    return [t.detach().to(device) for t in mamba_scan_inputs(b, d, n, L, dt_scale, seed)]
+    """float64 x, dt, A, B, C, D on device; dt spans about 1e-3 to 2 times dt_scale, A is in
+    [-n, 0)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, d, L, generator=g, dtype=torch.float64)
+    dt = dt_scale * F.softplus(2 * torch.randn(b, d, L, generator=g, dtype=torch.float64) - 2)
+    A = -n * torch.rand(d, n, generator=g, dtype=torch.float64) - 0.01
+    B, C = torch.randn(2, b, n, L, generator=g, dtype=torch.float64)
+    D = torch.randn(d, generator=g, dtype=torch.float64)
+    return [t.to(device) for t in (x, dt, A, B, C, D)]
 
 
 def leaves(tensors, dtype):
@@ -33,7 +38,7 @@ def leaves(tensors, dtype):
 
 def compare(inputs, dtype, chunk=None):
     """Relative errors of the kernel in dtype against the float64 reference: y, then dx .. dD."""
-    from lra.kernels.selective_scan_triton import selective_scan_triton
+    from lra.kernels.selective_scan.triton import selective_scan_triton
     ref = leaves(inputs, torch.float64)
     want = selective_scan_reference(*ref)
     g = torch.randn_like(want)
@@ -43,13 +48,15 @@ def compare(inputs, dtype, chunk=None):
     assert got.dtype == dtype and got.shape == want.shape
     got_grads = torch.autograd.grad((got * g.to(dtype)).sum(), got_leaves)
     assert all(a.dtype == dtype and a.shape == w.shape for a, w in zip(got_grads, want_grads))
-    errors = dict(y=rel_err(got, want), **{f"d{k}": rel_err(a, w) for k, a, w in zip(NAMES, got_grads, want_grads)})
+    errors = dict(y=rel_err(got, want), **{f"d{k}": rel_err(a, w)
+                                           for k, a, w in zip(NAMES, got_grads, want_grads)})
     print(", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     return errors
 
 
 @pytest.mark.parametrize("b, d, n, L, chunk", [
-    (1, 6, 16, 37, None),  # one channel block, 6 of 8 used; 37 steps: 2 full chunks of 16 and 5 steps
+    # one channel block, 6 of 8 used; 37 steps: 2 full chunks of 16 and 5 steps
+    (1, 6, 16, 37, None),
     (3, 5, 1, 100, None),  # N = 1
     (1, 10, 16, 21, 8),  # two channel blocks of 8, the second 2/8 full: dB and dC sum over both
     (1, 3, 64, 20, 8),  # N = 64: blocks of 2 channels; chunks of 8
@@ -60,21 +67,24 @@ def test_kernel_matches_the_reference(triton_device, b, d, n, L, chunk):
 
 
 def test_float64_kernel_is_exact_with_steps_that_reset_the_state(triton_device):
-    """dt |A| up to ~1e3: decays underflow to 0 mid-chunk; nothing overflows, float64 matches to rounding."""
+    """dt |A| up to ~1e3: decays underflow to 0 mid-chunk; nothing overflows, float64 matches to
+    rounding."""
     inputs = scan_inputs(1, 6, 16, 29, triton_device, dt_scale=50.0)
     errors = compare(inputs, torch.float64, chunk=8)
     assert max(errors.values()) < 1e-12, errors
 
 
 def test_half_precision_computes_in_float32(triton_device):
-    """float16 in and out, float32 inside: within float16 rounding of the float64 result on the same inputs."""
+    """float16 in and out, float32 inside: within float16 rounding of the float64 result on the
+    same inputs."""
     inputs = [t.half().double() for t in scan_inputs(2, 5, 16, 20, triton_device)]
     errors = compare(inputs, torch.float16, chunk=8)
     assert max(errors.values()) < 3e-3, errors
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="bfloat16 needs CUDA (broken in the interpreter)")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="bfloat16 needs CUDA (broken in the interpreter)")
 def test_bfloat16_on_cuda(triton_device):
     inputs = [t.bfloat16().double() for t in scan_inputs(2, 64, 16, 300, triton_device)]
     errors = compare(inputs, torch.bfloat16)
@@ -82,7 +92,7 @@ def test_bfloat16_on_cuda(triton_device):
 
 
 def test_no_grad_forward_equals_the_forward_that_saves_states(triton_device):
-    from lra.kernels.selective_scan_triton import selective_scan_triton
+    from lra.kernels.selective_scan.triton import selective_scan_triton
     inputs = scan_inputs(1, 6, 16, 20, triton_device)
     with torch.no_grad():
         y = selective_scan_triton(*leaves(inputs, torch.float32))
@@ -90,7 +100,7 @@ def test_no_grad_forward_equals_the_forward_that_saves_states(triton_device):
 
 
 def test_dispatch_takes_the_triton_kernel_when_forced(triton_device, monkeypatch):
-    import lra.kernels.selective_scan_triton as module
+    import lra.kernels.selective_scan.triton as module
     calls = []
     kernel = module.selective_scan_triton
 
@@ -112,7 +122,7 @@ def test_dispatch_takes_the_triton_kernel_when_forced(triton_device, monkeypatch
 
 
 def test_kernel_refuses_mismatched_shapes(triton_device):
-    from lra.kernels.selective_scan_triton import selective_scan_triton
+    from lra.kernels.selective_scan.triton import selective_scan_triton
     x, dt, A, B, C, D = scan_inputs(1, 2, 3, 5, triton_device)
     with pytest.raises(ValueError, match=r"A \(3, 2\).*expected x, dt \(b, D, L\), A \(D, N\)"):
         selective_scan_triton(x, dt, A.T, B, C, D)
@@ -120,9 +130,11 @@ def test_kernel_refuses_mismatched_shapes(triton_device):
         selective_scan_triton(x, dt, A, B, C, D, chunk=12)
 
 
-def test_bidirectional_mamba_with_padding_computes_the_same_with_either_kernel(triton_device, monkeypatch):
+def test_bidirectional_mamba_with_padding_computes_the_same_with_either_kernel(
+        triton_device, monkeypatch):
     torch.manual_seed(0)
-    model = Mamba(d_model=4, n_layers=1, d_state=4).to(triton_device)  # bidirectional: a reversed scan, pads first
+    # bidirectional: a reversed scan, pads first
+    model = Mamba(d_model=4, n_layers=1, d_state=4).to(triton_device)
     x = torch.randn(2, 12, 4, device=triton_device)
     mask = torch.arange(12, device=triton_device) < torch.tensor([[12], [7]], device=triton_device)
     runs = {}

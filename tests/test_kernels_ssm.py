@@ -1,17 +1,20 @@
 """The Triton kernels of S4D (Vandermonde) and S4 (Cauchy) against their PyTorch references.
 
-Forward and every gradient, complex64 kernels against float64 references on shapes that fill no block
-(L = 37, 1000; H = 1, 3; N = 1, 64), a float64 gradcheck of the complex (Wirtinger) gradients, the
-dispatch, and whole S4D and S4 models. On a machine without CUDA the kernels run in Triton's
+Forward and every gradient, complex64 kernels against float64 references on shapes that fill no
+block (L = 37, 1000; H = 1, 3; N = 1, 64), a float64 gradcheck of the complex (Wirtinger) gradients,
+the dispatch, and whole S4D and S4 models. On a machine without CUDA the kernels run in Triton's
 interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
 """
 import math
 
 import pytest
 import torch
+from helpers import rel_err
 
-from lra.kernels.cauchy import cauchy, cauchy_reference
-from lra.kernels.vandermonde import vandermonde, vandermonde_reference
+from lra.kernels.cauchy import cauchy
+from lra.kernels.cauchy.reference import cauchy_reference
+from lra.kernels.vandermonde import vandermonde
+from lra.kernels.vandermonde.reference import vandermonde_reference
 from lra.models.s4 import S4
 from lra.models.s4d import S4D
 
@@ -20,18 +23,23 @@ pytestmark = pytest.mark.kernels
 SHAPES = [(L, H, N) for L in (37, 1000) for H in (1, 3) for N in (1, 64)]
 
 
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+def errors(got, want):
+    """rel_err of each tensor against its reference; complex ones by their real views."""
+    def real(t):
+        return torch.view_as_real(t.resolve_conj()) if t.is_complex() else t
+    return [rel_err(real(a), real(b)) for a, b in zip(got, want)]
 
 
 def s4d_modes(H, N, device):
     """dtA = dt A and C~ = C (exp(dtA) - 1) / A, complex128, in the ranges of S4D's init.
 
-    dt log-uniform in [1e-3, 1e-1], Re A = -1/2 give or take, Im A = pi n (the "lin" init) give or take.
+    dt log-uniform in [1e-3, 1e-1], Re A = -1/2 give or take, Im A = pi n (the "lin" init) give or
+    take.
     """
     dt = torch.empty(H, 1, dtype=torch.float64).uniform_(math.log(1e-3), math.log(1e-1)).exp()
     re = -0.5 * torch.empty(H, N, dtype=torch.float64).uniform_(0.5, 1.5)
-    im = math.pi * torch.arange(N, dtype=torch.float64) * torch.empty(H, N, dtype=torch.float64).uniform_(0.5, 1.5)
+    jitter = torch.empty(H, N, dtype=torch.float64).uniform_(0.5, 1.5)
+    im = math.pi * torch.arange(N, dtype=torch.float64) * jitter
     A = torch.complex(re, im)
     dtA = dt * A
     return ((dtA.exp() - 1) / A).to(device), dtA.to(device)
@@ -55,15 +63,16 @@ def test_vandermonde_kernel_matches_the_reference(triton_device, L, H, N):
     got = vandermonde(C32, dtA32, L)  # the Triton kernel: LRA_KERNELS=triton
     assert got.dtype == torch.float32 and got.shape == want.shape
     got_grads = torch.autograd.grad((got * g.float()).sum(), (C32, dtA32))
-    errors = [rel_err(got.double(), want)] + [rel_err(a.to(b.dtype), b) for a, b in zip(got_grads, want_grads)]
-    print(f"L={L} H={H} N={N}: rel err K {errors[0]:.1e}, dC~ {errors[1]:.1e}, ddtA {errors[2]:.1e}")
-    assert max(errors) < 3e-5, errors
+    err = errors([got, *got_grads], [want, *want_grads])
+    print(f"L={L} H={H} N={N}: rel err K {err[0]:.1e}, dC~ {err[1]:.1e}, ddtA {err[2]:.1e}")
+    assert max(err) < 3e-5, err
 
 
 def roots_of_unity_points(L, device):
     """S4's points z_k = i tan(pi k / L'), k <= L'/2, L' = L rounded up to odd (lra.models.s4)."""
     Lo = L | 1
-    return 1j * torch.tan(math.pi / Lo * torch.arange(Lo // 2 + 1, dtype=torch.float64, device=device))
+    k = torch.arange(Lo // 2 + 1, dtype=torch.float64, device=device)
+    return 1j * torch.tan(math.pi / Lo * k)
 
 
 @pytest.mark.parametrize("conj", [False, True])
@@ -73,43 +82,48 @@ def test_cauchy_kernel_matches_the_reference(triton_device, L, H, N, conj):
     lead = () if H == 1 else (2, 3)  # 6 rows of v, as a bidirectional S4 layer has
     z = roots_of_unity_points(L, triton_device)
     dt = torch.empty(H, 1, dtype=torch.float64).uniform_(math.log(1e-3), math.log(1e-1)).exp()
-    lam = torch.complex(-0.5 * torch.ones(H, N, dtype=torch.float64), math.pi * torch.rand(H, N, dtype=torch.float64) * N)
+    lam = torch.complex(-0.5 * torch.ones(H, N, dtype=torch.float64),
+                        math.pi * torch.rand(H, N, dtype=torch.float64) * N)
     w = dt / 2 * lam  # as S4 calls it: dt/2 Lambda
     v = torch.randn(*lead, H, N, dtype=torch.complex128)
     g = torch.randn(*lead, H, len(z), dtype=torch.complex128, device=triton_device)
     v64, w64 = leaves(v, w, dtype=torch.complex128, device=triton_device)
-    if conj:  # every mode and its conjugate, written out
-        want = cauchy_reference(torch.cat([v64, v64.conj()], -1), z, torch.cat([w64, w64.conj()], -1))
-    else:
-        want = cauchy_reference(v64, z, w64)
+    want = cauchy_reference(v64, z, w64, conj=conj)  # conj: every mode and its conjugate
     want_grads = torch.autograd.grad((want * g.conj()).real.sum(), (v64, w64))
     v32, w32 = leaves(v, w, dtype=torch.complex64, device=triton_device)
-    got = cauchy(v32, z.to(torch.complex64), w32, conj=conj)  # the Triton kernel: LRA_KERNELS=triton
+    # the Triton kernel: LRA_KERNELS=triton
+    got = cauchy(v32, z.to(torch.complex64), w32, conj=conj)
     assert got.dtype == torch.complex64 and got.shape == want.shape
     got_grads = torch.autograd.grad((got * g.to(got.dtype).conj()).real.sum(), (v32, w32))
-    errors = [rel_err(got.to(want.dtype), want)] + [rel_err(a.to(b.dtype), b) for a, b in zip(got_grads, want_grads)]
-    print(f"L={L} H={H} N={N} conj={conj}: rel err r {errors[0]:.1e}, dv {errors[1]:.1e}, dw {errors[2]:.1e}")
-    assert max(errors) < 5e-5, errors
+    err = errors([got, *got_grads], [want, *want_grads])
+    print(f"L={L} H={H} N={N} conj={conj}: rel err r {err[0]:.1e}, dv {err[1]:.1e}, "
+          f"dw {err[2]:.1e}")
+    assert max(err) < 5e-5, err
 
 
 def test_float64_kernels_pass_gradcheck(triton_device):
-    """Finite differences of the real and imaginary parts confirm torch's convention for complex leaves."""
-    from lra.kernels.cauchy_triton import cauchy_triton
-    from lra.kernels.vandermonde_triton import vandermonde_triton
+    """Finite differences of the real and imaginary parts confirm torch's convention for complex
+    leaves."""
+    from lra.kernels.cauchy.triton import cauchy_triton
+    from lra.kernels.vandermonde.triton import vandermonde_triton
     torch.manual_seed(0)
-    C, dtA = leaves(torch.randn(2, 1, 2, dtype=torch.complex128), torch.complex(-torch.rand(1, 2), torch.randn(1, 2)),
+    C, dtA = leaves(torch.randn(2, 1, 2, dtype=torch.complex128),
+                    torch.complex(-torch.rand(1, 2), torch.randn(1, 2)),
                     dtype=torch.complex128, device=triton_device)
     assert torch.autograd.gradcheck(lambda C, dtA: vandermonde_triton(C, dtA, 5), (C, dtA))
-    v, w = leaves(torch.randn(2, 1, 2, dtype=torch.complex128), torch.complex(-torch.rand(1, 2), torch.randn(1, 2)),
+    v, w = leaves(torch.randn(2, 1, 2, dtype=torch.complex128),
+                  torch.complex(-torch.rand(1, 2), torch.randn(1, 2)),
                   dtype=torch.complex128, device=triton_device)
-    z = torch.complex(torch.zeros(3), torch.randn(3)).to(device=triton_device, dtype=torch.complex128)
+    z = torch.complex(torch.zeros(3), torch.randn(3))
+    z = z.to(device=triton_device, dtype=torch.complex128)
     for conj in (False, True):
-        assert torch.autograd.gradcheck(lambda v, w, conj=conj: cauchy_triton(v, z, w, conj), (v, w))
+        assert torch.autograd.gradcheck(lambda v, w, conj=conj: cauchy_triton(v, z, w, conj),
+                                        (v, w))
 
 
 def test_dispatch_takes_the_triton_kernels_when_forced(triton_device, monkeypatch):
-    import lra.kernels.cauchy_triton as cauchy_module
-    import lra.kernels.vandermonde_triton as vandermonde_module
+    import lra.kernels.cauchy.triton as cauchy_module
+    import lra.kernels.vandermonde.triton as vandermonde_module
     calls = []
 
     def spy(module, name):
@@ -124,7 +138,8 @@ def test_dispatch_takes_the_triton_kernels_when_forced(triton_device, monkeypatc
     spy(cauchy_module, "cauchy_triton")
     v = torch.ones(2, 3, dtype=torch.complex64, device=triton_device)  # H = 2, N = 3
     w, z = -v, torch.zeros(4, dtype=torch.complex64, device=triton_device)
-    for choice, expected in (("triton", ["vandermonde_triton", "cauchy_triton"]), ("reference", [])):
+    for choice, expected in (("triton", ["vandermonde_triton", "cauchy_triton"]),
+                             ("reference", [])):
         monkeypatch.setenv("LRA_KERNELS", choice)
         calls.clear()
         K, r = vandermonde(v, w, 4), cauchy(v, z, w, conj=True)
@@ -139,15 +154,16 @@ def test_dispatch_takes_the_triton_kernels_when_forced(triton_device, monkeypatc
 
 
 def test_kernels_refuse_mismatched_shapes_and_a_differentiable_z(triton_device):
-    from lra.kernels.cauchy_triton import cauchy_triton
-    from lra.kernels.vandermonde_triton import vandermonde_triton
+    from lra.kernels.cauchy.triton import cauchy_triton
+    from lra.kernels.vandermonde.triton import vandermonde_triton
     x = torch.ones(2, 3, dtype=torch.complex64, device=triton_device)
     with pytest.raises(ValueError, match=r"dtA \(H, N\); got C_tilde \(2, 3\) and dtA \(3, 2\)"):
         vandermonde_triton(x, x.T, 4)
     with pytest.raises(ValueError, match=r"w \(H, N\); got v \(2, 3\), z \(4,\) and w \(3, 2\)"):
         cauchy_triton(x, x[0, :1].expand(4), x.T)
     with pytest.raises(ValueError, match="no gradient to the points z"):
-        cauchy_triton(x, torch.zeros(4, dtype=torch.complex64, device=triton_device, requires_grad=True), -x)
+        z = torch.zeros(4, dtype=torch.complex64, device=triton_device, requires_grad=True)
+        cauchy_triton(x, z, -x)
 
 
 @pytest.mark.parametrize("model_class", [S4D, S4])
@@ -160,9 +176,11 @@ def test_a_model_computes_the_same_with_either_kernel(triton_device, monkeypatch
         monkeypatch.setenv("LRA_KERNELS", choice)
         model.zero_grad()
         y = model(x)
-        (y * g).sum().backward()  # a random direction: the outputs are layer-normed, so sum(y^2) is flat
+        # a random direction: the outputs are layer-normed, so sum(y^2) is flat
+        (y * g).sum().backward()
         runs[choice] = y.detach(), [p.grad.clone() for p in model.parameters()]
     (y_ref, grads_ref), (y, grads) = runs["reference"], runs["triton"]
     assert rel_err(y, y_ref) < 1e-5
-    for got, want in zip(grads, grads_ref):  # float32 gradients of the SSM parameters are good to ~5e-5 either way
+    # float32 gradients of the SSM parameters are good to ~5e-5 either way
+    for got, want in zip(grads, grads_ref):
         assert rel_err(got, want) < 3e-4

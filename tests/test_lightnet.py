@@ -6,11 +6,11 @@ from helpers import padded_batch, rel_err
 
 from lra.kernels.additive_recurrence import (
     additive_recurrence,
-    causal_chunked,
-    causal_quadratic,
-    causal_reference,
+    additive_causal_chunked,
+    additive_causal_quadratic,
+    additive_causal_reference,
     logcumsumexp,
-    noncausal,
+    additive_noncausal_reference,
 )
 from lra.models.lightnet import TPE, LightNet, lrpe_angles
 
@@ -35,10 +35,10 @@ def value_and_grads(fn, args, seed=1):
 @pytest.mark.parametrize("B", [1, 3])
 def test_causal_sequential_quadratic_chunked_agree(L, B):
     args = inputs(B, L)
-    ref, ref_grads = value_and_grads(lambda q, k, v, g: causal_reference(q, k, v, g), args)
+    ref, ref_grads = value_and_grads(lambda q, k, v, g: additive_causal_reference(q, k, v, g), args)
     # chunks of 16, which divides neither L
-    forms = {"quadratic": lambda q, k, v, g: causal_quadratic(q, k, v, g),
-             "chunked": lambda q, k, v, g: causal_chunked(q, k, v, chunk=16, gain=g)}
+    forms = {"quadratic": lambda q, k, v, g: additive_causal_quadratic(q, k, v, g),
+             "chunked": lambda q, k, v, g: additive_causal_chunked(q, k, v, chunk=16, gain=g)}
     for name, fn in forms.items():
         out, grads = value_and_grads(fn, args)
         err = rel_err(out, ref)
@@ -56,14 +56,14 @@ def test_causal_is_the_running_softmax_average():
     w = [e[:, :, : t + 1] / e[:, :, : t + 1].sum(2, keepdim=True) for t in range(23)]
     naive = torch.stack([torch.einsum("bhj,bhsj,bhsv->bhv", q[:, :, t], w[t], v[:, :, : t + 1])
                          for t in range(23)], 2)
-    assert rel_err(causal_chunked(q, k, v, chunk=8), naive) < 1e-12
+    assert rel_err(additive_causal_chunked(q, k, v, chunk=8), naive) < 1e-12
 
 
 def test_noncausal_equals_the_explicit_softmax_form():
     q, k, v, gain = (t.detach() for t in inputs(3, 29))
     lengths = [29, 11, 0]
     mask = torch.arange(29) < torch.tensor(lengths).unsqueeze(1)  # (3, 29)
-    out = noncausal(q, k, v, mask, gain)
+    out = additive_noncausal_reference(q, k, v, mask, gain)
     for b, n in enumerate(lengths):
         if n == 0:
             assert out[b].abs().max() == 0  # no real token: nothing to read
@@ -81,9 +81,9 @@ def test_large_keys_stay_finite_and_correct_in_float32(magnitude):
     q, k, v, gain = inputs(3, 150, key_scale=magnitude, dtype=torch.float32)
     q64, k64, v64, g64 = (t.detach().double() for t in (q, k, v, gain))
     checks = {
-        "chunked": (lambda q, k, v, g: causal_chunked(q, k, v, gain=g),
-                    causal_reference(q64, k64, v64, g64)),
-        "non-causal": (lambda q, k, v, g: noncausal(q, k, v, gain=g),
+        "chunked": (lambda q, k, v, g: additive_causal_chunked(q, k, v, gain=g),
+                    additive_causal_reference(q64, k64, v64, g64)),
+        "non-causal": (lambda q, k, v, g: additive_noncausal_reference(q, k, v, gain=g),
                        q64 @ ((torch.softmax(k64, 2) * g64).transpose(-1, -2) @ v64)),
     }
     for name, (fn, want) in checks.items():

@@ -112,7 +112,7 @@ def attention_case(shape, interpret):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from lra.kernels.attention import attention, sdpa_attention
+    from lra.kernels.attention import attention, attention_sdpa
 
     B, L, heads, d = shape.batch, shape.length, 8, 64
     q, k, v = (torch.randn(B, heads, L, d, device=shape.device, dtype=shape.low,
@@ -122,7 +122,7 @@ def attention_case(shape, interpret):
 
     def sdpa(backend):
         with sdpa_kernel(backend):
-            return sdpa_attention(q, k, v, n)
+            return attention_sdpa(q, k, v, n)
 
     for name, backend in (("flash", SDPBackend.FLASH_ATTENTION),
                           ("efficient", SDPBackend.EFFICIENT_ATTENTION),

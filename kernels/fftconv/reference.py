@@ -1,4 +1,4 @@
-"""Long convolution by FFT, the shared last step of the S4 and S4D layers.
+"""The long convolution by FFT in PyTorch.
 
     y_t = sum_{s<=t} k0[t-s] u_s  (+ sum_{s>=t} k1[s-t] u_s when bidirectional)  + D u_t
 
@@ -6,9 +6,6 @@ Both sums are taken at once in the frequency domain with zero padding to 2L, so 
 wraps around: the forward kernel multiplies rfft(u), the backward one (a correlation, the
 causal convolution of the reversed sequence) multiplies by its conjugate. Padding must be
 zero in `u`, so it adds nothing to real positions.
-
-    from lra.kernels.fftconv import fftconv
-    y = fftconv(u, k, D)   # u (B, H, L), k (c, H, L) with c = 1 causal or 2 bidirectional, D (H,)
 """
 import torch
 
@@ -20,12 +17,3 @@ def fftconv_reference(u, k, D):
     k_f = k_f[0] + k_f[1].conj() if k.shape[0] == 2 else k_f[0]  # (H, L+1)
     y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * k_f, n=2 * L)[..., :L]  # (B, H, L)
     return y + D.unsqueeze(-1) * u
-
-
-def fftconv(u, k, D):
-    """Dispatch: torch's FFTs (cuFFT on a GPU) on every device and under every `LRA_KERNELS`.
-
-    A fused Triton convolution is worth having only where it beats cuFFT; until one does, the
-    S4 and S4D layers run their Triton kernel generation followed by this.
-    """
-    return fftconv_reference(u, k, D)

@@ -1,31 +1,36 @@
-"""The selective scan of Mamba in Triton, forward and backward (the math is `selective_scan_reference`).
+"""The selective scan of Mamba in Triton, forward and backward (the math: reference.py).
 
-Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023 (arXiv:2312.00752):
+Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023
+(arXiv:2312.00752):
 
     h_t = a_t * h_{t-1} + u_t,   a_t = exp(dt_t A),   u_t = dt_t x_t B_t,   h_{-1} = 0
     y_t = C_t . h_t + D x_t
 
 One program per (block of channels, batch) walks the length in chunks of T steps, holding the state
-(BLOCK_D, N) in registers. Inside a chunk the pairs (a_t, u_t), tiles of (T, BLOCK_D, N), are combined
-by `tl.associative_scan` with (a1, u1) o (a2, u2) = (a1 a2, a2 u1 + u2), which gives the chunk's states
-from a zero start, h_t = P_t h_start + H_t with P_t the product of the decays so far; the last one
-carries on. Each thread owns one (channel, state) pair and its T steps, so the scan runs inside the
-thread. Decays lie in [0, 1], so nothing overflows whatever dt is. Nothing of size (b, D, L, N) is
-written: the forward keeps only each chunk's start state, (b, D, L/T, N), for the backward.
+(BLOCK_D, N) in registers. Inside a chunk the pairs (a_t, u_t), tiles of (T, BLOCK_D, N), are
+combined by `tl.associative_scan` with (a1, u1) o (a2, u2) = (a1 a2, a2 u1 + u2), which gives the
+chunk's states from a zero start, h_t = P_t h_start + H_t with P_t the product of the decays so far;
+the last one carries on. Each thread owns one (channel, state) pair and its T steps, so the scan
+runs inside the thread. Decays lie in [0, 1], so nothing overflows whatever dt is. Nothing of size
+(b, D, L, N) is written: the forward keeps only each chunk's start state, (b, D, L/T, N), for the
+backward.
 
 Backward, chunks from last to first: recompute the chunk's states from its saved start, then run the
 adjoint G_t = dL/dh_t = C_t dy_t + a_{t+1} G_{t+1} as a reverse scan of the same form (the decays
 shifted by one step) and carry a_s G_s, s the chunk's first step, to the chunk before. Then
 
     dL/d(dt_t A) = G_t a_t h_{t-1} = G_t (h_t - u_t)           -> the dt and A gradients
-    dL/d(dt_t x_t) = B_t . G_t,  dL/dB_t = sum_d G_t dt_t x_t,  dL/dC_t = sum_d dy_t h_t,  dL/dD = sum dy x
+    dL/d(dt_t x_t) = B_t . G_t,  dL/dB_t = sum_d G_t dt_t x_t,  dL/dC_t = sum_d dy_t h_t,
+    dL/dD = sum dy x
 
-dB and dC sum over the channel blocks with atomic adds; dA and dD per batch go to a buffer summed here.
+dB and dC sum over the channel blocks with atomic adds; dA and dD per batch go to a buffer summed
+here.
 Inputs may be float32, float16 or bfloat16 (computed in float32) or float64 (computed in float64);
 outputs and gradients take their input's dtype.
 
-    from lra.kernels.selective_scan_triton import selective_scan_triton
-    y = selective_scan_triton(x, dt, A, B, C, D)   # x, dt (b, D, L); A (D, N); B, C (b, N, L); D (D,)
+    from lra.kernels.selective_scan.triton import selective_scan_triton
+    # x, dt (b, D, L); A (D, N); B, C (b, N, L); D (D,)
+    y = selective_scan_triton(x, dt, A, B, C, D)
 """
 import torch
 import triton
@@ -41,9 +46,9 @@ def _linear_combine(a1, u1, a2, u2):
 
 
 @triton.jit
-def _scan_fwd(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, states_ptr, n_channels, L, N, n_chunks,
-              BLOCK_D: tl.constexpr, T: tl.constexpr, BLOCK_N: tl.constexpr, SAVE_STATES: tl.constexpr,
-              ACC: tl.constexpr):
+def _scan_fwd(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, states_ptr, n_channels, L, N,
+              n_chunks, BLOCK_D: tl.constexpr, T: tl.constexpr, BLOCK_N: tl.constexpr,
+              SAVE_STATES: tl.constexpr, ACC: tl.constexpr):
     pid_d, b = tl.program_id(0), tl.program_id(1)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
     n = tl.arange(0, BLOCK_N)
@@ -61,7 +66,8 @@ def _scan_fwd(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, states_ptr, n_ch
         t_ok = tc < L
         td_ok = t_ok & d_ok[None, :]  # (T, BD)
         tn_ok = t_ok & n_ok[None, :]  # (T, BN)
-        x = tl.load(x_ptr + rows + tc, mask=td_ok, other=0.0).to(ACC)  # (T, BD); 0 past L: identity steps
+        # (T, BD); 0 past L: identity steps
+        x = tl.load(x_ptr + rows + tc, mask=td_ok, other=0.0).to(ACC)
         dt = tl.load(dt_ptr + rows + tc, mask=td_ok, other=0.0).to(ACC)
         Bt = tl.load(B_ptr + bc_rows + tc, mask=tn_ok, other=0.0).to(ACC)  # (T, BN)
         Ct = tl.load(C_ptr + bc_rows + tc, mask=tn_ok, other=0.0).to(ACC)
@@ -113,8 +119,10 @@ def _scan_bwd(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, states_ptr,
         u = dtx[:, :, None] * Bt[:, None, :]
         P, H = tl.associative_scan((decay, u), 0, _linear_combine)
         H = H + P * h_start[None, :, :]  # h_t
-        decay_next = tl.exp(dt_next[:, :, None] * A[None, :, :])  # a_{t+1}; 1 at the chunk's last step
-        P, G = tl.associative_scan((decay_next, dy[:, :, None] * Ct[:, None, :]), 0, _linear_combine, reverse=True)
+        # a_{t+1}; 1 at the chunk's last step
+        decay_next = tl.exp(dt_next[:, :, None] * A[None, :, :])
+        P, G = tl.associative_scan((decay_next, dy[:, :, None] * Ct[:, None, :]), 0,
+                                   _linear_combine, reverse=True)
         G = G + P * carry[None, :, :]  # G_t
         Q = G * (H - u)  # dL/d(dt_t A) = G_t a_t h_{t-1}
         GB = tl.sum(G * Bt[:, None, :], axis=2)  # dL/d(dt_t x_t), (T, BD)
@@ -132,9 +140,11 @@ def _scan_bwd(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, states_ptr,
 
 
 def _config(N, channels, chunk):
-    """BLOCK_N, BLOCK_D, T and warps: one (channel, state) pair per thread, T steps of it in the thread's registers.
+    """BLOCK_N, BLOCK_D, T and warps: one (channel, state) pair per thread, T steps of it in the
+    thread's registers.
 
-    With BLOCK_D * BLOCK_N = 32 * warps the scan over a chunk runs inside each thread, with no shuffles.
+    With BLOCK_D * BLOCK_N = 32 * warps the scan over a chunk runs inside each thread, with no
+    shuffles.
     """
     block_n = triton.next_power_of_2(N)
     block_d = max(1, min(triton.next_power_of_2(channels), 128 // block_n))
@@ -145,14 +155,16 @@ def _config(N, channels, chunk):
 def _check(x, dt, A, B, C, D):
     b, channels, L = x.shape if x.dim() == 3 else (None, None, None)
     N = A.shape[-1] if A.dim() == 2 else None
-    want = {"x": (b, channels, L), "dt": (b, channels, L), "A": (channels, N), "B": (b, N, L), "C": (b, N, L),
-            "D": (channels,)}
+    want = {"x": (b, channels, L), "dt": (b, channels, L), "A": (channels, N), "B": (b, N, L),
+            "C": (b, N, L), "D": (channels,)}
     got = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D}
     if b is None or N is None or any(tuple(got[k].shape) != v for k, v in want.items()):
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in got.items())
-        raise ValueError(f"selective scan: got {shapes}; expected x, dt (b, D, L), A (D, N), B, C (b, N, L), D (D,)")
-    if len({t.device for t in got.values()}) > 1:
-        raise ValueError(f"selective scan: inputs on several devices: {sorted({str(t.device) for t in got.values()})}")
+        raise ValueError(f"selective scan: got {shapes}; expected x, dt (b, D, L), A (D, N), "
+                         "B, C (b, N, L), D (D,)")
+    devices = sorted({str(t.device) for t in got.values()})
+    if len(devices) > 1:
+        raise ValueError(f"selective scan: inputs on several devices: {devices}")
     if L == 0 or b == 0:
         raise ValueError(f"selective scan: empty input, x {tuple(x.shape)}")
 
@@ -176,7 +188,8 @@ class _SelectiveScan(torch.autograd.Function):
         states = x.new_empty((b, channels, n_chunks, N) if save_states else (1,), dtype=acc)
         _scan_fwd[(triton.cdiv(channels, block_d), b)](
             x, dt, A, B, C, D, y, states, channels, L, N, n_chunks,
-            BLOCK_D=block_d, T=chunk, BLOCK_N=block_n, SAVE_STATES=save_states, ACC=_TL[acc], num_warps=warps)
+            BLOCK_D=block_d, T=chunk, BLOCK_N=block_n, SAVE_STATES=save_states, ACC=_TL[acc],
+            num_warps=warps)
         if save_states:
             ctx.chunk = chunk
             ctx.save_for_backward(x, dt, A, B, C, D, states)
@@ -190,20 +203,25 @@ class _SelectiveScan(torch.autograd.Function):
         block_n, block_d, chunk, warps = _config(N, channels, ctx.chunk)
         acc = states.dtype
         dx, ddt = torch.empty_like(x), torch.empty_like(dt)
-        dB, dC = (x.new_zeros(B.shape, dtype=acc) for _ in range(2))  # atomic sums over the channel blocks
+        # atomic sums over the channel blocks
+        dB, dC = (x.new_zeros(B.shape, dtype=acc) for _ in range(2))
         dA = x.new_empty((b, channels, N), dtype=acc)  # per batch, summed below
         dD = x.new_empty((b, channels), dtype=acc)
         _scan_bwd[(triton.cdiv(channels, block_d), b)](
-            x, dt, A, B, C, D, dy.contiguous(), states, dx, ddt, dA, dB, dC, dD, channels, L, N, states.shape[2],
-            BLOCK_D=block_d, T=chunk, BLOCK_N=block_n, ACC=_TL[acc], num_warps=warps)
-        return dx, ddt, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD.sum(0).to(D.dtype), None, None
+            x, dt, A, B, C, D, dy.contiguous(), states, dx, ddt, dA, dB, dC, dD, channels, L, N,
+            states.shape[2], BLOCK_D=block_d, T=chunk, BLOCK_N=block_n, ACC=_TL[acc],
+            num_warps=warps)
+        return (dx, ddt, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+                dD.sum(0).to(D.dtype), None, None)
 
 
 def selective_scan_triton(x, dt, A, B, C, D, chunk=None):
-    """Same as `selective_scan_reference`: x, dt (b, D, L); A (D, N); B, C (b, N, L); D (D,) -> y (b, D, L).
+    """Same as `selective_scan_reference`: x, dt (b, D, L); A (D, N); B, C (b, N, L); D (D,)
+    -> y (b, D, L).
 
-    On CUDA tensors, or CPU tensors under TRITON_INTERPRET=1; y has x's dtype. `chunk`, a power of 2,
-    sets the time steps per chunk (default: 16 for N <= 128); the backward keeps b D N L / chunk states.
+    On CUDA tensors, or CPU tensors under TRITON_INTERPRET=1; y has x's dtype. `chunk`, a power of
+    2, sets the time steps per chunk (default: 16 for N <= 128); the backward keeps b D N L / chunk
+    states.
     """
     _check(x, dt, A, B, C, D)
     if chunk is not None and (chunk < 1 or chunk & (chunk - 1)):

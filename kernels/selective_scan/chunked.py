@@ -1,20 +1,4 @@
-"""The selective scan of Mamba: a diagonal linear recurrence whose step, B and C change per token.
-
-Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023
-(arXiv:2312.00752), Algorithm 2. For each batch b and channel d, with a state h of size N:
-
-    h_t = exp(dt_t A) * h_{t-1} + dt_t B_t x_t        A (N,) diagonal and negative, h_0 = 0
-    y_t = C_t . h_t + D x_t
-
-(zero-order hold for A, Euler for B, as in the paper's code). dt, x are per (b, d, t); B, C
-per (b, t) and shared by the channels; A, D per channel. Shapes throughout:
-x, dt (batch, D, L); A (D, N); B, C (batch, N, L); D (D,); y (batch, D, L).
-
-    from lra.kernels.selective_scan import selective_scan
-    y = selective_scan(x, dt, A, B, C, D)   # (b, D, L)
-
-The dispatch runs the Triton kernel of `selective_scan_triton` on CUDA tensors (a parallel scan over
-chunks of the length, states in registers) and `selective_scan_chunked` elsewhere.
+"""The selective scan on a CPU: the recurrence in place, chunk by chunk, with its own backward.
 
 Why no parallel form on the PyTorch path: every (b, d, n) has its own decay exp(dt_t A_n), so
 the chunk-local "masked decay matrix" is (b, D, N, T, T), T times the work of the recurrence,
@@ -26,24 +10,6 @@ in-place ops, and writes its own backward so that nothing of size (b, D, N, L) i
 """
 import torch
 from torch.autograd.function import once_differentiable
-
-from lra.kernels.dispatch import use_triton
-
-
-def selective_scan_step(x_t, dt_t, A, B_t, C_t, D, h):
-    """One time step, the recurrent view: x_t, dt_t (b, D); B_t, C_t (b, N); h (b, D, N) -> y_t (b, D), h."""
-    h = torch.exp(dt_t.unsqueeze(-1) * A) * h + (dt_t * x_t).unsqueeze(-1) * B_t.unsqueeze(1)  # (b, D, N)
-    return (h * C_t.unsqueeze(1)).sum(-1) + D * x_t, h
-
-
-def selective_scan_reference(x, dt, A, B, C, D):
-    """The math: `selective_scan_step` over t = 0 .. L-1 from h = 0 (autograd gives the backward)."""
-    h = x.new_zeros(x.shape[0], *A.shape)  # (b, D, N)
-    ys = []
-    for t in range(x.shape[-1]):
-        y_t, h = selective_scan_step(x[..., t], dt[..., t], A, B[..., t], C[..., t], D, h)
-        ys.append(y_t)
-    return torch.stack(ys, -1)  # (b, D, L)
 
 
 class _ChunkedScan(torch.autograd.Function):
@@ -85,7 +51,8 @@ class _ChunkedScan(torch.autograd.Function):
         T, L = ctx.chunk, xs.shape[0]
         dys = dy.permute(2, 0, 1).contiguous()  # (L, b, D)
         dtxs = dts * xs
-        H, decay = starts.new_empty(2, T, *starts.shape[1:])  # states and decays of one chunk, (T, b, N, D)
+        # states and decays of one chunk, (T, b, N, D)
+        H, decay = starts.new_empty(2, T, *starts.shape[1:])
         G, gA, Q = starts.new_zeros(3, *starts.shape[1:])  # (b, N, D) each; G carries across chunks
         gdt, gdtx = torch.empty_like(dts), torch.empty_like(dts)  # (L, b, D)
         gB, gC = torch.empty_like(Bs), torch.empty_like(Cs)  # (L, b, N)
@@ -94,7 +61,8 @@ class _ChunkedScan(torch.autograd.Function):
             prev = starts[c]
             for i, t in enumerate(range(s, e)):  # recompute h_s .. h_{e-1}
                 torch.mul(At, dts[t].unsqueeze(1), out=decay[i]).exp_()
-                torch.mul(decay[i], prev, out=H[i]).addcmul_(Bs[t].unsqueeze(-1), dtxs[t].unsqueeze(1))
+                torch.mul(decay[i], prev,
+                          out=H[i]).addcmul_(Bs[t].unsqueeze(-1), dtxs[t].unsqueeze(1))
                 prev = H[i]
             for i in reversed(range(e - s)):
                 t = s + i
@@ -114,21 +82,9 @@ class _ChunkedScan(torch.autograd.Function):
 
 
 def selective_scan_chunked(x, dt, A, B, C, D, chunk=32):
-    """Same as `selective_scan_reference`, 3-4x faster on CPU, keeping O(b D N L / chunk) for backward.
+    """Same as `selective_scan_reference`, 3-4x faster on CPU, keeping O(b D N L / chunk).
 
     The backward keeps the state at every `chunk`-th step and recomputes the states inside a
     chunk from it; any chunk >= 1 gives the same result (it trades memory for cache traffic).
     """
     return _ChunkedScan.apply(x, dt, A, B, C, D, chunk)
-
-
-def selective_scan(x, dt, A, B, C, D):
-    """Dispatch for the selective scan: h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t, y_t = C_t h_t + D x_t.
-
-    The Triton kernel (`lra.kernels.selective_scan_triton`) on CUDA tensors or where `LRA_KERNELS=triton`
-    forces it; the chunked PyTorch path elsewhere (see `lra.kernels.dispatch`).
-    """
-    if use_triton("the selective scan", x):
-        from lra.kernels.selective_scan_triton import selective_scan_triton  # Triton is imported only here
-        return selective_scan_triton(x, dt, A, B, C, D)
-    return selective_scan_chunked(x, dt, A, B, C, D)

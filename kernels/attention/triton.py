@@ -1,36 +1,42 @@
 """FlashAttention-2 in Triton, forward and backward, with key padding and an optional causal mask.
 
 Dao, "FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning", 2023.
-Same inputs and result as `lra.kernels.attention.attention_reference`: q, k, v (B, heads, L, d), the
-first n_b keys of row b are real (and with causal=True query i sees keys j <= i).
+Same inputs and result as `lra.kernels.attention.reference.attention_reference`: q, k, v
+(B, heads, L, d), the first n_b keys of row b are real (and with causal=True query i sees keys
+j <= i).
 
-Forward, one program per (query block, batch x head). Scores go to base 2, s = q . k log2(e) / sqrt(d),
-and the key blocks j of the row update a running max m, sum l and output acc per query:
+Forward, one program per (query block, batch x head). Scores go to base 2,
+s = q . k log2(e) / sqrt(d), and the key blocks j of the row update a running max m, sum l and
+output acc per query:
 
-    m' = max(m, rowmax(s_j)),   l' = 2^(m - m') l + rowsum(2^(s_j - m')),   acc' = 2^(m - m') acc + 2^(s_j - m') v_j
+    m' = max(m, rowmax(s_j)),   l' = 2^(m - m') l + rowsum(2^(s_j - m')),
+    acc' = 2^(m - m') acc + 2^(s_j - m') v_j
 
-then o = acc / l, and lse = m + log2(l) is saved per query. The key loop stops after ceil(n_b / BLOCK_N)
-blocks (with causal=True also at the query block's diagonal); only that last block and the diagonal
-blocks pay for masks. A row with n_b = 0 visits no block and gets zeros.
+then o = acc / l, and lse = m + log2(l) is saved per query. The key loop stops after
+ceil(n_b / BLOCK_N) blocks (with causal=True also at the query block's diagonal); only that last
+block and the diagonal blocks pay for masks. A row with n_b = 0 visits no block and gets zeros.
 
 Backward, with P_ij = 2^(s_ij - lse_i) recomputed block by block and nothing of size L x L stored:
 
-    D_i = rowsum(dO_i * O_i)                                  (_delta)
+    D_i = rowsum(dO_i * O_i)                                 (_delta)
     dS_ij = P_ij (dO_i . v_j - D_i)
-    dv_j = sum_i P_ij dO_i,   dk_j = sum_i dS_ij q_i / sqrt(d)   (_dkdv: a program per key block, over query blocks)
-    dq_i = sum_j dS_ij k_j / sqrt(d)                           (_dq: a program per query block, over key blocks)
+    dv_j = sum_i P_ij dO_i,   dk_j = sum_i dS_ij q_i / sqrt(d)
+                                 (_dkdv: a program per key block, over query blocks)
+    dq_i = sum_j dS_ij k_j / sqrt(d)
+                                 (_dq: a program per query block, over key blocks)
 
 Queries past n_b are padding: their outputs are zeros and lse = +inf, so the backward gives them
-P = 0; query blocks wholly past n_b visit no key, and key blocks go over query blocks up to n_b only.
-Key blocks past n_b visit no query and write zero dk, dv; the padded keys of a row's last block write
-zeros too.
-Softmax statistics and accumulators are fp32; tl.dot takes the input dtype (float16, bfloat16, float32).
-Dropout is not implemented here: `lra.kernels.attention.attention` keeps its other paths for dropout_p > 0.
+P = 0; query blocks wholly past n_b visit no key, and key blocks go over query blocks up to n_b
+only. Key blocks past n_b visit no query and write zero dk, dv; the padded keys of a row's last
+block write zeros too.
+Softmax statistics and accumulators are fp32; tl.dot takes the input dtype (float16, bfloat16,
+float32). Dropout is not implemented here: `lra.kernels.attention.attention` keeps its other paths
+for dropout_p > 0.
 
     import torch
-    from lra.kernels.attention_triton import flash_attention
-    q, k, v = torch.randn(3, 2, 8, 1024, 64, device="cuda", dtype=torch.bfloat16).unbind(0)  # (B, h, L, d)
-    o = flash_attention(q, k, v, lengths=torch.tensor([1024, 700], device="cuda"), causal=False)
+    from lra.kernels.attention.triton import attention_triton
+    q, k, v = torch.randn(3, 2, 8, 1024, 64, device="cuda", dtype=torch.bfloat16).unbind(0)
+    o = attention_triton(q, k, v, lengths=torch.tensor([1024, 700], device="cuda"), causal=False)
 """
 import math
 
@@ -47,13 +53,14 @@ MAX_HEAD_DIM = 128
 @triton.jit
 def _load_tile(ptr, rows, cols, stride, n_rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                CHECK_ROWS: tl.constexpr):
-    """The (rows, cols) tile of a (n_rows, HEAD_DIM) matrix with row stride `stride`, zeros outside."""
+    """The (rows, cols) tile of a (n_rows, HEAD_DIM) matrix with row stride `stride`, 0 outside."""
     ptrs = ptr + rows[:, None] * stride + cols[None, :]
     if CHECK_ROWS:
         if HEAD_DIM == BLOCK_D:
             tile = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
         else:
-            tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < HEAD_DIM), other=0.0)
+            tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < HEAD_DIM),
+                           other=0.0)
     else:
         if HEAD_DIM == BLOCK_D:
             tile = tl.load(ptrs)
@@ -66,38 +73,46 @@ def _load_tile(ptr, rows, cols, stride, n_rows, HEAD_DIM: tl.constexpr, BLOCK_D:
 def _store_tile(ptr, tile, rows, cols, n_rows, HEAD_DIM: tl.constexpr):
     """Store a tile into the contiguous (n_rows, HEAD_DIM) matrix at ptr, in ptr's dtype."""
     mask = (rows[:, None] < n_rows) & (cols[None, :] < HEAD_DIM)
-    tl.store(ptr + rows[:, None] * HEAD_DIM + cols[None, :], tile.to(ptr.dtype.element_ty), mask=mask)
+    tl.store(ptr + rows[:, None] * HEAD_DIM + cols[None, :], tile.to(ptr.dtype.element_ty),
+             mask=mask)
 
 
 @triton.jit
 def _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, lo, hi, n, qk_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
-    """The online-softmax update over key blocks [lo, hi); MASKED hides keys >= n (and, causal, keys > query)."""
+    """The online-softmax update over key blocks [lo, hi).
+
+    MASKED hides keys >= n (and, causal, keys > query).
+    """
     for start_n in range(lo, hi, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
         k = _load_tile(K, keys, cols, skl, n, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), base 2
+        # (BLOCK_M, BLOCK_N), base 2
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         if MASKED:
             allowed = keys[None, :] < n
             if CAUSAL:
                 allowed = allowed & (keys[None, :] <= rows[:, None])
             s = tl.where(allowed, s, float("-inf"))
-        # the first block holds key 0, which every query of a row with n >= 1 sees: m is finite from there on
+        # the first block holds key 0, which every query of a row with n >= 1 sees: m is finite
+        # from there on
         m_new = tl.maximum(m, tl.max(s, 1))
         alpha = tl.exp2(m - m_new)  # (BLOCK_M,)
         p = tl.exp2(s - m_new[:, None])
         l = l * alpha + tl.sum(p, 1)
         v = _load_tile(V, keys, cols, svl, n, HEAD_DIM, BLOCK_D, MASKED)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)  # (BLOCK_M, BLOCK_D)
+        # (BLOCK_M, BLOCK_D)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
     return m, l, acc
 
 
 @triton.jit
 def _key_range(start_m, n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-    """A query block's key loop: [0, full) are key blocks every query in it sees whole, [full, end) the rest
-    up to the row's length n (causal: and the block's diagonal); nothing for a block of padding queries."""
+    """A query block's key loop: [0, full) are key blocks every query in it sees whole, [full, end)
+    the rest up to the row's length n (causal: and the block's diagonal); nothing for a block of
+    padding queries."""
     full = tl.where(start_m < n, n // BLOCK_N * BLOCK_N, 0)
     end = tl.where(start_m < n, n, 0)
     if CAUSAL:
@@ -108,8 +123,8 @@ def _key_range(start_m, n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL:
 
 @triton.jit
 def _fwd(Q, K, V, O, LSE, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, H, L, qk_scale,
-         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-         CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+         BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
@@ -118,7 +133,8 @@ def _fwd(Q, K, V, O, LSE, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, 
     cols = tl.arange(0, BLOCK_D)
     K += b * skb + h * skh
     V += b * svb + h * svh
-    q = _load_tile(Q + b * sqb + h * sqh, rows, cols, sql, L, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
+    # (BLOCK_M, BLOCK_D)
+    q = _load_tile(Q + b * sqb + h * sqh, rows, cols, sql, L, HEAD_DIM, BLOCK_D, True)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -142,8 +158,9 @@ def _delta(O, DO, DELTA, sdob, sdoh, sdol, H, L,
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     cols = tl.arange(0, BLOCK_D)
-    o = _load_tile(O + bh * L * HEAD_DIM, rows, cols, HEAD_DIM, L, HEAD_DIM, BLOCK_D, True).to(tl.float32)
-    do = _load_tile(DO + b * sdob + h * sdoh, rows, cols, sdol, L, HEAD_DIM, BLOCK_D, True).to(tl.float32)
+    o = _load_tile(O + bh * L * HEAD_DIM, rows, cols, HEAD_DIM, L, HEAD_DIM, BLOCK_D, True)
+    do = _load_tile(DO + b * sdob + h * sdoh, rows, cols, sdol, L, HEAD_DIM, BLOCK_D, True)
+    o, do = o.to(tl.float32), do.to(tl.float32)
     tl.store(DELTA + bh * L + rows, tl.sum(o * do, 1), mask=rows < L)
 
 
@@ -151,7 +168,10 @@ def _delta(O, DO, DELTA, sdob, sdoh, sdol, H, L,
 def _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols, lo, hi, L, qk_scale,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
-    """Add query blocks [lo, hi) to one key block's dk, dv; MASKED checks query rows < L (and, causal, j <= i)."""
+    """Add query blocks [lo, hi) to one key block's dk, dv.
+
+    MASKED checks query rows < L (and, causal, j <= i).
+    """
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
         q = _load_tile(Q, rows, cols, sql, L, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_M, BLOCK_D)
@@ -162,7 +182,8 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols, lo, hi,
         else:
             lse = tl.load(LSE + rows)
             delta = tl.load(DELTA + rows)
-        p_t = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
+        # (BLOCK_N, BLOCK_M)
+        p_t = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
         if MASKED:
             if CAUSAL:
                 p_t = tl.where(keys[:, None] <= rows[None, :], p_t, 0.0)
@@ -175,16 +196,17 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols, lo, hi,
 
 @triton.jit
 def _dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
-          sdob, sdoh, sdol, H, L, qk_scale, sm_scale,
-          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-          CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+          sdob, sdoh, sdol, H, L, qk_scale, sm_scale, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+          PRECISION: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     n = tl.load(LENGTHS + b)
     keys = start_n + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
-    k = _load_tile(K + b * skb + h * skh, keys, cols, skl, n, HEAD_DIM, BLOCK_D, True)  # (BLOCK_N, BLOCK_D)
+    # (BLOCK_N, BLOCK_D)
+    k = _load_tile(K + b * skb + h * skh, keys, cols, skl, n, HEAD_DIM, BLOCK_D, True)
     v = _load_tile(V + b * svb + h * svh, keys, cols, svl, n, HEAD_DIM, BLOCK_D, True)
     Q += b * sqb + h * sqh
     DO += b * sdob + h * sdoh
@@ -192,20 +214,24 @@ def _dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl
     DELTA += bh * L
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    # query blocks: [lo, mid) cross the diagonal (causal), [mid, l_full) are whole, [.., last) holds row n - 1
-    last = tl.where(start_n < n, n, 0)  # a block of padding keys visits no query, padding queries give P = 0
+    # query blocks: [lo, mid) cross the diagonal (causal), [mid, l_full) are whole, [.., last)
+    # holds row n - 1
+    # a block of padding keys visits no query, padding queries give P = 0
+    last = tl.where(start_n < n, n, 0)
     lo = 0
     mid = 0
     if CAUSAL:
         lo = (start_n // BLOCK_M) * BLOCK_M
         mid = tl.cdiv(start_n + BLOCK_N - 1, BLOCK_M) * BLOCK_M
     l_full = (last // BLOCK_M) * BLOCK_M
-    dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols, lo, tl.minimum(mid, last), L,
-                          qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, True, CAUSAL, PRECISION)
+    dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols, lo,
+                          tl.minimum(mid, last), L, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, True,
+                          CAUSAL, PRECISION)
     dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols, mid, l_full, L,
                           qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, False, CAUSAL, PRECISION)
-    dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols, tl.maximum(mid, l_full), last, L,
-                          qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, True, CAUSAL, PRECISION)
+    dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols,
+                          tl.maximum(mid, l_full), last, L, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M,
+                          True, CAUSAL, PRECISION)
     real = keys[:, None] < n  # the padded keys of the last block computed garbage rows: write zeros
     _store_tile(DK + bh * L * HEAD_DIM, tl.where(real, dk * sm_scale, 0.0), keys, cols, L, HEAD_DIM)
     _store_tile(DV + bh * L * HEAD_DIM, tl.where(real, dv, 0.0), keys, cols, L, HEAD_DIM)
@@ -215,12 +241,16 @@ def _dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl
 def _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, lo, hi, n, qk_scale,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
-    """Add key blocks [lo, hi) to one query block's dq; MASKED hides keys >= n (and, causal, keys > query)."""
+    """Add key blocks [lo, hi) to one query block's dq.
+
+    MASKED hides keys >= n (and, causal, keys > query).
+    """
     for start_n in range(lo, hi, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
         k = _load_tile(K, keys, cols, skl, n, HEAD_DIM, BLOCK_D, MASKED)  # (BLOCK_N, BLOCK_D)
         v = _load_tile(V, keys, cols, svl, n, HEAD_DIM, BLOCK_D, MASKED)
-        p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])  # (BLOCK_M, BLOCK_N)
+        # (BLOCK_M, BLOCK_N)
+        p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])
         if MASKED:
             allowed = keys[None, :] < n
             if CAUSAL:
@@ -245,12 +275,14 @@ def _dq(Q, K, V, DO, DQ, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb,
     cols = tl.arange(0, BLOCK_D)
     K += b * skb + h * skh
     V += b * svb + h * svh
-    q = _load_tile(Q + b * sqb + h * sqh, rows, cols, sql, L, HEAD_DIM, BLOCK_D, True)  # (BLOCK_M, BLOCK_D)
+    # (BLOCK_M, BLOCK_D)
+    q = _load_tile(Q + b * sqb + h * sqh, rows, cols, sql, L, HEAD_DIM, BLOCK_D, True)
     do = _load_tile(DO + b * sdob + h * sdoh, rows, cols, sdol, L, HEAD_DIM, BLOCK_D, True)
     lse = tl.load(LSE + bh * L + rows, mask=rows < L, other=float("inf"))
     delta = tl.load(DELTA + bh * L + rows, mask=rows < L, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    full, end = _key_range(start_m, n, BLOCK_M, BLOCK_N, CAUSAL)  # the same key blocks as the forward
+    # the same key blocks as the forward
+    full, end = _key_range(start_m, n, BLOCK_M, BLOCK_N, CAUSAL)
     dq = _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, 0, full, n, qk_scale,
                     HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, PRECISION)
     dq = _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, full, end, n, qk_scale,
@@ -259,15 +291,17 @@ def _dq(Q, K, V, DO, DQ, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb,
 
 
 def _configs(d, dtype):
-    """Tile sizes and launch options of the forward, dk/dv and dq kernels for head dim d and an input dtype.
+    """Tile sizes and launch options of the forward, dk/dv and dq kernels for head dim d, dtype.
 
-    Under the interpreter: small tiles, with BLOCK_M != BLOCK_N so the tests cover uneven ones. On a GPU:
-    the largest tiles that compile for sm_90 without spilling registers (python -m lra.kernels.compile_check).
+    Under the interpreter: small tiles, with BLOCK_M != BLOCK_N so the tests cover uneven ones. On a
+    GPU: the largest tiles that compile for sm_90 without spilling registers (the compile check,
+    `make kernels-check`).
     """
     if interpreting():
         return {"fwd": dict(BLOCK_M=32, BLOCK_N=16), "dkdv": dict(BLOCK_M=16, BLOCK_N=32),
                 "dq": dict(BLOCK_M=32, BLOCK_N=16)}
-    if dtype == torch.float32:  # IEEE dots run on the FMA units and hold more per thread: smaller tiles
+    # IEEE dots run on the FMA units and hold more per thread: smaller tiles
+    if dtype == torch.float32:
         if d > 64:
             tile = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
             return {"fwd": tile, "dkdv": tile, "dq": tile}
@@ -300,10 +334,11 @@ class _FlashAttention(torch.autograd.Function):
         cfg, opts = _configs(d, q.dtype), _launch_options(q)
         sm_scale = 1 / math.sqrt(d)
         o = torch.empty(B, H, L, d, device=q.device, dtype=q.dtype)
-        lse = torch.empty(B * H, L, device=q.device, dtype=torch.float32)  # base-2 log-sum-exp per query
+        # base-2 log-sum-exp per query
+        lse = torch.empty(B * H, L, device=q.device, dtype=torch.float32)
         grid = (triton.cdiv(L, cfg["fwd"]["BLOCK_M"]), B * H)
-        _fwd[grid](q, k, v, o, lse, n, *_rows(q), *_rows(k), *_rows(v), H, L, sm_scale * math.log2(math.e),
-                   CAUSAL=causal, **opts, **cfg["fwd"])
+        _fwd[grid](q, k, v, o, lse, n, *_rows(q), *_rows(k), *_rows(v), H, L,
+                   sm_scale * math.log2(math.e), CAUSAL=causal, **opts, **cfg["fwd"])
         ctx.save_for_backward(q, k, v, o, lse, n)
         ctx.causal = causal
         return o
@@ -317,31 +352,35 @@ class _FlashAttention(torch.autograd.Function):
         if do.stride(-1) != 1:
             do = do.contiguous()
         delta = torch.empty_like(lse)  # rowsum(dO * O) per query
-        _delta[(triton.cdiv(L, 64), B * H)](o, do, delta, *_rows(do), H, L, HEAD_DIM=d, BLOCK_D=opts["BLOCK_D"],
-                                            BLOCK_M=64)
+        _delta[(triton.cdiv(L, 64), B * H)](o, do, delta, *_rows(do), H, L, HEAD_DIM=d,
+                                            BLOCK_D=opts["BLOCK_D"], BLOCK_M=64)
         dq, dk, dv = (torch.empty(B, H, L, d, device=q.device, dtype=q.dtype) for _ in range(3))
-        args = (*_rows(q), *_rows(k), *_rows(v), *_rows(do), H, L, sm_scale * math.log2(math.e), sm_scale)
-        _dkdv[(triton.cdiv(L, cfg["dkdv"]["BLOCK_N"]), B * H)](q, k, v, do, dk, dv, lse, delta, n, *args,
-                                                               CAUSAL=ctx.causal, **opts, **cfg["dkdv"])
-        _dq[(triton.cdiv(L, cfg["dq"]["BLOCK_M"]), B * H)](q, k, v, do, dq, lse, delta, n, *args,
-                                                           CAUSAL=ctx.causal, **opts, **cfg["dq"])
+        args = (*_rows(q), *_rows(k), *_rows(v), *_rows(do), H, L, sm_scale * math.log2(math.e),
+                sm_scale)
+        grid = (triton.cdiv(L, cfg["dkdv"]["BLOCK_N"]), B * H)
+        _dkdv[grid](q, k, v, do, dk, dv, lse, delta, n, *args, CAUSAL=ctx.causal, **opts,
+                    **cfg["dkdv"])
+        grid = (triton.cdiv(L, cfg["dq"]["BLOCK_M"]), B * H)
+        _dq[grid](q, k, v, do, dq, lse, delta, n, *args, CAUSAL=ctx.causal, **opts, **cfg["dq"])
         return dq, dk, dv, None, None
 
 
-def flash_attention(q, k, v, lengths=None, causal=False):
-    """Softmax attention over each row's first `lengths` keys by the Triton kernels, (B, heads, L, d) -> same.
+def attention_triton(q, k, v, lengths=None, causal=False):
+    """Softmax attention over each row's first `lengths` keys by the Triton kernels.
 
-    lengths: (B,) real keys per row (padding at the end) or None for all L; dropout is not supported.
+    q, k, v: (B, heads, L, d) -> o of the same shape. lengths: (B,) real keys per row (padding at
+    the end) or None for all L; dropout is not supported.
     """
     if not (q.dim() == 4 and q.shape == k.shape == v.shape):
         raise ValueError(f"q, k, v must share one (B, heads, L, d) shape, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
     if not q.dtype == k.dtype == v.dtype or q.dtype not in DTYPES:
-        raise ValueError(f"the Triton attention kernel takes float16, bfloat16 or float32 q, k, v of one dtype, "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}; set LRA_KERNELS=reference for other dtypes")
+        raise ValueError(f"the Triton attention kernel takes float16, bfloat16 or float32 q, k, v "
+                         f"of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}; set "
+                         "LRA_KERNELS=reference for other dtypes")
     if q.shape[-1] > MAX_HEAD_DIM:
-        raise ValueError(f"the Triton attention kernel takes head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}; "
-                         "use more heads or set LRA_KERNELS=reference")
+        raise ValueError(f"the Triton attention kernel takes head dims up to {MAX_HEAD_DIM}, "
+                         f"got {q.shape[-1]}; use more heads or set LRA_KERNELS=reference")
     B, _, L, _ = q.shape
     n = torch.full((B,), L, device=q.device) if lengths is None else torch.as_tensor(lengths)
     n = n.to(device=q.device, dtype=torch.int32).clamp(0, L)  # (B,) real keys per row

@@ -1,56 +1,31 @@
-"""The S4 Cauchy kernel: sums of v_n / (z_k - w_n) over the diagonal modes n.
+"""The S4 Cauchy product over conjugate pairs by real matmuls: `cauchy(..., conj=True)` on a CPU.
 
-S4 evaluates its generating function at the roots of unity through the resolvent of a
-diagonal matrix (Gu, Goel, Re, ICLR 2022, Algorithm 1 and Lemma C.3), which reduces to
-Cauchy products, for every channel h and point k,
+A pair of a mode and its conjugate adds up to one rational term with real coefficients,
 
-    r[..., h, k] = sum_n  v[..., h, n] / (z[k] - w[h, n]).
-
-A real system keeps N/2 modes, each standing for itself and its conjugate. A pair adds up
-to one rational term with real coefficients,
-
-    v / (z - w) + conj(v) / (z - conj(w)) = (2 Re(v) z - 2 Re(v conj(w))) / (z^2 - 2 Re(w) z + |w|^2),
+    v / (z - w) + conj(v) / (z - conj(w))
+        = (2 Re(v) z - 2 Re(v conj(w))) / (z^2 - 2 Re(w) z + |w|^2),
 
 so the conjugate-pair sum is a real matrix (the 2 Re(v) and -2 Re(v conj(w)) rows) times one
 complex Cauchy matrix G[h, n, k] = 1 / (z_k^2 - 2 Re(w_n) z_k + |w_n|^2), shared by every row
 of v: one batched real matmul per chunk of z. Its backward is written out and rebuilds G, so
-autograd keeps nothing of size (H, N, K).
-
-    cauchy_reference(v, z, w)   the plain sum, chunked over z (the math; the test oracle)
-    cauchy_conj(v, z, w)        the conjugate-pair sum, fast and memory-lean (what S4 uses)
-    cauchy(v, z, w, conj)       the dispatch a model calls: the Triton kernels of lra.kernels.cauchy_triton
-                                (forward and backward, both sums) or the two above (lra.kernels.dispatch)
-
-    from lra.kernels.cauchy import cauchy
-    r = cauchy(v, z, w, conj=True)   # (..., H, N/2) complex, (K,) complex, (H, N/2) complex -> (..., H, K)
+autograd keeps nothing of size (H, N, K). The plain sum (conj=False) has no such form: it runs
+`cauchy_reference`.
 """
 import torch
 
-from lra.kernels.dispatch import use_triton
-
-
-def cauchy_reference(v, z, w, chunk=256):
-    """Plain PyTorch: r[..., h, k] = sum_n v[..., h, n] / (z[k] - w[h, n]).
-
-    Works through z in chunks of `chunk` points, so without autograd it holds one
-    (H, N, chunk) block of 1 / (z - w) at a time. v: (..., H, N), z: (K,), w: (H, N),
-    all complex; returns (..., H, K) complex.
-    """
-    lead = v.shape[:-2]
-    v = v.reshape(-1, *w.shape).transpose(0, 1)  # (H, M, N)
-    out = [v @ (1 / (zc - w.unsqueeze(-1))) for zc in z.split(chunk)]  # (H, M, chunk) each
-    return torch.cat(out, -1).transpose(0, 1).reshape(*lead, w.shape[0], len(z))  # (..., H, K)
-
 
 def _cauchy_matrix(a, m, z):
-    """G = 1 / (z^2 - 2 a z + m) for a, m (H, N) real and z (K,) complex, as (H, N, 2K) real: [Re G | Im G].
+    """G = 1 / (z^2 - 2 a z + m) for a, m (H, N) real and z (K,) complex, as (H, N, 2K) real:
+    [Re G | Im G].
 
-    Filled in place (G = conj(den) / |den|^2): each fresh (H, N, K) buffer costs page faults on CPU.
+    Filled in place (G = conj(den) / |den|^2): each fresh (H, N, K) buffer costs page faults on a
+    CPU.
     """
     zr, zi = z.real.contiguous(), z.imag.contiguous()  # (K,)
     a2 = 2 * a.unsqueeze(-1)  # (H, N, 1)
     G = a.new_empty(*a.shape, 2, len(z))  # (H, N, 2, K)
-    re = torch.mul(a2, -zr, out=G[..., 0, :]).add_(m.unsqueeze(-1)).add_(zr * zr - zi * zi)  # Re den
+    # Re den
+    re = torch.mul(a2, -zr, out=G[..., 0, :]).add_(m.unsqueeze(-1)).add_(zr * zr - zi * zi)
     neg_im = torch.mul(a2, zi, out=G[..., 1, :]).sub_(2 * zr * zi)  # -Im den
     G.mul_(re.square().addcmul_(neg_im, neg_im).reciprocal_().unsqueeze(-2))
     return G.flatten(-2)
@@ -76,7 +51,8 @@ def _join_complex(Y):
 
 
 class _CauchyConj(torch.autograd.Function):
-    """r[h, j, k] = sum_n (z_k alpha[h, j, n] + beta[h, j, n]) G[h, n, k], G = 1 / (z_k^2 - 2 a[h, n] z_k + m[h, n]).
+    """r[h, j, k] = sum_n (z_k alpha[h, j, n] + beta[h, j, n]) G[h, n, k],
+    G = 1 / (z_k^2 - 2 a[h, n] z_k + m[h, n]).
 
     alpha, beta: (H, M, N), a, m: (H, N) real; z: (K,) complex, fixed (no gradient). It saves only
     its inputs and builds G chunk by chunk over z, in forward and again in backward, so no
@@ -106,7 +82,8 @@ class _CauchyConj(torch.autograd.Function):
             gz = gc * zc.conj()  # (H, M, k)
             Y = _join_complex(torch.cat([gz * zc.conj(), gz, gc], 1))  # (H, 3M, 2k)
             SG = Y[:, M:] @ G.mT  # (H, 2M, N): Re sum_k conj(g z*) G, Re sum_k conj(g) G
-            S2, S1, S0 = (Y @ E.mT).split(M, 1)  # (H, M, N) each: Re sum_k conj(g z*^2, g z*, g) G^2
+            # (H, M, N) each: Re sum_k conj(g z*^2, g z*, g) G^2
+            S2, S1, S0 = (Y @ E.mT).split(M, 1)
             d_alpha += SG[:, :M]
             d_beta += SG[:, M:]
             d_a += 2 * (alpha * S2 + beta * S1).sum(1)
@@ -114,8 +91,9 @@ class _CauchyConj(torch.autograd.Function):
         return d_alpha, d_beta, d_a, d_m, None, None
 
 
-def cauchy_conj(v, z, w, chunk=1024):
-    """The conjugate-pair sum r = sum_n v_n / (z - w_n) + conj(v_n) / (z - conj(w_n)), by real matmuls.
+def cauchy_chunked(v, z, w, chunk=1024):
+    """The conjugate-pair sum r = sum_n v_n / (z - w_n) + conj(v_n) / (z - conj(w_n)) by real
+    matmuls: `cauchy_reference(v, z, w, conj=True)`, faster and in less memory.
 
     v: (..., H, N), z: (K,), w: (H, N), all complex; returns (..., H, K) complex. Gradients flow
     to v and w (z is fixed); memory stays at one (H, N, chunk) block of the Cauchy matrix.
@@ -125,16 +103,3 @@ def cauchy_conj(v, z, w, chunk=1024):
     beta = -2 * (v.real * w.real.unsqueeze(1) + v.imag * w.imag.unsqueeze(1))  # -2 Re(v conj(w))
     r = _CauchyConj.apply(2 * v.real, beta, w.real, w.real**2 + w.imag**2, z, chunk)  # (H, M, K)
     return r.transpose(0, 1).reshape(*lead, H, len(z))
-
-
-def cauchy(v, z, w, conj=False):
-    """Dispatch for the Cauchy product `sum_n v[..., h, n] / (z[k] - w[h, n])`.
-
-    conj=True adds each mode's conjugate (v -> conj(v), w -> conj(w)). The Triton kernels for CUDA
-    tensors (or wherever `LRA_KERNELS=triton` forces them and they can run; z then gets no gradient),
-    else `cauchy_conj` or `cauchy_reference`; see lra.kernels.dispatch.
-    """
-    if use_triton("the S4 Cauchy product", w):
-        from lra.kernels.cauchy_triton import cauchy_triton
-        return cauchy_triton(v, z, w, conj)
-    return cauchy_conj(v, z, w) if conj else cauchy_reference(v, z, w)

@@ -1,21 +1,22 @@
-"""The S4 Cauchy product in Triton, forward and backward (the math is `cauchy_reference`).
+"""The S4 Cauchy product in Triton, forward and backward (the math: reference.py).
 
 Gu, Goel, Re, "Efficiently Modeling Long Sequences with Structured State Spaces", ICLR 2022
 (arXiv:2111.00396), Lemma C.3: for every row m, channel h and point z_k,
 
     r[m, h, k] = sum_n v[m, h, n] D1[h, n, k]                                  (plain)
-    r[m, h, k] = sum_n v[m, h, n] D1[h, n, k] + conj(v[m, h, n]) D2[h, n, k]   (conj: each mode and its conjugate)
-    D1 = 1 / (z_k - w[h, n]),   D2 = 1 / (z_k - conj(w[h, n])).
+    r[m, h, k] = sum_n v[m, h, n] D1[h, n, k] + conj(v[m, h, n]) D2[h, n, k]   (conj)
+    D1 = 1 / (z_k - w[h, n]),   D2 = 1 / (z_k - conj(w[h, n])),
 
-Triton has no complex type: v, z, w travel as their real views (..., 2) and the complex arithmetic is
-written out. With P = D1 + D2 and Q = D1 - D2 (P = Q = D1 when plain), a term is Re(v) P + i Im(v) Q.
-The rows m (the several v of one S4 layer) share D1 and D2.
+conj adding each mode's conjugate. Triton has no complex type: v, z, w travel as their real views
+(..., 2) and the complex arithmetic is written out. With P = D1 + D2 and Q = D1 - D2 (P = Q = D1
+when plain), a term is Re(v) P + i Im(v) Q. The rows m (the several v of one S4 layer) share D1
+and D2.
 
-Forward: one program per (block of m, block of h, block of k) loops over n with a (BM, BH, BK) tile of
-r in registers; nothing of size (H, N, K) is ever formed.
+Forward: one program per (block of m, block of h, block of k) loops over n with a (BM, BH, BK)
+tile of r in registers; nothing of size (H, N, K) is ever formed.
 
-Backward: for g = dLoss/dr in torch's convention (dLoss/dRe r + i dLoss/dIm r), the gradients of the
-complex leaves v and w (z gets none) are
+Backward: for g = dLoss/dr in torch's convention (dLoss/dRe r + i dLoss/dIm r), the gradients of
+the complex leaves v and w (z gets none) are
 
     grad v[m, h, n] = T0[m, h, n],    grad w[h, n] = sum_m conj(v[m, h, n]) T1[m, h, n],
     T0 = sum_k g conj(D1) + conj(g) D2,    T1 = sum_k g conj(D1^2) + conj(g) D2^2,
@@ -24,14 +25,14 @@ with the D2 terms only for conj. One program per (block of m, h, block of n) wal
 rebuilds D1 and D2 and reduces T0 and T1 in registers; the sum over m is left to torch.
 complex64 runs in float32, complex128 in float64.
 
-    from lra.kernels.cauchy_triton import cauchy_triton
-    r = cauchy_triton(v, z, w, conj=True)   # (..., H, N), (K,), (H, N) complex -> (..., H, K) complex
+    from lra.kernels.cauchy.triton import cauchy_triton
+    r = cauchy_triton(v, z, w, conj=True)   # (..., H, N), (K,), (H, N) -> (..., H, K), complex
 """
 import torch
 import triton
 import triton.language as tl
 
-from lra.kernels.vandermonde_triton import real_view  # the same complex-to-real view
+from lra.kernels.vandermonde.triton import real_view  # the same complex-to-real view
 
 
 @triton.jit
@@ -142,7 +143,8 @@ def _forward_blocks(M, H, K, itemsize):
 
 
 def _backward_blocks(M, N, itemsize):
-    """(BM, BN, BK): (BM, BN, BK) products of about 2048 float32 (1024 float64) elements per step of k."""
+    """(BM, BN, BK): (BM, BN, BK) products of about 2048 float32 (1024 float64) elements per step
+    of k."""
     tile = 8192 // itemsize
     BM = min(triton.next_power_of_2(M), 8)
     BN = min(triton.next_power_of_2(N), 32)
@@ -172,8 +174,8 @@ class _Cauchy(torch.autograd.Function):
         T = torch.empty(2, M, H, N, 2, dtype=v.real.dtype, device=v.device)
         BM, BN, BK = _backward_blocks(M, N, T.element_size())
         grid = (triton.cdiv(N, BN), H, triton.cdiv(M, BM))
-        _backward_kernel[grid](real_view(g.to(v.dtype)), real_view(z), real_view(w), T, M, H, N, len(z),
-                               CONJ=ctx.conj, BM=BM, BN=BN, BK=BK)
+        _backward_kernel[grid](real_view(g.to(v.dtype)), real_view(z), real_view(w), T, M, H, N,
+                               len(z), CONJ=ctx.conj, BM=BM, BN=BN, BK=BK)
         T0, T1 = torch.view_as_complex(T).unbind(0)  # (M, H, N) each
         grad_v = T0 if ctx.needs_input_grad[0] else None
         grad_w = (v.conj() * T1).sum(0) if ctx.needs_input_grad[2] else None
@@ -181,19 +183,22 @@ class _Cauchy(torch.autograd.Function):
 
 
 def cauchy_triton(v, z, w, conj=False):
-    """r[..., h, k] = sum_n v[..., h, n] / (z[k] - w[h, n]) (+ the conjugate modes if conj) by the Triton kernels.
+    """r[..., h, k] = sum_n v[..., h, n] / (z[k] - w[h, n]) (+ the conjugate modes if conj) by the
+    Triton kernels.
 
     v: (..., H, N), z: (K,), w: (H, N), all complex, on a CUDA device (or the CPU under
     TRITON_INTERPRET=1); returns (..., H, K) complex, differentiable in v and w. z is a fixed
     set of points: it gets no gradient. complex128 runs in float64, anything else in float32.
     """
     if w.dim() != 2 or z.dim() != 1 or v.shape[-2:] != w.shape:
-        raise ValueError(f"cauchy_triton takes v (..., H, N), z (K,) and w (H, N); got v {tuple(v.shape)}, "
-                         f"z {tuple(z.shape)} and w {tuple(w.shape)}")
+        raise ValueError(f"cauchy_triton takes v (..., H, N), z (K,) and w (H, N); got "
+                         f"v {tuple(v.shape)}, z {tuple(z.shape)} and w {tuple(w.shape)}")
     if z.requires_grad and torch.is_grad_enabled():
         raise ValueError("cauchy_triton gives no gradient to the points z; pass z.detach(), "
                          "or use cauchy_reference, which differentiates in z too")
-    dtype = torch.promote_types(torch.promote_types(v.dtype, w.dtype), torch.promote_types(z.dtype, torch.complex64))
+    dtype = torch.promote_types(torch.promote_types(v.dtype, w.dtype),
+                                torch.promote_types(z.dtype, torch.complex64))
     lead = v.shape[:-2]
-    r = _Cauchy.apply(v.to(dtype).reshape(-1, *w.shape), z.to(dtype), w.to(dtype), bool(conj))  # (M, H, K)
+    v = v.to(dtype).reshape(-1, *w.shape)  # (M, H, N)
+    r = _Cauchy.apply(v, z.to(dtype), w.to(dtype), bool(conj))  # (M, H, K)
     return r.reshape(*lead, w.shape[0], len(z))

@@ -1,19 +1,20 @@
-"""The S4D Vandermonde product in Triton, forward and backward (the math is `vandermonde_reference`).
+"""The S4D Vandermonde product in Triton, forward and backward (the math: reference.py).
 
 Gu, Gupta, Goel, Re, "On the Parameterization and Initialization of Diagonal State Space Models",
 NeurIPS 2022 (arXiv:2206.11893):
 
-    K[m, h, l] = 2 Re sum_n C~[m, h, n] E[h, n, l],    E[h, n, l] = exp(dtA[h, n] l),    l = 0 .. L-1
+    K[m, h, l] = 2 Re sum_n C~[m, h, n] E[h, n, l],    E[h, n, l] = exp(dtA[h, n] l),   l < L
 
-Triton has no complex type: C~ and dtA travel as their real views (..., 2) and the complex arithmetic
-is written out. Every E is taken afresh as exp(Re dtA l) (cos(Im dtA l) + i sin(Im dtA l)), never as a
-running power, so its error does not grow with l. m runs over the leading dimensions of C~ (the two
-directions of a bidirectional layer), which share E.
+Triton has no complex type: C~ and dtA travel as their real views (..., 2) and the complex
+arithmetic is written out. Every E is taken afresh as exp(Re dtA l) (cos(Im dtA l) + i sin(Im dtA
+l)), never as a running power, so its error does not grow with l. m runs over the leading
+dimensions of C~ (the two directions of a bidirectional layer), which share E.
 
 Forward: one program per (block of m, block of h, block of l) loops over n with a (BM, BH, BL) tile
 of K in registers; nothing of size (H, N, L) is ever formed.
 
-Backward: for real g = dLoss/dK, torch's gradient of a complex leaf x (dLoss/dRe x + i dLoss/dIm x) is
+Backward: for real g = dLoss/dK, torch's gradient of a complex leaf x
+(dLoss/dRe x + i dLoss/dIm x) is
 
     grad C~[m, h, n] = 2 S0[m, h, n],    grad dtA[h, n] = 2 sum_m conj(C~[m, h, n]) S1[m, h, n],
     S0 = sum_l g[m, h, l] conj(E[h, n, l]),    S1 = sum_l l g[m, h, l] conj(E[h, n, l]).
@@ -21,8 +22,8 @@ Backward: for real g = dLoss/dK, torch's gradient of a complex leaf x (dLoss/dRe
 One program per (block of m, h, block of n) walks l in blocks, rebuilds E and reduces S0 and S1 in
 registers; the sum over m is left to torch. complex64 runs in float32, complex128 in float64.
 
-    from lra.kernels.vandermonde_triton import vandermonde_triton
-    K = vandermonde_triton(C_tilde, dtA, L)   # (..., H, N) complex, (H, N) complex -> (..., H, L) real
+    from lra.kernels.vandermonde.triton import vandermonde_triton
+    K = vandermonde_triton(C_tilde, dtA, L)   # (..., H, N), (H, N) complex -> (..., H, L) real
 """
 import torch
 import triton
@@ -30,7 +31,8 @@ import triton.language as tl
 
 
 @triton.jit
-def _forward_kernel(c_ptr, a_ptr, k_ptr, M, H, N, L, BM: tl.constexpr, BH: tl.constexpr, BL: tl.constexpr):
+def _forward_kernel(c_ptr, a_ptr, k_ptr, M, H, N, L, BM: tl.constexpr, BH: tl.constexpr,
+                    BL: tl.constexpr):
     """c (M, H, N, 2) and a (H, N, 2): real views of C~ and dtA; k (M, H, L) real, written."""
     l = tl.program_id(0) * BL + tl.arange(0, BL)  # (BL,)
     h = tl.program_id(1) * BH + tl.arange(0, BH)  # (BH,)
@@ -55,7 +57,8 @@ def _forward_kernel(c_ptr, a_ptr, k_ptr, M, H, N, L, BM: tl.constexpr, BH: tl.co
 
 
 @triton.jit
-def _backward_kernel(g_ptr, a_ptr, s_ptr, M, H, N, L, BM: tl.constexpr, BN: tl.constexpr, BL: tl.constexpr):
+def _backward_kernel(g_ptr, a_ptr, s_ptr, M, H, N, L, BM: tl.constexpr, BN: tl.constexpr,
+                     BL: tl.constexpr):
     """g (M, H, L) real, a (H, N, 2); s (2, M, H, N, 2) written: the real views of S0 and S1."""
     n = tl.program_id(0) * BN + tl.arange(0, BN)  # (BN,)
     h = tl.program_id(1)
@@ -74,7 +77,8 @@ def _backward_kernel(g_ptr, a_ptr, s_ptr, M, H, N, L, BM: tl.constexpr, BN: tl.c
         l = start + tl.arange(0, BL)  # (BL,)
         l_ok = l < L
         lf = tl.where(l_ok, l, 0).to(dtype)[None, :]  # (1, BL); past L, E = 1 meets g = 0
-        g = tl.load(g_ptr + g_rows + l[None, :], mask=m_ok[:, None] & l_ok[None, :], other=0.0)  # (BM, BL)
+        # (BM, BL)
+        g = tl.load(g_ptr + g_rows + l[None, :], mask=m_ok[:, None] & l_ok[None, :], other=0.0)
         mag = tl.exp(ar * lf)  # (BN, BL)
         er = (mag * tl.cos(ai * lf))[None, :, :]  # (1, BN, BL)
         ei = (mag * tl.sin(ai * lf))[None, :, :]
@@ -103,7 +107,8 @@ def _forward_blocks(M, H, L, itemsize):
 
 
 def _backward_blocks(M, N, itemsize):
-    """(BM, BN, BL): (BM, BN, BL) products of about 2048 float32 (1024 float64) elements per step of l."""
+    """(BM, BN, BL): (BM, BN, BL) products of about 2048 float32 (1024 float64) elements per step
+    of l."""
     tile = 8192 // itemsize
     BM = min(triton.next_power_of_2(M), 4)
     BN = min(triton.next_power_of_2(N), 32)
@@ -161,8 +166,8 @@ def vandermonde_triton(C_tilde, dtA, L):
     complex128 runs in float64, anything else in float32.
     """
     if dtA.dim() != 2 or C_tilde.shape[-2:] != dtA.shape:
-        raise ValueError(f"vandermonde_triton takes C_tilde (..., H, N) and dtA (H, N); got C_tilde "
-                         f"{tuple(C_tilde.shape)} and dtA {tuple(dtA.shape)}")
+        raise ValueError(f"vandermonde_triton takes C_tilde (..., H, N) and dtA (H, N); got "
+                         f"C_tilde {tuple(C_tilde.shape)} and dtA {tuple(dtA.shape)}")
     if L < 1:
         raise ValueError(f"L={L} must be at least 1")
     dtype = torch.promote_types(torch.promote_types(C_tilde.dtype, dtA.dtype), torch.complex64)

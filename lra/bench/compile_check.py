@@ -1,17 +1,19 @@
 """Compile every Triton kernel for a CUDA GPU on a machine that has none.
 
 Triton lowers a kernel all the way to a cubin with the ptxas it ships, no driver needed. This module
-stands in a driver that reports the target GPU, runs each kernel family's launcher, forward and backward,
-on CPU tensors at the head and state sizes the experiments use, and compiles each launch instead of
-running it. It catches, before any GPU time is spent, what the interpreter cannot: code the compiler
-rejects (dot shapes, dtypes), tiles needing more shared memory than the GPU has, and register spills
-(a stack frame: with 255 registers full, the rest lives in slow local memory). It also says how many
-blocks of each fit on an SM at once, by registers and shared memory (occupancy: what hides latency).
+stands in a driver that reports the target GPU, runs each kernel family's launcher, forward and
+backward, on CPU tensors at the head and state sizes the experiments use, and compiles each launch
+instead of running it. It catches, before any GPU time is spent, what the interpreter cannot: code
+the compiler rejects (dot shapes, dtypes), tiles needing more shared memory than the GPU has, and
+register spills (a stack frame: with 255 registers full, the rest lives in slow local memory). It
+also says how many blocks of each fit on an SM at once, by registers and shared memory (occupancy:
+what hides latency).
 
-    python -m lra.kernels.compile_check                  # H100/H200 (sm_90), every family
-    python -m lra.kernels.compile_check --arch 80 --families attention
+    python -m lra.bench.compile_check                  # H100/H200 (sm_90), every family
+    python -m lra.bench.compile_check --arch 80 --families attention
 
-Run it in a process where TRITON_INTERPRET is unset (the interpreter replaces the kernels at import).
+Run it in a process where TRITON_INTERPRET is unset (the interpreter replaces the kernels at
+import).
 The launchers' outputs are left uninitialised: only the compiled kernels are looked at.
 """
 import argparse
@@ -23,8 +25,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes of shared memory a block may opt into
-# per SM: (shared memory bytes, warps, blocks); every one of these has 65,536 registers and reserves 1 KB per block
+# bytes of shared memory a block may opt into
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+# per SM: (shared memory bytes, warps, blocks); every one of these has 65,536 registers and
+# reserves 1 KB per block
 SM = {80: (167936, 64, 32), 86: (102400, 48, 16), 89: (102400, 48, 24), 90: (233472, 64, 32)}
 
 
@@ -66,25 +70,28 @@ def _resources(cubin):
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True)
-    fields = dict(item.split(":", 1) for line in out.stdout.splitlines() if "REG:" in line for item in line.split())
+        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True,
+                             text=True, check=True)
+    usage = [line for line in out.stdout.splitlines() if "REG:" in line]
+    fields = dict(item.split(":", 1) for line in usage for item in line.split())
     return int(fields["REG"]), int(fields["STACK"])
 
 
 def _attention(dtype, sizes):
     import torch
 
-    from lra.kernels.attention_triton import flash_attention
+    from lra.kernels.attention.triton import attention_triton
 
     for d, causal in sizes:
         q, k, v = (torch.randn(2, 2, 100, d, dtype=dtype, requires_grad=True) for _ in range(3))
-        yield f"d={d}{' causal' if causal else ''}", partial(flash_attention, q, k, v, torch.tensor([100, 60]), causal)
+        case = f"d={d}{' causal' if causal else ''}"
+        yield case, partial(attention_triton, q, k, v, torch.tensor([100, 60]), causal)
 
 
 def _selective_scan(dtype, sizes):
     import torch
 
-    from lra.kernels.selective_scan_triton import selective_scan_triton
+    from lra.kernels.selective_scan.triton import selective_scan_triton
 
     for N in sizes:
         x, dt = (torch.rand(2, 256, 50, dtype=dtype, requires_grad=True) for _ in range(2))
@@ -94,24 +101,27 @@ def _selective_scan(dtype, sizes):
 
 
 def _additive_recurrence(dtype, sizes):
-    """LightNet's shapes: with LRPE a head of width w has 2w keys (a gain per position) and w values."""
+    """LightNet's shapes: with LRPE a head of width w has 2w keys (a gain per position) and w
+    values."""
     import torch
 
-    from lra.kernels.additive_recurrence_triton import causal_triton, noncausal_triton
+    from lra.kernels.additive_recurrence.triton_causal import additive_causal_triton
+    from lra.kernels.additive_recurrence.triton_noncausal import additive_noncausal_triton
 
     for width in sizes:
         L = 300  # several chunks: a loop over one chunk would be specialised away
         q, k = (torch.randn(2, 2, L, 2 * width, dtype=dtype, requires_grad=True) for _ in range(2))
         v = torch.randn(2, 2, L, width, dtype=dtype, requires_grad=True)
-        gain, mask = torch.randn(L, 2 * width, dtype=dtype), torch.arange(L) < torch.tensor([[L], [180]])
-        yield f"w={width} causal", partial(causal_triton, q, k, v, gain)
-        yield f"w={width}", partial(noncausal_triton, q, k, v, mask, gain)
+        gain = torch.randn(L, 2 * width, dtype=dtype)
+        mask = torch.arange(L) < torch.tensor([[L], [180]])
+        yield f"w={width} causal", partial(additive_causal_triton, q, k, v, gain)
+        yield f"w={width}", partial(additive_noncausal_triton, q, k, v, mask, gain)
 
 
 def _vandermonde(dtype, sizes):
     import torch
 
-    from lra.kernels.vandermonde_triton import vandermonde_triton
+    from lra.kernels.vandermonde.triton import vandermonde_triton
 
     for modes in sizes:
         C = torch.randn(2, 16, modes, dtype=torch.complex64, requires_grad=True)
@@ -122,7 +132,7 @@ def _vandermonde(dtype, sizes):
 def _cauchy(dtype, sizes):
     import torch
 
-    from lra.kernels.cauchy_triton import cauchy_triton
+    from lra.kernels.cauchy.triton import cauchy_triton
 
     for conj in sizes:
         v = torch.randn(4, 16, 32, dtype=torch.complex64, requires_grad=True)
@@ -131,18 +141,24 @@ def _cauchy(dtype, sizes):
         yield "conj" if conj else "plain", partial(cauchy_triton, v, z, w, conj)
 
 
-ATTENTION_SIZES = [(d, causal) for d in (16, 32, 64, 128) for causal in (False, True)]  # the experiments: 16-64
-FAMILIES = {  # family: (cases, the dtypes its models run it in, sizes, the sizes of a --quick check)
+# head dims; the experiments use 16-64
+ATTENTION_SIZES = [(d, causal) for d in (16, 32, 64, 128) for causal in (False, True)]
+# family: (cases, the dtypes its models run it in, sizes, the sizes of a --quick check)
+FAMILIES = {
     "attention": (_attention, ("float32", "bfloat16"), ATTENTION_SIZES, [(64, True), (128, False)]),
-    "selective_scan": (_selective_scan, ("float32", "bfloat16"), (4, 16, 64), (16,)),  # state sizes
-    "additive_recurrence": (_additive_recurrence, ("float32", "bfloat16"), (26, 34, 40, 64, 72), (64,)),  # head widths
+    # state sizes
+    "selective_scan": (_selective_scan, ("float32", "bfloat16"), (4, 16, 64), (16,)),
+    # head widths
+    "additive_recurrence": (_additive_recurrence, ("float32", "bfloat16"), (26, 34, 40, 64, 72),
+                            (64,)),
     "vandermonde": (_vandermonde, ("float32",), (2, 32), (32,)),  # S4D's N / 2 for state 4 and 64
     "cauchy": (_cauchy, ("float32",), (False, True), (True,)),
 }
 
 
 def compile_all(arch=90, families=tuple(FAMILIES), quick=False):
-    """Compile each family's kernels for sm_`arch`, forward and backward; yields a Compiled per launch."""
+    """Compile each family's kernels for sm_`arch`, forward and backward; yields a Compiled per
+    launch."""
     if os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0"):
         raise RuntimeError("TRITON_INTERPRET is set: the kernels are interpreted, not compiled; "
                            "run the compile check in a process without it")
@@ -173,22 +189,24 @@ def compile_all(arch=90, families=tuple(FAMILIES), quick=False):
                     for name, kernel in launches:
                         meta = kernel.metadata
                         registers, stack = _resources(kernel.asm["cubin"])
-                        yield Compiled(family, f"{dtype_name} {case}", name, meta.num_warps, meta.num_stages,
-                                       meta.shared, registers, stack)
+                        yield Compiled(family, f"{dtype_name} {case}", name, meta.num_warps,
+                                       meta.num_stages, meta.shared, registers, stack)
     finally:
         JITFunction.run = launch
         driver._active = previous  # None: built on first use, as before
 
 
 def over_shared_memory(results, arch):
-    """The launches that need more shared memory than sm_`arch` gives a block: they would fail to launch."""
+    """The launches that need more shared memory than sm_`arch` gives a block: they would fail to
+    launch."""
     limit = SHARED_LIMIT.get(arch)
     return [r for r in results if limit is not None and r.shared > limit]
 
 
 def blocks_per_sm(r, arch):
-    """How many blocks of a launch fit on one SM of sm_`arch` at once (by registers, shared memory, warps);
-    fewer warps resident leave less to hide memory latency with. None for an architecture not in SM."""
+    """How many blocks of a launch fit on one SM of sm_`arch` at once (by registers, shared memory,
+    warps); fewer warps resident leave less to hide memory latency with. None for an architecture
+    not in SM."""
     if arch not in SM:
         return None
     shared, warps, blocks = SM[arch]
@@ -202,27 +220,33 @@ def spilled(results):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lra.kernels.compile_check", description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10: 90 H100/H200, 80 A100")
+    parser = argparse.ArgumentParser(prog="python -m lra.bench.compile_check",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", type=int, default=90,
+                        help="compute capability x 10: 90 H100/H200, 80 A100")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--quick", action="store_true", help="one or two sizes per family instead of all")
-    parser.add_argument("--strict", action="store_true", help="fail on spilled registers too, not only on "
-                        "launches over the shared memory limit")
+    parser.add_argument("--quick", action="store_true",
+                        help="one or two sizes per family instead of all")
+    parser.add_argument("--strict", action="store_true", help="fail on spilled registers too, not "
+                        "only on launches over the shared memory limit")
     args = parser.parse_args(argv)
     results = []
-    print(f"{'family':<20} {'case':<28} {'kernel':<20} warps stages shared_B regs stack_B blocks/SM")
+    print(f"{'family':<20} {'case':<28} {'kernel':<20} "
+          "warps stages shared_B regs stack_B blocks/SM")
     for r in compile_all(args.arch, args.families, args.quick):
         results.append(r)
         blocks = blocks_per_sm(r, args.arch)
-        print(f"{r.family:<20} {r.case:<28} {r.kernel:<20} {r.warps:>5} {r.stages:>6} {r.shared:>8} "
-              f"{r.registers:>4} {r.stack:>7} {'-' if blocks is None else blocks:>9}", flush=True)
+        print(f"{r.family:<20} {r.case:<28} {r.kernel:<20} {r.warps:>5} {r.stages:>6} "
+              f"{r.shared:>8} {r.registers:>4} {r.stack:>7} {'-' if blocks is None else blocks:>9}",
+              flush=True)
     too_big, spills = over_shared_memory(results, args.arch), spilled(results)
     print(f"\n{len(results)} launches compiled for sm_{args.arch}")
     for r in too_big:
         print(f"  too big: {r.family} {r.case} {r.kernel} needs {r.shared} B of shared memory, "
               f"sm_{args.arch} has {SHARED_LIMIT[args.arch]}")
     for r in spills:
-        print(f"  spills: {r.family} {r.case} {r.kernel}: {r.registers} registers and {r.stack} B of stack a thread")
+        print(f"  spills: {r.family} {r.case} {r.kernel}: {r.registers} registers and {r.stack} B "
+              "of stack a thread")
     return 1 if too_big or (args.strict and spills) else 0
 
 if __name__ == "__main__":
