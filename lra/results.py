@@ -6,6 +6,7 @@ so two rows are only compared when they were measured the same way. Its path is
 without conflicts. `Record` lists every field; `problem` says whether a file read back is
 usable, from those declarations.
 """
+import functools
 import hashlib
 import json
 import math
@@ -114,6 +115,7 @@ class Record(TypedDict):
 # --- reading back: what a usable record is ------------------------------------------------
 
 IDENTITY = ("run_id", "model", "task", "seed", "status")  # what makes a train record a row
+_declared = functools.cache(get_type_hints)  # a TypedDict's {field: type}
 _NOUNS = {str: ("a string", "strings"), int: ("an integer", "integers"),
           float: ("a number", "numbers"), bool: ("true or false", "booleans"),
           dict: ("an object", "objects")}
@@ -147,7 +149,7 @@ def problem(record) -> str | None:
 def _mistyped(fields: dict, declared, needed=(), prefix="") -> str | None:
     """The first of `fields` (needed: present) that is not of its type in the TypedDict
     `declared`, as a problem; nested TypedDicts are checked field by field."""
-    for name, kind in get_type_hints(declared).items():
+    for name, kind in _declared(declared).items():
         value, where = fields.get(name), f"'{prefix}{name}'"
         if name in needed and not _fits(value, kind):
             return f"{where} missing or not {_noun(kind)}"
