@@ -1,16 +1,16 @@
 """The leaderboard: our runs beside the published numbers, as Markdown, CSV, Parquet and HTML.
 
     render("leaderboard/runs", "leaderboard", "leaderboard/published.csv")
-    build("leaderboard/runs", filters=Filters(tasks=("listops",))).markdown   # a subset, nothing written
+    build("leaderboard/runs", filters=Filters(tasks=("listops",))).markdown   # a subset, unwritten
 
-Inputs: every `**/*.json` under runs_dir is one result record (DESIGN.md §3). Rows come from
-records of kind "train" with status "completed" and the whole test set evaluated (debug runs
-are left out); records of other kinds (self-pretraining runs) are read but are not rows. A
-file that is not a JSON object, lacks a field or has a wrong type (test_acc must be a number
-in [0, 1]), or repeats a run_id, is skipped with a warning naming it.
-published.csv is wide, one row per paper (model, variant): LRA accuracies in %, `avg` and its
-`avg_rule`, sCIFAR / SC35 / SC10 where the same row has them, `pretraining`, `source` (LRA) and
-`source_other` (the rest); an empty `pathx` means Path-X failed (shown as ✗).
+Inputs: every `**/*.json` under runs_dir is one result record (lra.results.Record; a file
+that is not a usable record, or repeats a run_id, is skipped with a warning naming it: see
+`lra.results.problem`). Rows come from records of kind "train" with status "completed" and the
+whole test set evaluated (debug runs are left out); records of other kinds (self-pretraining
+runs) are read but are not rows. published.csv is wide, one row per paper (model, variant):
+LRA accuracies in %, `avg` and its `avg_rule`, sCIFAR / SC35 / SC10 where the same row has
+them, `pretraining`, `source` (LRA) and `source_other` (the rest); an empty `pathx` means
+Path-X failed (shown as ✗).
 
 A cell averages the runs of one (model, recipe, pretraining, task, data fingerprint, checkpoint
 selection): runs on other data, or tested on a checkpoint chosen another way, never share one.
@@ -29,15 +29,13 @@ LEADERBOARD.md has one row per our (model, recipe, pretraining) with its data, c
 model and pretraining, that model's published rows, and efficiency columns. leaderboard.csv and
 leaderboard.parquet hold the same long table: one row per (kind, model, entry, pretraining,
 task, data_fingerprint, selection), kind "ours" (entry = recipe) or "published" (entry =
-variant), accuracies in %, task "avg" included. index.html is the table, sortable, with plots
-(lra/leaderboard_html.py).
+variant), accuracies in %, task "avg" included. index.html is the table, sortable, with the
+plots chosen here (`_sections`) and drawn by lra/leaderboard_html.py.
 """
 from __future__ import annotations
 
 import html
-import json
 import math
-import warnings
 from datetime import date, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -45,7 +43,8 @@ from typing import NamedTuple
 import pandas as pd
 
 from lra.errors import UserError
-from lra.results import SCHEMA, write_atomic
+from lra.leaderboard_html import Figure, Section, Series, page, si
+from lra.results import load_runs, write_atomic
 
 LRA = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval",
        "image": "Image", "pathfinder": "Pathfinder", "pathx": "Path-X"}
@@ -53,18 +52,23 @@ OTHER = {"scifar": "sCIFAR", "sc35": "SC35", "sc10": "SC10"}
 RULES = {6: "the S4-era rule: mean of the six LRA tasks, a failed Path-X counted as 50 (chance)",
          5: "the LRA paper's rule: mean of the five LRA tasks other than Path-X"}
 # Backbone parameters of S4 in its published recipe per task (conf/experiment/s4/<task>.yaml).
-REFERENCE_PARAMS = {"listops": 826_368, "text": 826_880, "retrieval": 826_880, "image": 4_147_200,
-                    "pathfinder": 1_287_680, "pathx": 1_287_680, "scifar": 4_147_200,
-                    "sc10": 447_232, "sc35": 447_232}
+REFERENCE_PARAMS = {"listops": 826_368, "text": 826_880, "retrieval": 826_880,
+                    "image": 4_147_200, "pathfinder": 1_287_680, "pathx": 1_287_680,
+                    "scifar": 4_147_200, "sc10": 447_232, "sc35": 447_232}
 BUDGET = 1.10  # flag a backbone more than 10% above the reference
 INFO = ["Training", "Data", "Checkpoint"]
 EFFICIENCY = ["Params", "Tokens/s", "Peak MB", "Device-h", "Device"]
 KEY = ["model", "entry", "pretraining"]
 CELL = [*KEY, "task", "data_fingerprint", "selection"]
+# Tokens per example of the LRA tasks, for the accuracy-by-length plot.
+LENGTHS = {"image": 1024, "pathfinder": 1024, "listops": 2000, "retrieval": 4000,
+           "text": 4096, "pathx": 16384}
+LENGTH_TICKS = [(1024, "1K"), (2000, "2K"), (4096, "4K"), (16384, "16K")]
 
 
 class Filters(NamedTuple):
-    """Which runs to show: any of `tasks`, any of `models`, finished on or after `since`, every tag."""
+    """Which runs to show: any of `tasks`, any of `models`, finished on or after `since`, every
+    tag."""
     tasks: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     since: date | None = None
@@ -75,7 +79,8 @@ class Filters(NamedTuple):
 
     def keep(self, rec: dict) -> bool:
         day = _day(rec.get("ended_at") or rec.get("started_at"))
-        return ((not self.tasks or rec["task"] in self.tasks) and (not self.models or rec["model"] in self.models)
+        return ((not self.tasks or rec["task"] in self.tasks)
+                and (not self.models or rec["model"] in self.models)
                 and (self.since is None or (day is not None and day >= self.since))
                 and set(self.tags) <= set(rec.get("tags") or ()))
 
@@ -105,10 +110,6 @@ class Rendered(NamedTuple):
     skipped: list[tuple[Path, str]]
 
 
-def _num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _day(text) -> date | None:
     try:
         return datetime.fromisoformat(str(text)).date()
@@ -116,65 +117,7 @@ def _day(text) -> date | None:
         return None
 
 
-def _problem(rec) -> str | None:
-    """Why a record cannot be used, or None."""
-    if not isinstance(rec, dict):
-        return "not a JSON object"
-    if not isinstance(rec.get("schema", SCHEMA), int) or rec.get("schema", SCHEMA) > SCHEMA:
-        return f"schema {rec.get('schema')!r} is newer than this harness reads ({SCHEMA}); upgrade lra-harness"
-    if not isinstance(rec.get("run_id"), str):
-        return "'run_id' missing or not a string"
-    if not isinstance(rec.get("kind", "train"), str):
-        return "'kind' is not a string"
-    if rec.get("kind", "train") != "train":  # a self-pretraining run, say: read, never a row
-        return None
-    for field in ("model", "task", "status"):
-        if not isinstance(rec.get(field), str):
-            return f"{field!r} missing or not a string"
-    if not isinstance(rec.get("seed"), int) or isinstance(rec["seed"], bool):
-        return "'seed' missing or not an integer"
-    protocol = rec.get("protocol") or {}
-    if not isinstance(protocol, dict) or not all(
-            isinstance(protocol.get(k) or "", str) for k in ("recipe", "pretraining", "data_fingerprint", "selection")):
-        return "'protocol' is not an object of strings"
-    if protocol.get("pretrain_device_hours") is not None and not _num(protocol["pretrain_device_hours"]):
-        return "'protocol.pretrain_device_hours' is not a number"
-    tags = rec.get("tags") or []
-    if not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
-        return "'tags' is not a list of strings"
-    if rec["status"] != "completed":
-        return None
-    metrics = rec.get("metrics")
-    if not (isinstance(metrics, dict) and _num(metrics.get("test_acc")) and 0 <= metrics["test_acc"] <= 1):
-        return "'metrics.test_acc' missing or not a fraction in [0, 1]"
-    history = metrics.get("history") or []
-    if not (isinstance(history, list) and all(isinstance(h, dict) for h in history)):
-        return "'metrics.history' is not a list of objects"
-    for field in ("params", "backbone_params", "throughput_tokens_per_s", "peak_memory_mb", "device_hours"):
-        if rec.get(field) is not None and not _num(rec[field]):
-            return f"{field!r} is not a number"
-    return None
-
-
-def load_runs(runs_dir) -> tuple[list[dict], list[tuple[Path, str]]]:
-    """All usable records under runs_dir (any kind, any status) and the skipped files."""
-    runs, skipped, seen = [], [], {}
-    for path in sorted(Path(runs_dir).glob("**/*.json")):
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-            problem = _problem(rec)
-        except (OSError, ValueError, RecursionError) as e:
-            problem = f"unreadable JSON ({e})"
-        if problem is None and rec["run_id"] in seen:
-            problem = f"duplicate run_id, already read from {seen[rec['run_id']]}"
-        if problem:
-            warnings.warn(f"leaderboard: skipping {path}: {problem}", stacklevel=2)
-            skipped.append((path, problem))
-            continue
-        seen[rec["run_id"]] = path
-        runs.append(rec)
-    return runs, skipped
-
+# --- aggregating: runs -> cells, published rows, one long table -------------------------------
 
 def short_selection(text) -> str:
     """'checkpoint with the best val_acc; the test split evaluated once on it' -> 'best val_acc'."""
@@ -182,8 +125,9 @@ def short_selection(text) -> str:
 
 
 def entry_of(protocol: dict) -> str:
-    """A run's recipe as its row names it: an experiment's recipe cut short by limits of the run's own
-    (protocol.budget, e.g. a 10-minute run of s4d/listops) is a row of its own, never the paper's."""
+    """A run's recipe as its row names it: an experiment's recipe cut short by limits of the
+    run's own (protocol.budget, e.g. a 10-minute run of s4d/listops) is a row of its own, never
+    the paper's."""
     recipe = protocol.get("recipe") or "default"
     limits = protocol.get("budget") if recipe != "default" else None
     if not limits or not isinstance(limits, dict):
@@ -198,29 +142,38 @@ def _run_row(r: dict) -> dict:
     own = [h for h in (r.get("device_hours"), before) if h is not None]
     return {"model": r["model"], "entry": entry_of(protocol), "pretraining": pretraining,
             "task": r["task"], "data_fingerprint": protocol.get("data_fingerprint") or "",
-            "selection": short_selection(protocol.get("selection")), "acc": 100 * r["metrics"]["test_acc"],
-            "params": r.get("params"), "backbone_params": r.get("backbone_params"),
-            "tokens_per_s": r.get("throughput_tokens_per_s"), "peak_memory_mb": r.get("peak_memory_mb"),
+            "selection": short_selection(protocol.get("selection")),
+            "acc": 100 * r["metrics"]["test_acc"], "params": r.get("params"),
+            "backbone_params": r.get("backbone_params"),
+            "tokens_per_s": r.get("throughput_tokens_per_s"),
+            "peak_memory_mb": r.get("peak_memory_mb"),
             "device_hours": sum(own) if own else None, "pretrain_device_hours": before,
-            "device": str(r.get("device") or ""), "ended": str(r.get("ended_at") or r.get("started_at") or ""),
+            "device": str(r.get("device") or ""),
+            "ended": str(r.get("ended_at") or r.get("started_at") or ""),
             "run_id": r["run_id"], "val_acc": r["metrics"].get("val_acc"),
             "history": r["metrics"].get("history") or []}
 
 
 def _runs_frame(records: list[dict]) -> pd.DataFrame:
-    numbers = ["acc", "params", "backbone_params", "tokens_per_s", "peak_memory_mb", "device_hours",
-               "pretrain_device_hours", "val_acc"]
+    numbers = ["acc", "params", "backbone_params", "tokens_per_s", "peak_memory_mb",
+               "device_hours", "pretrain_device_hours", "val_acc"]
     cols = [*CELL, *numbers, "device", "ended", "run_id", "history"]
-    return pd.DataFrame([_run_row(r) for r in records], columns=cols).astype({c: float for c in numbers})
+    frame = pd.DataFrame([_run_row(r) for r in records], columns=cols)
+    return frame.astype({c: float for c in numbers})
+
+
+def _total(s: pd.Series):
+    return s.sum(min_count=1)
 
 
 def _ours(runs: pd.DataFrame, avg_tasks: int) -> pd.DataFrame:
-    """Statistics per cell, its data_rank (0: the task's newest data), and an avg row where complete."""
+    """Statistics per cell, its data_rank (0: the task's newest data), and an avg row where
+    complete."""
     stats = runs.groupby(CELL).agg(
         mean=("acc", "mean"), std=("acc", "std"), n=("acc", "size"), params=("params", "max"),
         backbone_params=("backbone_params", "max"), tokens_per_s=("tokens_per_s", "mean"),
-        peak_memory_mb=("peak_memory_mb", "max"), device_hours=("device_hours", lambda s: s.sum(min_count=1)),
-        pretrain_device_hours=("pretrain_device_hours", lambda s: s.sum(min_count=1)),
+        peak_memory_mb=("peak_memory_mb", "max"), device_hours=("device_hours", _total),
+        pretrain_device_hours=("pretrain_device_hours", _total),
         latest_ended_at=("ended", "max")).reset_index()
     stats = stats.sort_values("latest_ended_at", ascending=False, kind="stable")
     stats["data_rank"] = stats.groupby([*KEY, "task"]).cumcount()
@@ -233,39 +186,58 @@ def _ours(runs: pd.DataFrame, avg_tasks: int) -> pd.DataFrame:
     avgs = [{**dict(zip(KEY, key)), "task": "avg", "data_rank": 0, "note": f"{avg_tasks} tasks",
              "mean": g.set_index("task").loc[needed, "mean"].mean()}
             for key, g in newest.groupby(KEY) if set(needed) <= set(g.task)]
-    return pd.concat([stats, pd.DataFrame(avgs, columns=[*KEY, "task", "data_rank", "mean", "note"])],
-                     ignore_index=True)
+    avg_rows = pd.DataFrame(avgs, columns=[*KEY, "task", "data_rank", "mean", "note"])
+    return pd.concat([stats, avg_rows], ignore_index=True)
 
 
 def _published(published_csv) -> pd.DataFrame:
     """The published CSV melted to one row per (model, variant, task); NaN pathx = failed."""
     if published_csv is None:
         return pd.DataFrame(columns=[*KEY, "task", "mean", "note", "source"])
-    pub = pd.read_csv(published_csv).fillna({"pretraining": "scratch", "avg_rule": "", "source_other": ""})
+    pub = pd.read_csv(published_csv).fillna(
+        {"pretraining": "scratch", "avg_rule": "", "source_other": ""})
     rows = []
     for p in pub.to_dict("records"):
         for task in [*LRA, "avg", *OTHER]:
             value = p.get(task, math.nan)
             if pd.isna(value) and task != "pathx":
                 continue
+            note = p["avg_rule"] if task == "avg" else "failed" if pd.isna(value) else ""
+            source = (p.get("source_other") or p["source"]) if task in OTHER else p["source"]
             rows.append({"model": p["model"], "entry": p["variant"], "task": task, "mean": value,
-                         "pretraining": p.get("pretraining", "scratch"),
-                         "note": p["avg_rule"] if task == "avg" else "failed" if pd.isna(value) else "",
-                         "source": (p.get("source_other") or p["source"]) if task in OTHER else p["source"]})
+                         "pretraining": p.get("pretraining", "scratch"), "note": note,
+                         "source": source})
     return pd.DataFrame(rows)
 
+
+def _long(runs: pd.DataFrame, published: pd.DataFrame, avg_tasks: int) -> pd.DataFrame:
+    """Ours and published in one long frame, ours joined to the best published row of its
+    model."""
+    ours = _ours(runs, avg_tasks).assign(kind="ours")
+    best = (published[(published.task != "avg") & published["mean"].notna()].sort_values("mean")
+            .groupby(["model", "pretraining", "task"]).last()[["mean", "entry"]]
+            .rename(columns={"mean": "published_best", "entry": "published_variant"}))
+    ours = ours.join(best, on=["model", "pretraining", "task"])
+    ours["gap"] = ours["mean"] - ours["published_best"]
+    columns = ["kind", *CELL, "data_rank", "mean", "std", "n", "published_best",
+               "published_variant", "gap", "params", "backbone_params", "reference_params",
+               "over_budget", "tokens_per_s", "peak_memory_mb", "device_hours",
+               "pretrain_device_hours", "latest_ended_at", "note", "source"]
+    both = pd.concat([ours, published.assign(kind="published")], ignore_index=True)
+    both = both.reindex(columns=columns)
+    both[["data_fingerprint", "selection"]] = both[["data_fingerprint", "selection"]].fillna("")
+    numbers = {c: float for c in ["mean", "std", "published_best", "gap", "params",
+                                  "backbone_params", "reference_params", "tokens_per_s",
+                                  "peak_memory_mb", "device_hours", "pretrain_device_hours"]}
+    kinds = {**numbers, "n": "Int64", "data_rank": "Int64", "over_budget": "boolean"}
+    return both.astype(kinds).round(4)
+
+
+# --- the table as text cells ------------------------------------------------------------------
 
 def _esc(text) -> str:
     """Safe inside a Markdown pipe-table cell."""
     return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
-
-
-def si(x: float) -> str:
-    """1234567 -> 1.23M: three significant digits and a K, M or G."""
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= size:
-            return f"{x / size:.3g}{unit}"
-    return f"{x:.3g}"
 
 
 def _flagged(cell: dict) -> bool:
@@ -288,10 +260,11 @@ def _acc(row: dict, avg_tasks: int) -> str:
 def _efficiency(g: pd.DataFrame, over_budget: bool) -> dict:
     params = g["params"].dropna()
     lo, hi = (si(params.min()), si(params.max())) if len(params) else ("", "")
-    hours, before = g["device_hours"].sum(min_count=1), g["pretrain_device_hours"].sum(min_count=1)
+    hours, before = _total(g["device_hours"]), _total(g["pretrain_device_hours"])
+    tokens, peak = g["tokens_per_s"], g["peak_memory_mb"]
     return {"Params": (lo if lo == hi else f"{lo}–{hi}") + (" ⚑" if over_budget else ""),
-            "Tokens/s": si(g["tokens_per_s"].mean()) if g["tokens_per_s"].notna().any() else "",
-            "Peak MB": f"{g['peak_memory_mb'].max():.0f}" if g["peak_memory_mb"].notna().any() else "",
+            "Tokens/s": si(tokens.mean()) if tokens.notna().any() else "",
+            "Peak MB": f"{peak.max():.0f}" if peak.notna().any() else "",
             "Device-h": ("" if pd.isna(hours) else f"{hours:.3g}")
             + ("" if pd.isna(before) else f" (incl. {before:.3g} pretraining)"),
             "Device": ", ".join(sorted(set(g["device"]) - {""}))}
@@ -303,6 +276,33 @@ def _heads(long: pd.DataFrame, tasks=()) -> dict[str, str]:
     return {t: h for t, h in heads.items() if not tasks or t in tasks}
 
 
+def _ours_rows(model, long, runs, heads, avg_tasks, group) -> list[dict]:
+    """Our rows of `model`, each followed by its gap row; `group` numbers the first."""
+    rows = []
+    mine = long[(long.model == model) & (long.kind == "ours")]
+    for (entry, pretraining, rank), g in mine.groupby(["entry", "pretraining", "data_rank"]):
+        cells = {r["task"]: r for r in g.to_dict("records") if r["task"] in heads}
+        if not cells:
+            continue
+        same = (runs.model == model) & (runs.entry == entry) & (runs.pretraining == pretraining)
+        tested = runs[same].merge(g[["task", "data_fingerprint", "selection"]],
+                                  on=["task", "data_fingerprint", "selection"])
+        row = {"_group": group + len(rows), "Model": model, "Training": pretraining,
+               "Entry": f"ours: {entry}" + (f" (older data #{rank})" if rank else ""),
+               "Data": " ".join(f"{t}:{cells[t]['data_fingerprint'][:8]}" for t in heads
+                                if t in cells and cells[t]["data_fingerprint"]),
+               "Checkpoint": "; ".join(sorted({c["selection"] for c in cells.values()
+                                               if c["selection"]}))}
+        row.update({h: _acc(cells[t], avg_tasks) for t, h in heads.items() if t in cells})
+        rows.append({**row, **_efficiency(tested, any(map(_flagged, cells.values())))})
+        gaps = {heads[t]: f"{c['gap']:+.1f}".replace("-", "−") + f" vs {c['published_variant']}"
+                for t, c in cells.items() if pd.notna(c["gap"])}
+        if gaps:
+            rows.append({"_group": row["_group"], "Model": model,
+                         "Entry": "gap to best published", **gaps})
+    return rows
+
+
 def _table(long: pd.DataFrame, runs: pd.DataFrame, avg_tasks: int, tasks=()) -> pd.DataFrame:
     """The leaderboard as text cells (not yet escaped). Models we ran first; per model our rows
     (each with its gap row), then the published ones. `_group` ties a gap row to its row."""
@@ -310,26 +310,11 @@ def _table(long: pd.DataFrame, runs: pd.DataFrame, avg_tasks: int, tasks=()) -> 
     order = {m: i for i, m in enumerate(dict.fromkeys(long.model[long.kind == "published"]))}
     ours = set(runs.model)
     rows = []
-    for model in sorted(set(long.model), key=lambda m: (m not in ours, order.get(m, len(order)), m)):
-        mine = long[(long.model == model) & (long.kind == "ours")]
-        for (entry, pretraining, rank), g in mine.groupby(["entry", "pretraining", "data_rank"]):
-            cells = {r["task"]: r for r in g.to_dict("records") if r["task"] in heads}
-            if not cells:
-                continue
-            tested = runs[(runs.model == model) & (runs.entry == entry) & (runs.pretraining == pretraining)].merge(
-                g[["task", "data_fingerprint", "selection"]], on=["task", "data_fingerprint", "selection"])
-            row = {"_group": len(rows), "Model": model, "Training": pretraining,
-                   "Entry": f"ours: {entry}" + (f" (older data #{rank})" if rank else ""),
-                   "Data": " ".join(f"{t}:{cells[t]['data_fingerprint'][:8]}" for t in heads
-                                    if t in cells and cells[t]["data_fingerprint"]),
-                   "Checkpoint": "; ".join(sorted({c["selection"] for c in cells.values() if c["selection"]}))}
-            row.update({h: _acc(cells[t], avg_tasks) for t, h in heads.items() if t in cells})
-            rows.append({**row, **_efficiency(tested, any(map(_flagged, cells.values())))})
-            gaps = {heads[t]: f"{c['gap']:+.1f}".replace("-", "−") + f" vs {c['published_variant']}"
-                    for t, c in cells.items() if pd.notna(c["gap"])}
-            if gaps:
-                rows.append({"_group": row["_group"], "Model": model, "Entry": "gap to best published", **gaps})
-        published = long[(long.model == model) & (long.kind == "published") & long.task.isin(list(heads))]
+    for model in sorted(set(long.model),
+                        key=lambda m: (m not in ours, order.get(m, len(order)), m)):
+        rows += _ours_rows(model, long, runs, heads, avg_tasks, len(rows))
+        published = long[(long.model == model) & (long.kind == "published")
+                         & long.task.isin(list(heads))]
         for (entry, pretraining), g in published.groupby(["entry", "pretraining"], sort=False):
             cells = {r["task"]: r for r in g.to_dict("records")}
             rows.append({"_group": len(rows), "Model": model, "Training": pretraining,
@@ -339,61 +324,163 @@ def _table(long: pd.DataFrame, runs: pd.DataFrame, avg_tasks: int, tasks=()) -> 
     return pd.DataFrame(rows, columns=columns, dtype=object).fillna("")
 
 
-def _long(runs: pd.DataFrame, published: pd.DataFrame, avg_tasks: int) -> pd.DataFrame:
-    """Ours and published in one long frame, ours joined to the best published row of its model."""
-    ours = _ours(runs, avg_tasks).assign(kind="ours")
-    best = (published[(published.task != "avg") & published["mean"].notna()].sort_values("mean")
-            .groupby(["model", "pretraining", "task"]).last()[["mean", "entry"]]
-            .rename(columns={"mean": "published_best", "entry": "published_variant"}))
-    ours = ours.join(best, on=["model", "pretraining", "task"])
-    ours["gap"] = ours["mean"] - ours["published_best"]
-    columns = ["kind", *CELL, "data_rank", "mean", "std", "n", "published_best", "published_variant", "gap",
-               "params", "backbone_params", "reference_params", "over_budget", "tokens_per_s", "peak_memory_mb",
-               "device_hours", "pretrain_device_hours", "latest_ended_at", "note", "source"]
-    both = pd.concat([ours, published.assign(kind="published")], ignore_index=True).reindex(columns=columns)
-    both[["data_fingerprint", "selection"]] = both[["data_fingerprint", "selection"]].fillna("")
-    numbers = {c: float for c in ["mean", "std", "published_best", "gap", "params", "backbone_params",
-                                  "reference_params", "tokens_per_s", "peak_memory_mb", "device_hours",
-                                  "pretrain_device_hours"]}
-    return both.astype({**numbers, "n": "Int64", "data_rank": "Int64", "over_budget": "boolean"}).round(4)
-
-
 def _notes(avg_tasks: int) -> list[str]:
     """The legend under the table."""
     other = 5 if avg_tasks == 6 else 6
     return [
-        f"Avg (ours): {RULES[avg_tasks]}; shown only when all {avg_tasks} have completed runs on their "
-        f"newest data. Published Avg is as reported; † marks one computed under {RULES[other]}. "
-        "✗: Path-X failed (chance).",
-        "Gap rows: our mean minus the best published row of the same model and pretraining, in points. "
-        "Columns marked (extra) are tasks outside LRA / sCIFAR / Speech Commands, not in Avg.",
-        "Training: scratch or self-pretrained. Data: each task's data fingerprint (first 8 hex digits); "
-        "runs on other data are never averaged together, and older data gets rows of its own. "
-        "Checkpoint: the checkpoint the test split was evaluated on.",
-        f"⚑: the backbone has more than {BUDGET - 1:.0%} more parameters than S4's in its published recipe "
-        "for that task, the size LRA comparisons are made at.",
+        f"Avg (ours): {RULES[avg_tasks]}; shown only when all {avg_tasks} have completed runs on "
+        f"their newest data. Published Avg is as reported; † marks one computed under "
+        f"{RULES[other]}. ✗: Path-X failed (chance).",
+        "Gap rows: our mean minus the best published row of the same model and pretraining, in "
+        "points. Columns marked (extra) are tasks outside LRA / sCIFAR / Speech Commands, not in "
+        "Avg.",
+        "Training: scratch or self-pretrained. Data: each task's data fingerprint (first 8 hex "
+        "digits); runs on other data are never averaged together, and older data gets rows of "
+        "its own. Checkpoint: the checkpoint the test split was evaluated on.",
+        f"⚑: the backbone has more than {BUDGET - 1:.0%} more parameters than S4's in its "
+        "published recipe for that task, the size LRA comparisons are made at.",
         "Efficiency (ours): parameter range over tasks, mean training tokens/s, max peak memory, "
         "summed device-hours (a self-pretrained run's include its pretraining).",
     ]
 
 
-def build(runs_dir, published_csv=None, avg_tasks: int = 6, filters: Filters = EVERYTHING) -> Board:
-    """The leaderboard in memory; avg_tasks 6 (S4-era) or 5 (LRA paper). Nothing is written."""
-    from lra.leaderboard_html import page  # it imports this module
+# --- the page's plots: what each one shows (lra.leaderboard_html draws them) -----------------
 
+def _describe(cell: dict) -> str:
+    data = f", data {cell['data_fingerprint'][:8]}" if cell.get("data_fingerprint") else ""
+    return f"{cell['model']} ({cell['entry']}, {cell['pretraining']}{data})"
+
+
+def _task_order(tasks) -> list[str]:
+    known = [*LRA, *OTHER]
+    return [t for t in known if t in tasks] + sorted(set(tasks) - set(known))
+
+
+def _name(task: str) -> str:
+    return LRA.get(task) or OTHER.get(task) or task
+
+
+def _throughput(ours: pd.DataFrame) -> list[Figure]:
+    """Per task, one point per cell: its mean accuracy against its mean training tokens/s."""
+    cells = ours[(ours.task != "avg") & ours.tokens_per_s.notna() & (ours.tokens_per_s > 0)]
+    figures = []
+    for task in _task_order(set(cells.task)):
+        series = [Series(model, model, [(c["tokens_per_s"], c["mean"],
+                                         f"{_describe(c)}: {c['mean']:.1f}% at "
+                                         f"{si(c['tokens_per_s'])} tokens/s")
+                                        for c in g.to_dict("records")])
+                  for model, g in cells[cells.task == task].groupby("model")]
+        figures.append(Figure(_name(task), series, "training tokens/s (log)", "test accuracy %",
+                              log_x=True))
+    return figures
+
+
+def _by_length(ours: pd.DataFrame, published: pd.DataFrame) -> list[Figure]:
+    """Our rows on each task's newest data (a line a row) and the published ones (hollow)."""
+    series = []
+    newest = ours[(ours.data_rank == 0) & ours.task.isin(list(LENGTHS))]
+    for (model, entry, pretraining), g in newest.groupby(["model", "entry", "pretraining"]):
+        points = [(LENGTHS[c["task"]], c["mean"], f"{_describe(c)} on {c['task']}: "
+                   f"{c['mean']:.1f}%") for c in g.to_dict("records")]
+        series.append(Series(f"{model} — ours: {entry}, {pretraining}", model, points, line=True))
+    shown = published[published.task.isin(list(LENGTHS)) & published["mean"].notna()]
+    for (model, entry), g in shown.groupby(["model", "entry"], sort=False):
+        points = [(LENGTHS[c["task"]], c["mean"],
+                   f"{model} (published: {entry}) on {c['task']}: {c['mean']}%")
+                  for c in g.to_dict("records")]
+        series.append(Series(f"{model} — published: {entry}", model, points, hollow=True))
+    if not series:
+        return []
+    return [Figure("Accuracy by sequence length", series, "sequence length (log)",
+                   "test accuracy %", log_x=True, x_ticks=LENGTH_TICKS, wide=True)]
+
+
+def _history(run: dict, field: str, scale: float = 1.0) -> list[tuple[float, float]]:
+    return [(h["epoch"], scale * h[field]) for h in run["history"]
+            if all(isinstance(h.get(k), (int, float)) and math.isfinite(h[k])
+                   for k in ("epoch", field))]
+
+
+def _curves(runs: pd.DataFrame) -> list[Figure]:
+    """Per task, the validation accuracy and the losses per epoch of each cell's best run."""
+    with_history = runs[runs.history.map(len) > 0]
+    best = with_history.sort_values("val_acc", na_position="first", kind="stable")
+    best = best.groupby(CELL).tail(1)
+    figures = []
+    for task in _task_order(set(best.task)):
+        accuracy, losses = [], []
+        for run in best[best.task == task].to_dict("records"):
+            who, tip, model = _describe(run), f"{_describe(run)}, run {run['run_id']}", run["model"]
+            accuracy.append(Series(who, model, [(e, v, f"{tip}: epoch {e:g}, val_acc {v:.1f}%")
+                                                for e, v in _history(run, "val_acc", 100)],
+                                   line=True))
+            for field, dashed in (("train_loss", False), ("val_loss", True)):  # one legend line
+                points = [(e, v, f"{tip}: epoch {e:g}, {field} {v:.3g}")
+                          for e, v in _history(run, field)]
+                losses.append(Series("" if dashed else who, model, points, line=True,
+                                     dashed=dashed))
+        for title, axis, kept in (("validation accuracy", "val_acc %", accuracy),
+                                  ("losses", "loss", losses)):
+            if any(s.points for s in kept):
+                figures.append(Figure(f"{_name(task)}: {title}", [s for s in kept if s.points],
+                                      "epoch", axis))
+    return figures
+
+
+def _sections(long: pd.DataFrame, runs: pd.DataFrame) -> list[Section]:
+    ours, published = long[long.kind == "ours"], long[long.kind == "published"]
+    lengths = ", ".join(f"{LRA[t]} {n}" for t, n in LENGTHS.items())
+    return [
+        Section("Accuracy against training throughput",
+                "One point per cell: the mean test accuracy of its runs against their mean "
+                "training tokens/s.", _throughput(ours),
+                "No completed run with a measured throughput yet."),
+        Section("Accuracy against sequence length",
+                f"Tokens per example: {lengths} (Retrieval: two documents of 4000). Filled: our "
+                "rows on each task's newest data (lines join one row's tasks); hollow: published "
+                "rows.", _by_length(ours, published), "No LRA results yet."),
+        Section("Training curves",
+                "The best run of each cell (highest val_acc, the metric the checkpoint is chosen "
+                "on), per epoch; losses: training solid, validation dashed.", _curves(runs),
+                "No completed run with a per-epoch history yet."),
+    ]
+
+
+# --- the leaderboard: built in memory, written, and one run's cell ---------------------------
+
+def _is_train(record: dict) -> bool:
+    return record.get("kind", "train") == "train"
+
+
+def _intro(runs_dir, done, train, partial, others, skipped, filters: Filters) -> str:
+    latest = max((str(r.get("ended_at") or "") for r in done), default="")
+    return (f"Generated by `lra leaderboard` from {len(done)} completed runs in `{runs_dir}`"
+            + (f" (latest finished {latest})" if latest else "")
+            + (f", only those of {filters.describe()}" if filters.given() else "")
+            + f"; {len(train) - len(done) - len(partial)} running, failed or interrupted runs, "
+            + f"{len(partial)} debug runs (partial test set) and {len(others)} records of other "
+            + f"kinds (self-pretraining) left out; {len(skipped)} unusable files skipped. Test "
+            "accuracy in %: ours is mean ± sample std over runs (n = runs, usually seeds); "
+            "published rows are copied from the cited papers.")
+
+
+def build(runs_dir, published_csv=None, avg_tasks: int = 6,
+          filters: Filters = EVERYTHING) -> Board:
+    """The leaderboard in memory; avg_tasks 6 (S4-era) or 5 (LRA paper). Nothing is written."""
     if avg_tasks not in RULES:
         raise ValueError(f"avg_tasks must be 6 or 5, not {avg_tasks!r}")
     records, skipped = load_runs(runs_dir)
-    others = [r for r in records if r.get("kind", "train") != "train"]
-    train = [r for r in records if r.get("kind", "train") == "train" and filters.keep(r)]
+    others = [r for r in records if not _is_train(r)]
+    train = [r for r in records if _is_train(r) and filters.keep(r)]
     done = [r for r in train if r["status"] == "completed"]
     partial = [r for r in done if (r.get("protocol") or {}).get("full_test_set") is False]
     done = [r for r in done if r not in partial]
     if filters.given() and not done:
-        every = [r for r in records if r.get("kind", "train") == "train" and r["status"] == "completed"]
-        raise UserError(f"no completed runs match {filters.describe()}: there are completed runs of tasks "
-                        f"{', '.join(sorted({r['task'] for r in every})) or 'none'} and models "
-                        f"{', '.join(sorted({r['model'] for r in every})) or 'none'} under {runs_dir}.")
+        every = [r for r in records if _is_train(r) and r["status"] == "completed"]
+        raise UserError(f"no completed runs match {filters.describe()}: there are completed runs "
+                        f"of tasks {', '.join(sorted({r['task'] for r in every})) or 'none'} and "
+                        f"models {', '.join(sorted({r['model'] for r in every})) or 'none'} under "
+                        f"{runs_dir}.")
     runs = _runs_frame(done)
     published = _published(published_csv)
     if filters.models:
@@ -404,32 +491,27 @@ def build(runs_dir, published_csv=None, avg_tasks: int = 6, filters: Filters = E
     if filters.tasks:
         long = long[long.task != "avg"].reset_index(drop=True)
     table = _table(long, runs, avg_tasks, filters.tasks)
-    latest = max((str(r.get("ended_at") or "") for r in done), default="")
-    intro = (f"Generated by `lra leaderboard` from {len(done)} completed runs in `{runs_dir}`"
-             + (f" (latest finished {latest})" if latest else "")
-             + (f", only those of {filters.describe()}" if filters.given() else "")
-             + f"; {len(train) - len(done) - len(partial)} running, failed or interrupted runs, "
-             + f"{len(partial)} debug runs (partial test set) and {len(others)} records of other kinds "
-             + f"(self-pretraining) left out; {len(skipped)} unusable files skipped. Test accuracy in %: "
-             "ours is mean ± sample std over runs (n = runs, usually seeds); published rows are copied "
-             "from the cited papers.")
+    intro = _intro(runs_dir, done, train, partial, others, skipped, filters)
     notes = _notes(avg_tasks)
     md_table = table.drop(columns="_group").map(_esc).rename(columns=_esc)
     markdown = "\n\n".join(["# Long-Range Arena leaderboard", _esc(intro),
                             md_table.to_markdown(index=False, disable_numparse=True),
                             *map(_esc, notes)]) + "\n"
-    return Board(markdown, long, page(table, long, runs, intro, notes), skipped)
+    index = page(table, intro, notes, _sections(long, runs), sorted(set(long.model)))
+    return Board(markdown, long, index, skipped)
 
 
-def render(runs_dir, out_dir, published_csv=None, avg_tasks: int = 6, filters: Filters = EVERYTHING) -> Rendered:
+def render(runs_dir, out_dir, published_csv=None, avg_tasks: int = 6,
+           filters: Filters = EVERYTHING) -> Rendered:
     """Write LEADERBOARD.md, leaderboard.csv, leaderboard.parquet and index.html to out_dir."""
     board = build(runs_dir, published_csv, avg_tasks, filters)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = Rendered(out_dir / "LEADERBOARD.md", out_dir / "leaderboard.csv", out_dir / "leaderboard.parquet",
-                   out_dir / "index.html", board.skipped)
+    out = Rendered(out_dir / "LEADERBOARD.md", out_dir / "leaderboard.csv",
+                   out_dir / "leaderboard.parquet", out_dir / "index.html", board.skipped)
+    csv = board.long.to_csv(index=False, lineterminator="\n")
     write_atomic(out.markdown, lambda f: f.write(board.markdown.encode()), mode="wb")
-    write_atomic(out.csv, lambda f: f.write(board.long.to_csv(index=False, lineterminator="\n").encode()), mode="wb")
+    write_atomic(out.csv, lambda f: f.write(csv.encode()), mode="wb")
     write_atomic(out.parquet, lambda f: board.long.to_parquet(f, index=False), mode="wb")
     write_atomic(out.html, lambda f: f.write(board.html.encode()), mode="wb")
     return out
@@ -442,11 +524,13 @@ def row_for(record: dict, rendered: Rendered) -> str:
     entry, pretraining = entry_of(protocol), protocol.get("pretraining") or "scratch"
     head = f"leaderboard: {record['model']} ({entry}, {pretraining}) on {record['task']}"
     if record.get("status") != "completed" or protocol.get("full_test_set") is False:
-        why = "not completed" if record.get("status") != "completed" else "debug run, partial test set"
+        done = record.get("status") == "completed"
+        why = "debug run, partial test set" if done else "not completed"
         return f"{head}: not counted ({why}) — {rendered.markdown}"
     table = pd.read_csv(rendered.csv, keep_default_na=False, dtype={"data_fingerprint": str})
-    cell = table[(table["kind"] == "ours") & (table["model"] == record["model"]) & (table["entry"] == entry)
-                 & (table["pretraining"] == pretraining) & (table["task"] == record["task"])
+    cell = table[(table["kind"] == "ours") & (table["model"] == record["model"])
+                 & (table["entry"] == entry) & (table["pretraining"] == pretraining)
+                 & (table["task"] == record["task"])
                  & (table["data_fingerprint"] == (protocol.get("data_fingerprint") or ""))
                  & (table["selection"] == short_selection(protocol.get("selection")))].iloc[0]
     spread = f" ± {float(cell['std']):.1f}" if int(cell["n"]) > 1 else ""

@@ -1,4 +1,5 @@
-"""Where a run's metrics go: Lightning's CSV log in the run folder always, Weights & Biases on request.
+"""Where a run's metrics go: Lightning's CSV log in the run folder always, Weights & Biases on
+request.
 
     lra train logger=wandb                     # project lra, tags model:<m> task:<t>
     WANDB_MODE=offline lra sweep smoke logger=wandb && wandb sync wandb/offline-run-*
@@ -23,10 +24,11 @@ def build(config, run_dir):
 
         run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
         group = options["group"] or (run_dir.parent.name if "multirun" in run_dir.parts else None)
-        tags = [f"model:{config['model']['name']}", f"task:{config['task']['name']}", *options["tags"]]
-        loggers.append(WandbLogger(project=options["project"], entity=options["entity"], group=group,
-                                   name=run_dir.name, id=run_id, resume="allow", tags=tags,
-                                   mode=options["mode"], config=config))
+        tags = [f"model:{config['model']['name']}", f"task:{config['task']['name']}",
+                *options["tags"]]
+        loggers.append(WandbLogger(project=options["project"], entity=options["entity"],
+                                   group=group, name=run_dir.name, id=run_id, resume="allow",
+                                   tags=tags, mode=options["mode"], config=config))
     return loggers
 
 
@@ -38,6 +40,7 @@ def finish(record):
     import wandb
 
     if wandb.run is not None:
-        summary = {f"best/{k}": v for k, v in (record.get("metrics") or {}).items() if isinstance(v, (int, float))}
+        metrics = record.get("metrics") or {}
+        summary = {f"best/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         wandb.run.summary.update({**summary, "status": record["status"]})
         wandb.finish(exit_code=0 if record["status"] == "completed" else 1)

@@ -5,27 +5,29 @@ Requires Data-Driven Priors", ICLR 2024: a denoising objective on the training s
 inputs alone (no labels, no other data) before the classification run closes most of the
 gap between Transformers and state space models on the Long-Range Arena.
 
-    lra pretrain model=s4d task=listops                    # writes a checkpoint and a "kind": "pretrain" result
+    lra pretrain model=s4d task=listops          # a checkpoint and a "kind": "pretrain" result
     lra train model=s4d task=listops init_from=<its run folder or result file>
-    lra sweep pretrain_finetune model=s4d,transformer task=listops seed=0,1,2   # both stages per job
+    lra sweep pretrain_finetune model=s4d,transformer task=listops seed=0,1,2   # both, per job
 
 The model is the classifier's encoder and backbone with a per-position head in place of the
 pooled one (encoder -> backbone -> head), so any registered backbone pretrains unchanged.
 Over the real positions t of a sequence x (mask `m` of hidden positions, |m| = round(r L)):
 
-    masked (bidirectional models):  loss = mean_{t in m} l(head(backbone(x with x_t -> [MASK], t in m))_t, x_t)
-    next   (model.bidirectional=false): loss = mean_{t < L} l(head(backbone(x))_t, x_{t+1})
+    masked (bidirectional models):
+        loss = mean_{t in m} l(head(backbone(x with x_t -> [MASK], t in m))_t, x_t)
+    next (model.bidirectional=false):
+        loss = mean_{t < L} l(head(backbone(x))_t, x_{t+1})
 
 where [MASK] is a learned vector put in place of the encoded input, and l is the
 cross-entropy for token inputs or the squared error for continuous ones (speech; images
 encoded as reals). A seeded `pretrain.heldout` share of the training examples is held out
 to measure the loss (the same masks each time); the val and test splits are never read.
 Retrieval's two documents are pretrained on as separate sequences. docs/pretraining.md
-gives the ratios and how fine-tuned runs show on the leaderboard.
+gives the ratios and how fine-tuned runs show on the leaderboard. Fine-tuning from a pretrain
+run (`init_from`) belongs to the train stage: lra.train.init_from.
 """
 import copy
 import itertools
-import json
 from pathlib import Path
 
 import torch
@@ -34,15 +36,15 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from lra import results, train
+from lra import train
 from lra.errors import UserError
 from lra.lit import Classifier
 from lra.tasks.base import TaskData, pad
 
 # Share of positions masked, by task: the study's choices (image-like inputs are redundant
 # enough to hide half; text as in BERT; ListOps' tokens carry more each). Speech: our choice.
-MASK_RATIOS = {"image": 0.5, "scifar": 0.5, "pathfinder": 0.5, "pathx": 0.5, "sc10": 0.5, "sc35": 0.5,
-               "text": 0.15, "retrieval": 0.15, "listops": 0.1, "listops_mini": 0.1}
+MASK_RATIOS = {"image": 0.5, "scifar": 0.5, "pathfinder": 0.5, "pathx": 0.5, "sc10": 0.5,
+               "sc35": 0.5, "text": 0.15, "retrieval": 0.15, "listops": 0.1, "listops_mini": 0.1}
 DEFAULT_MASK_RATIO = 0.15  # a task not listed (a plugin's)
 STAGES = ("train", "pretrain", "both")
 
@@ -57,9 +59,10 @@ def objective(config):
         choice = "next" if bidirectional is False else "masked"
     if choice == "next":
         if bidirectional:
-            raise UserError(f"pretrain.objective=next needs a causal model, but model {model['name']!r} is "
-                            "bidirectional: each position would see the token it must predict. Add "
-                            "model.bidirectional=false, or use pretrain.objective=masked.")
+            raise UserError(f"pretrain.objective=next needs a causal model, but model "
+                            f"{model['name']!r} is bidirectional: each position would see the "
+                            "token it must predict. Add model.bidirectional=false, or use "
+                            "pretrain.objective=masked.")
         return "next", None
     ratio = options["mask_ratio"]
     ratio = MASK_RATIOS.get(config["task"]["name"], DEFAULT_MASK_RATIO) if ratio is None else ratio
@@ -116,7 +119,6 @@ class PretrainData(TaskData):
                          "documents_per_example": len(keys), "heldout_seed": task.seed}
 
 
-
 # --- the model: encoder -> backbone -> a per-position head -------------------------------------
 
 class Pretrainer(Classifier):
@@ -129,9 +131,11 @@ class Pretrainer(Classifier):
     checkpoints, so a resumed run keeps it.
     """
 
-    def __init__(self, model: dict, task: dict, optim: dict, objective: str = "masked", mask_ratio: float = 0.15):
+    def __init__(self, model: dict, task: dict, optim: dict, objective: str = "masked",
+                 mask_ratio: float = 0.15):
         super().__init__(model, task, optim)
-        self.mask_embedding = nn.Parameter(0.02 * torch.randn(model["d_model"])) if objective == "masked" else None
+        masked = objective == "masked"
+        self.mask_embedding = nn.Parameter(0.02 * torch.randn(model["d_model"])) if masked else None
         self.history = []
         self._heldout_rng = None
 
@@ -140,7 +144,8 @@ class Pretrainer(Classifier):
         return nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, out))
 
     def forward(self, inputs, mask, hidden=None):
-        """Per-position predictions (B, L, vocab_size or d_input); `hidden` (B, L) marks inputs replaced by [MASK]."""
+        """Per-position predictions (B, L, vocab_size or d_input); `hidden` (B, L) marks the
+        inputs replaced by [MASK]."""
         x = self.encoder(inputs)  # (B, L, D)
         if hidden is not None:
             x = torch.where(hidden.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
@@ -149,8 +154,9 @@ class Pretrainer(Classifier):
 
     def hide(self, mask, generator=None):
         """round(ratio * length) random real positions of each row, at least one: (B, L) bool."""
-        keys = torch.rand(mask.shape, generator=generator, device=mask.device).masked_fill(~mask, 2.0)
-        rank = keys.argsort(-1).argsort(-1)  # (B, L) each position's place in a random order, padding last
+        keys = torch.rand(mask.shape, generator=generator, device=mask.device)
+        keys = keys.masked_fill(~mask, 2.0)
+        rank = keys.argsort(-1).argsort(-1)  # (B, L) places in a random order, padding last
         count = (self.hparams.mask_ratio * mask.sum(-1)).round().clamp(min=1)  # (B,)
         return rank < count.unsqueeze(-1)
 
@@ -162,7 +168,8 @@ class Pretrainer(Classifier):
         else:
             scored = self.hide(mask, self._heldout_rng if split == "val" else None)
             predicted, target = self(inputs, mask, scored), inputs
-        predicted, target = predicted[scored].float(), target[scored]  # (n, out), (n,) or (n, d_input)
+        # (n, out), and (n,) or (n, d_input)
+        predicted, target = predicted[scored].float(), target[scored]
         if self.hparams.task["input_kind"] == "tokens":
             loss = F.cross_entropy(predicted, target)
         else:
@@ -180,22 +187,24 @@ class Pretrainer(Classifier):
         loss = self._mean_loss(split)
         if loss is None:
             return
-        if split == "val":  # the held-out training examples; Lightning's checkpoint keeps the lowest
+        if split == "val":  # the held-out training examples; the checkpoint keeps the lowest
             self.log("heldout_loss", loss, prog_bar=True)
             self.history.append({"epoch": self.current_epoch, "step": self.global_step,
-                                 "train_loss": self._mean_loss("train", keep=True), "heldout_loss": loss})
+                                 "train_loss": self._mean_loss("train", keep=True),
+                                 "heldout_loss": loss})
         else:
             self.log(f"{split}_loss", loss)
 
     def on_validation_epoch_start(self):
-        self._heldout_rng = torch.Generator(device=self.device).manual_seed(0)  # the same masks every time
+        # the same masks every time
+        self._heldout_rng = torch.Generator(device=self.device).manual_seed(0)
 
     def on_train_start(self):
         """Measure the held-out loss before the first step (a resumed run has it in its history)."""
         if self.history:
             return
         loader = self.trainer.datamodule.val_dataloader()
-        limit = self.trainer.limit_val_batches  # as Lightning reads it: a number of batches or a share
+        limit = self.trainer.limit_val_batches  # as Lightning reads it: batches, or a share
         batches = limit if isinstance(limit, int) else int(limit * len(loader))
         self.eval()
         self.on_validation_epoch_start()
@@ -203,7 +212,8 @@ class Pretrainer(Classifier):
             for batch in itertools.islice(loader, batches):
                 self._step(self.transfer_batch_to_device(batch, self.device, 0), "val")
         self.train()
-        self.history.append({"epoch": None, "step": 0, "train_loss": None, "heldout_loss": self._mean_loss("val")})
+        self.history.append({"epoch": None, "step": 0, "train_loss": None,
+                             "heldout_loss": self._mean_loss("val")})
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["pretrain_history"] = self.history
@@ -216,19 +226,24 @@ class Pretrainer(Classifier):
 
 def pretrain_protocol(config):
     kind, ratio = objective(config)
-    return {"objective": kind, "mask_ratio": ratio, "loss": None, "heldout_share": config["pretrain"]["heldout"],
-            "splits_read": ["train"], "labels_read": False, "data_fingerprint": None}
+    return {"objective": kind, "mask_ratio": ratio, "loss": None,
+            "heldout_share": config["pretrain"]["heldout"], "splits_read": ["train"],
+            "labels_read": False, "data_fingerprint": None}
 
 
 def pretrain_and_measure(config, data, run_dir, last_ckpt, record):
-    """Pretrain on the training split's documents; keep the checkpoint with the lowest held-out loss."""
+    """Pretrain on the training split's documents; keep the checkpoint with the lowest held-out
+    loss."""
     kind, ratio = objective(config)
     documents = PretrainData(data, config["pretrain"]["heldout"])
     record["protocol"].update(loss="cross_entropy" if data.input_kind == "tokens" else "mse",
                               documents=documents.protocol)
-    build = lambda config, data: train.build_classifier(config, data, Pretrainer, objective=kind, mask_ratio=ratio)
-    trainer, checkpoint, module = train.fit_with_retries(config, documents, run_dir, last_ckpt, record, build=build,
-                                                         monitor=("heldout_loss", "min"))
+
+    def build(config, data):
+        return train.build_classifier(config, data, Pretrainer, objective=kind, mask_ratio=ratio)
+
+    trainer, checkpoint, module = train.fit_with_retries(
+        config, documents, run_dir, last_ckpt, record, build=build, monitor=("heldout_loss", "min"))
     best = checkpoint.best_model_path or str(Path(run_dir) / "checkpoints" / "last.ckpt")
     record["checkpoint"] = str(Path(best).resolve())
     record["backbone_params"] = sum(p.numel() for p in module.backbone.parameters())
@@ -236,8 +251,10 @@ def pretrain_and_measure(config, data, run_dir, last_ckpt, record):
     return module, {
         "objective": kind, "loss": record["protocol"]["loss"], "history": module.history,
         "initial_heldout_loss": module.history[0]["heldout_loss"],
-        "heldout_loss": float(checkpoint.best_model_score) if checkpoint.best_model_path else last["heldout_loss"],
-        "best_epoch": train.best_epoch(best), "epochs": trainer.current_epoch, "train_loss": last["train_loss"],
+        "heldout_loss": float(checkpoint.best_model_score) if checkpoint.best_model_path
+        else last["heldout_loss"],
+        "best_epoch": train.best_epoch(best), "epochs": trainer.current_epoch,
+        "train_loss": last["train_loss"],
     }
 
 
@@ -245,7 +262,8 @@ PRETRAIN = train.Stage("pretrain", pretrain_protocol, pretrain_and_measure)
 
 
 def pretrain_config(cfg):
-    """The config of a pretrain run: stage=pretrain, with pretrain.epochs and pretrain.lr in effect."""
+    """The config of a pretrain run: stage=pretrain, with pretrain.epochs and pretrain.lr in
+    effect."""
     cfg = copy.deepcopy(cfg)
     cfg.stage = "pretrain"
     if cfg.pretrain.epochs is not None:
@@ -256,9 +274,9 @@ def pretrain_config(cfg):
 
 
 def run_stage(cfg, run_dir):
-    """The job of `lra train` and `lra pretrain`, as `stage` says: train, pretrain, or both (pretrain
-    in <run_dir>/pretrain, then fine-tune from it in <run_dir>/finetune). A resumed run folder
-    continues whichever stage it holds."""
+    """The job of `lra train` and `lra pretrain`, as `stage` says: train, pretrain, or both
+    (pretrain in <run_dir>/pretrain, then fine-tune from it in <run_dir>/finetune). A resumed
+    run folder continues whichever stage it holds."""
     stage = cfg.stage
     if cfg.resume not in (None, "auto"):
         stage = OmegaConf.load(Path(cfg.resume) / "config.yaml").get("stage", "train")
@@ -277,75 +295,10 @@ def run_stage(cfg, run_dir):
 
 def report(record):
     m = record["metrics"]
-    print(f"\n{record['model']} pretrained on {record['task']} (seed {record['seed']}, {m['objective']} "
-          f"objective): held-out {m['loss']} {m['initial_heldout_loss']:.4g} before training, "
-          f"{m['heldout_loss']:.4g} at epoch {m['best_epoch']} of {m['epochs']}; {record['wall_time_s']:.0f} s")
+    print(f"\n{record['model']} pretrained on {record['task']} (seed {record['seed']}, "
+          f"{m['objective']} objective): held-out {m['loss']} {m['initial_heldout_loss']:.4g} "
+          f"before training, {m['heldout_loss']:.4g} at epoch {m['best_epoch']} of "
+          f"{m['epochs']}; {record['wall_time_s']:.0f} s")
     print(f"result file: {record['result_path']}")
-    print(f"fine-tune from it with the same model and task options: lra train init_from={record['run_dir']}")
-
-
-# --- fine-tuning: `lra train init_from=...` ------------------------------------------------------
-
-def pretrained_record(init_from):
-    """The result record of the completed pretrain run `init_from` names (its run folder or result file)."""
-    path = Path(init_from)
-    if (path / "run.json").is_file():
-        identity = json.loads((path / "run.json").read_text())
-        saved = OmegaConf.load(path / "config.yaml")
-        path = results.result_path(identity["results_dir"], {"task": saved.task.name, "model": saved.model.name,
-                                                              "run_id": identity["run_id"]})
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"init_from={init_from!r} is neither a run folder of `lra pretrain` nor a readable "
-                        f"result file ({type(err).__name__}: {err}); pass the run folder `lra pretrain` "
-                        "printed, or its result file under <results_dir>/<task>/<model>/.") from None
-    if record.get("kind") != "pretrain":
-        raise UserError(f"init_from={init_from!r} is a {record.get('kind', 'train')} run, not a pretrain run; "
-                        "make one with `lra pretrain` and the same model and task.")
-    if record.get("status") != "completed":
-        raise UserError(f"init_from={init_from!r}: pretrain run {record['run_id']} is {record.get('status')}, "
-                        f"not completed; finish it first with `lra train resume={record['run_dir']}`.")
-    return record
-
-
-def mismatches(saved, config, data):
-    """How the pretrained model (its checkpoint's hyperparameters and `task_name`) differs from this run's."""
-    found = []
-    if saved["task_name"] != config["task"]["name"]:
-        found.append(f"it was pretrained on task {saved['task_name']!r}, this run is on {config['task']['name']!r}")
-    there, here, shape = saved["model"], config["model"], train.task_shape(data)
-    pairs = {k: (there.get(k), here.get(k)) for k in there.keys() | here.keys() if k != "dropout"}
-    pairs.update({k: (saved["task"][k], shape[k]) for k in ("input_kind", "vocab_size", "d_input")})
-    differ = sorted(k for k, (a, b) in pairs.items() if a != b)
-    if differ:
-        found.append("its model or inputs differ (" + ", ".join(
-            f"{k}={pairs[k][0]!r} there, {pairs[k][1]!r} here" for k in differ) + ")")
-    return found
-
-
-def init_from(config, data, protocol):
-    """Check that the pretrain run `config["init_from"]` fits this run and note it in `protocol`;
-    return the `build` for `train.fit`: the classifier with the pretrained encoder and backbone
-    loaded (strictly) and a freshly initialised head."""
-    record = pretrained_record(config["init_from"])
-    checkpoint = torch.load(record["checkpoint"], map_location="cpu", weights_only=True)
-    saved = {**checkpoint["hyper_parameters"], "task_name": record["task"]}
-    found = mismatches(saved, config, data)
-    if found:
-        raise UserError(f"cannot fine-tune from pretrain run {record['run_id']} (init_from={config['init_from']}): "
-                        f"{'; '.join(found)}. Fine-tune with the model and task it was pretrained with (its "
-                        f"config: {record['run_dir']}/config.yaml), or pretrain again with these.")
-    protocol.update(pretraining="self-pretrained", pretrained_from=record["run_id"],
-                    pretrain_device_hours=record["device_hours"])
-    weights = checkpoint["state_dict"]
-
-    def build(config, data):
-        classifier = train.build_classifier(config, data)
-        for part in ("encoder", "backbone"):
-            prefix = f"{part}."
-            getattr(classifier, part).load_state_dict(
-                {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)})
-        return classifier
-
-    return build
+    print("fine-tune from it with the same model and task options: "
+          f"lra train init_from={record['run_dir']}")

@@ -7,6 +7,8 @@
 The run folder holds the resolved config, `run.json` (run id, result path), Lightning's
 `metrics.csv` and `checkpoints/{best,last}.ckpt`. The checkpoint is chosen on validation
 accuracy; the test split is evaluated once, on that checkpoint, every example counted.
+`run` does one stage between opening a run's record and completing it: TRAIN (declared
+here, with fine-tuning from a pretrain run, `init_from`) or lra.pretrain.PRETRAIN.
 """
 import csv
 import json
@@ -17,6 +19,7 @@ import shutil
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,6 +36,7 @@ from lra.checkpoints import AtomicCheckpointIO
 from lra.errors import Diverged, UserError
 from lra.lit import Classifier
 from lra.plugins import config_options
+from lra.resume import last_attempt, open_run
 
 SELECTION = "checkpoint with the best val_acc; the test split evaluated once on it"
 
@@ -67,19 +71,21 @@ def task_shape(data):
 
 
 def build_classifier(cfg, data, cls=Classifier, **options):
-    """The classifier (or a subclass `cls` taking `options`) around the configured backbone; a backbone
-    with a `max_len` attribute (the longest input it supports) must cover the task's sequences."""
+    """The classifier (or a subclass `cls` taking `options`) around the configured backbone; a
+    backbone with a `max_len` attribute (the longest input it supports) must cover the task's
+    sequences."""
     name = cfg["model"]["name"]
     try:
-        classifier = cls(model=dict(cfg["model"]), task=task_shape(data), optim=dict(cfg["optim"]), **options)
+        classifier = cls(model=dict(cfg["model"]), task=task_shape(data), optim=dict(cfg["optim"]),
+                         **options)
     except (TypeError, ValueError) as err:
         raise UserError(f"model {name!r} rejected its options: {err}. Its options and defaults "
                         f"are in conf/model/{name}.yaml (see `lra list`).") from err
     max_len = getattr(classifier.backbone, "max_len", None)
     if max_len is not None and data.seq_len > max_len:
-        raise UserError(f"task {data.name!r} has sequences up to {data.seq_len} long but model {name!r} "
-                        f"supports {max_len} (model.max_len); raise model.max_len to at least "
-                        f"{data.seq_len}.")
+        raise UserError(f"task {data.name!r} has sequences up to {data.seq_len} long but model "
+                        f"{name!r} supports {max_len} (model.max_len); raise model.max_len to at "
+                        f"least {data.seq_len}.")
     return classifier
 
 
@@ -99,8 +105,9 @@ def check_device(accelerator):
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
         raise UserError(f"trainer.accelerator={accelerator} but no CUDA device is visible (torch "
-                        f"{torch.__version__}, a {build}). Use trainer=cpu here, or on a GPU machine "
-                        "install a CUDA build of torch (README: Installing on a GPU machine).")
+                        f"{torch.__version__}, a {build}). Use trainer=cpu here, or on a GPU "
+                        "machine install a CUDA build of torch (README: Installing on a GPU "
+                        "machine).")
 
 
 def build_trainer(cfg, run_dir, checkpoint):
@@ -112,60 +119,19 @@ def build_trainer(cfg, run_dir, checkpoint):
     if t["progress"]:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     eval_limit = 1.0 if t["limit_eval_batches"] is None else t["limit_eval_batches"]
+    train_limit = 1.0 if t["limit_train_batches"] is None else t["limit_train_batches"]
     return L.Trainer(
         accelerator=t["accelerator"], devices=t["devices"], precision=t["precision"],
-        strategy=t.get("strategy", "auto"), use_distributed_sampler=False,  # the task's loaders shard
+        strategy=t.get("strategy", "auto"),
+        use_distributed_sampler=False,  # the task's loaders shard
         max_epochs=t["max_epochs"], max_steps=t["max_steps"], max_time=t.get("max_time"),
-        gradient_clip_val=t["gradient_clip_val"],
-        limit_train_batches=1.0 if t["limit_train_batches"] is None else t["limit_train_batches"],
+        gradient_clip_val=t["gradient_clip_val"], limit_train_batches=train_limit,
         limit_val_batches=eval_limit, limit_test_batches=eval_limit,
         val_check_interval=t["val_check_interval"], deterministic=t["deterministic"],
         num_sanity_val_steps=0, enable_progress_bar=t["progress"], enable_model_summary=False,
         log_every_n_steps=10, callbacks=callbacks, default_root_dir=run_dir,
         logger=loggers.build(cfg, run_dir), plugins=[AtomicCheckpointIO()],
     )
-
-
-def _start(cfg, run_dir):
-    """A new run: save the resolved config and the run's identity in its folder."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    run_id = results.new_run_id(config["task"]["name"], config["model"]["name"], config["seed"])
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
-    (run_dir / "run.json").write_text(json.dumps({"run_id": run_id,
-                                                  "results_dir": config["results_dir"]}))
-    return config, run_id, None
-
-
-def _resume(run_dir):
-    """An interrupted run: its saved config, its identity and its last checkpoint."""
-    run_dir = Path(run_dir)
-    identity = json.loads((run_dir / "run.json").read_text())
-    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-    config["results_dir"] = identity["results_dir"]
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        return config, identity["run_id"], None
-    check_checkpoint(last, config)
-    return config, identity["run_id"], last
-
-
-def check_checkpoint(path, config):
-    """Refuse a checkpoint that cannot be read (weights only) or was made with other options."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
-    except Exception as err:  # truncated, not a checkpoint, or holding more than weights
-        raise UserError(f"cannot resume from {path}: the checkpoint is unreadable ({type(err).__name__}: "
-                        f"{err}). A crash or a full disk may have cut it short; delete it to restart "
-                        "this run from scratch.") from err
-    for part in ("model", "optim"):
-        differ = sorted(k for k in set(saved[part]) | set(config[part])
-                        if saved[part].get(k) != config[part].get(k))
-        if differ:
-            pairs = ", ".join(f"{k}={saved[part].get(k)!r} there, {config[part].get(k)!r} here"
-                              for k in differ)
-            raise UserError(f"cannot resume from {path}: it was trained with other {part} options "
-                            f"({pairs}). Resume with the config the run started with, or start a new run.")
 
 
 def best_epoch(path):
@@ -180,7 +146,8 @@ def best_score(path, monitor):
     if not path:
         return None
     states = torch.load(path, map_location="cpu", weights_only=True)["callbacks"].values()
-    return next(float(state["best_model_score"]) for state in states if state.get("monitor") == monitor)
+    return next(float(state["best_model_score"]) for state in states
+                if state.get("monitor") == monitor)
 
 
 def epoch_history(metrics_csv):
@@ -189,24 +156,22 @@ def epoch_history(metrics_csv):
     if Path(metrics_csv).is_file():
         with open(metrics_csv, newline="") as f:
             for row in csv.DictReader(f):
-                seen = {k: float(row[k]) for k in ("val_acc", "val_loss", "train_loss") if row.get(k)}
+                seen = {k: float(row[k]) for k in ("val_acc", "val_loss", "train_loss")
+                        if row.get(k)}
                 if seen and row.get("epoch"):
                     epochs.setdefault(int(float(row["epoch"])), {}).update(seen)
-    return [{"epoch": e, "val_acc": None, "val_loss": None, "train_loss": None, **epochs[e]} for e in sorted(epochs)]
-
-
-def _finish(record, path, started, **fields):
-    record.update(ended_at=results.now(), wall_time_s=time.perf_counter() - started, **fields)
-    results.write_json_atomic(path, record)
-    loggers.finish(record)
+    empty = {"val_acc": None, "val_loss": None, "train_loss": None}
+    return [{"epoch": e, **empty, **epochs[e]} for e in sorted(epochs)]
 
 
 def fit(config, data, run_dir, last_ckpt, build=None, monitor=("val_acc", "max")):
-    """Build a module from `config` (`build_classifier` unless `build` is given) and fit it, keeping the
-    checkpoint best on `monitor` (metric, mode); a Ctrl+C or SIGTERM saves `last.ckpt` first."""
+    """Build a module from `config` (`build_classifier` unless `build` is given) and fit it,
+    keeping the checkpoint best on `monitor` (metric, mode); a Ctrl+C or SIGTERM saves
+    `last.ckpt` first."""
     classifier = (build or build_classifier)(config, data)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
-                                 monitor=monitor[0], mode=monitor[1], enable_version_counter=False)
+                                 monitor=monitor[0], mode=monitor[1],
+                                 enable_version_counter=False)
     trainer = build_trainer(config, run_dir, checkpoint)
     try:
         trainer.fit(classifier, datamodule=data, ckpt_path=last_ckpt)
@@ -222,7 +187,8 @@ def fit(config, data, run_dir, last_ckpt, build=None, monitor=("val_acc", "max")
 
 
 class Stopped(Exception):
-    """A run stopped by a signal, its checkpoint saved; `code` is the exit status to end with."""
+    """A run stopped by a signal, its checkpoint saved; `code` is the exit status to end
+    with."""
 
     def __init__(self, message, code):
         super().__init__(message)
@@ -246,7 +212,8 @@ def fit_with_retries(config, data, run_dir, last_ckpt, record, **how):
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             last_ckpt = None
             L.seed_everything(config["seed"], workers=True, verbose=False)
-            print(f"lra: {err}; retrying from scratch with optim.lr={optim['lr']:.3g}", file=sys.stderr)
+            print(f"lra: {err}; retrying from scratch with optim.lr={optim['lr']:.3g}",
+                  file=sys.stderr)
 
 
 LIMITS = ("max_epochs", "max_steps", "max_time")
@@ -297,12 +264,9 @@ def train_protocol(config):
 def train_and_test(config, data, run_dir, last_ckpt, record):
     """Fit a classifier (from a pretrain run's encoder and backbone with `init_from`), select on
     validation, test once; return the classifier and the record's metrics."""
-    build = None
-    if config.get("init_from"):
-        from lra.pretrain import init_from  # lra.pretrain builds on this module
-
-        build = init_from(config, data, record["protocol"])
-    trainer, checkpoint, classifier = fit_with_retries(config, data, run_dir, last_ckpt, record, build=build)
+    build = init_from(config, data, record["protocol"]) if config.get("init_from") else None
+    trainer, checkpoint, classifier = fit_with_retries(config, data, run_dir, last_ckpt, record,
+                                                       build=build)
     best = checkpoint.best_model_path or None
     trainer.test(classifier, datamodule=data, ckpt_path=best, verbose=False)
     record["backbone_params"] = sum(p.numel() for p in classifier.backbone.parameters())
@@ -318,50 +282,148 @@ def train_and_test(config, data, run_dir, last_ckpt, record):
     }
 
 
+# --- fine-tuning: `lra train init_from=<a pretrain run>` ---------------------------------------
+
+def pretrained_record(init_from):
+    """The result record of the completed pretrain run `init_from` names (its run folder or
+    result file)."""
+    path = Path(init_from)
+    if (path / "run.json").is_file():
+        identity = json.loads((path / "run.json").read_text())
+        saved = OmegaConf.load(path / "config.yaml")
+        path = results.result_path(identity["results_dir"], {
+            "task": saved.task.name, "model": saved.model.name, "run_id": identity["run_id"]})
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"init_from={init_from!r} is neither a run folder of `lra pretrain` nor a "
+                        f"readable result file ({type(err).__name__}: {err}); pass the run folder "
+                        "`lra pretrain` printed, or its result file under "
+                        "<results_dir>/<task>/<model>/.") from None
+    if record.get("kind") != "pretrain":
+        raise UserError(f"init_from={init_from!r} is a {record.get('kind', 'train')} run, not a "
+                        "pretrain run; make one with `lra pretrain` and the same model and task.")
+    if record.get("status") != "completed":
+        raise UserError(f"init_from={init_from!r}: pretrain run {record['run_id']} is "
+                        f"{record.get('status')}, not completed; finish it first with "
+                        f"`lra train resume={record['run_dir']}`.")
+    return record
+
+
+def mismatches(saved, config, data):
+    """How the pretrained model (its checkpoint's hyperparameters and `task_name`) differs from
+    this run's."""
+    found = []
+    if saved["task_name"] != config["task"]["name"]:
+        found.append(f"it was pretrained on task {saved['task_name']!r}, this run is on "
+                     f"{config['task']['name']!r}")
+    there, here, shape = saved["model"], config["model"], task_shape(data)
+    pairs = {k: (there.get(k), here.get(k)) for k in there.keys() | here.keys() if k != "dropout"}
+    pairs.update({k: (saved["task"][k], shape[k]) for k in ("input_kind", "vocab_size", "d_input")})
+    differ = sorted(k for k, (a, b) in pairs.items() if a != b)
+    if differ:
+        found.append("its model or inputs differ (" + ", ".join(
+            f"{k}={pairs[k][0]!r} there, {pairs[k][1]!r} here" for k in differ) + ")")
+    return found
+
+
+def init_from(config, data, protocol):
+    """Check that the pretrain run `config["init_from"]` fits this run and note it in
+    `protocol`; return the `build` for `fit`: the classifier with the pretrained encoder and
+    backbone loaded (strictly) and a freshly initialised head."""
+    record = pretrained_record(config["init_from"])
+    checkpoint = torch.load(record["checkpoint"], map_location="cpu", weights_only=True)
+    saved = {**checkpoint["hyper_parameters"], "task_name": record["task"]}
+    found = mismatches(saved, config, data)
+    if found:
+        raise UserError(f"cannot fine-tune from pretrain run {record['run_id']} "
+                        f"(init_from={config['init_from']}): {'; '.join(found)}. Fine-tune with "
+                        f"the model and task it was pretrained with (its config: "
+                        f"{record['run_dir']}/config.yaml), or pretrain again with these.")
+    protocol.update(pretraining="self-pretrained", pretrained_from=record["run_id"],
+                    pretrain_device_hours=record["device_hours"])
+    weights = checkpoint["state_dict"]
+
+    def build(config, data):
+        classifier = build_classifier(config, data)
+        for part in ("encoder", "backbone"):
+            prefix = f"{part}."
+            getattr(classifier, part).load_state_dict(
+                {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)})
+        return classifier
+
+    return build
+
+
 @dataclass(frozen=True)
 class Stage:
-    """What `run` does between opening a run's record and completing it: TRAIN, or lra.pretrain.PRETRAIN."""
+    """What `run` does between opening a run's record and completing it: TRAIN, or
+    lra.pretrain.PRETRAIN."""
 
     kind: str  # the record's "kind"
-    protocol: Callable  # config -> the record's protocol (the data's fingerprint and splits join it)
-    work: Callable  # (config, data, run_dir, last_ckpt, record) -> (the fitted module, the record's metrics)
+    protocol: Callable  # config -> the record's protocol (the data's fingerprint and splits join)
+    work: Callable  # (config, data, run_dir, last_ckpt, record) -> (fitted module, its metrics)
 
 
 TRAIN = Stage("train", train_protocol, train_and_test)
 
 
+# --- a run: where it starts (lra.resume), its record, and the stage in between -----------------
+
+@contextmanager
+def recording(record, path, started):
+    """Write `record` to `path`, then run the block; if it stops, write how and why:
+    `interrupted` by a signal (then exit with the signal's status), `diverged`, or `failed`
+    (any other exception, raised again)."""
+    results.write_json_atomic(path, record)
+    try:
+        yield
+    except BaseException as err:
+        status, reason = _outcome(err)
+        _finish(record, path, started, status=status, error=reason)
+        if isinstance(err, Stopped):
+            print(f"\nlra: {err}", file=sys.stderr)
+            raise SystemExit(err.code) from None
+        raise
+
+
+def _outcome(err) -> tuple[str, str]:
+    """The status and reason of a run that `err` stopped."""
+    if isinstance(err, Stopped):
+        return "interrupted", str(err)
+    if isinstance(err, Diverged):
+        return "diverged", str(err)
+    return "failed", f"{type(err).__name__}: {err}"
+
+
+def _finish(record, path, started, **fields):
+    record.update(ended_at=results.now(), wall_time_s=time.perf_counter() - started, **fields)
+    results.write_json_atomic(path, record)
+    loggers.finish(record)
+
+
 def run(cfg: DictConfig, run_dir, stage=TRAIN) -> dict:
-    """Run one stage (by default: train, select on validation, test once); return the final result record.
+    """Run one stage (by default: train, select on validation, test once); return the final
+    result record.
 
     The result file is written when the run starts, again once the data is read, and on
     completion or failure (`failed`, `diverged` or `interrupted`, with the reason).
     """
     started = time.perf_counter()
     quiet_lightning()
-    resume = cfg.resume
-    if resume == "auto":
-        earlier = results.latest_attempt(cfg.results_dir, OmegaConf.to_container(cfg, resolve=True), stage.kind)
-        if earlier and earlier["status"] == "completed":
-            print(f"lra: already completed, skipped: {earlier['result_path']}", file=sys.stderr)
-            return earlier
-        if earlier and earlier["status"] == "running" and results.process_alive(earlier):
-            raise UserError(f"this job is running right now (pid {earlier['pid']}, {earlier['run_dir']}); "
-                            "resume it once that process has ended.")
-        resumable = earlier and earlier["status"] in ("running", "interrupted")  # failed, diverged: anew
-        resume = earlier["run_dir"] if resumable and (Path(earlier["run_dir"]) / "run.json").is_file() else None
-    run_dir = Path(resume or run_dir)
-    config, run_id, last_ckpt = _resume(run_dir) if resume else _start(cfg, run_dir)
+    earlier = last_attempt(cfg, stage.kind) if cfg.resume == "auto" else None
+    if earlier and earlier["status"] == "completed":
+        print(f"lra: already completed, skipped: {earlier['result_path']}", file=sys.stderr)
+        return earlier
+    run_dir, config, run_id, last_ckpt = open_run(cfg, run_dir, earlier)
     trainer_cfg = config["trainer"]
     protocol = stage.protocol(config)
     record = results.new_record(run_id, config, protocol, device_name(trainer_cfg["accelerator"]),
-                                params=None)
-    record.update(kind=stage.kind, run_dir=str(run_dir))
-    record["tags"] = [str(tag) for tag in config.get("tags") or []]  # leaderboard filter: lra leaderboard --tag
+                                params=None, kind=stage.kind, run_dir=str(run_dir))
     path = results.result_path(config["results_dir"], record)
     if last_ckpt is not None and path.is_file():
         record["started_at"] = json.loads(path.read_text())["started_at"]
-    results.write_json_atomic(path, record)
-    try:
+    with recording(record, path, started):
         if trainer_cfg["num_threads"]:
             torch.set_num_threads(trainer_cfg["num_threads"])
         L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -369,16 +431,6 @@ def run(cfg: DictConfig, run_dir, stage=TRAIN) -> dict:
         protocol.update(data_fingerprint=data.fingerprint, splits=data.protocol)
         results.write_json_atomic(path, record)
         classifier, metrics = stage.work(config, data, run_dir, last_ckpt, record)
-    except Stopped as stop:
-        _finish(record, path, started, status="interrupted", error=str(stop))
-        print(f"\nlra: {stop}", file=sys.stderr)
-        raise SystemExit(stop.code) from None
-    except Diverged as err:
-        _finish(record, path, started, status="diverged", error=str(err))
-        raise
-    except BaseException as err:
-        _finish(record, path, started, status="failed", error=f"{type(err).__name__}: {err}")
-        raise
     record["metrics"] = metrics
     wall = time.perf_counter() - started
     devices = trainer_cfg["devices"] if isinstance(trainer_cfg["devices"], int) else 1

@@ -31,14 +31,17 @@ def test_ddp_on_two_cpu_processes_matches_one_process(lra, tmp_path):
     assert ddp.code == 0, ddp.err
     single = lra("train", *RUN, "task.batch_size=32", "runs_dir=single")
     assert single.code == 0, single.err
-    records = {Path(r["run_dir"]).parts[-3]: r for r in load_results(tmp_path / "leaderboard" / "runs")}
+    records = {Path(r["run_dir"]).parts[-3]: r
+               for r in load_results(tmp_path / "leaderboard" / "runs")}
     ddp, single = records["ddp"], records["single"]
     assert ddp["metrics"]["test_examples"] == single["metrics"]["test_examples"] == 75
     for key in ("test_acc", "val_acc", "best_epoch"):
         assert ddp["metrics"][key] == single["metrics"][key], key
     assert ddp["metrics"]["test_loss"] == pytest.approx(single["metrics"]["test_loss"], rel=1e-4)
-    assert ddp["throughput_tokens_per_s"] > 0  # counted in the workers, reported by the main process
-    weights = [torch.load(Path(r["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-               for r in (ddp, single)]
+    # counted in the workers, reported by the main process
+    assert ddp["throughput_tokens_per_s"] > 0
+    weights = [torch.load(Path(r["run_dir"]) / "checkpoints" / "last.ckpt",
+                          weights_only=True)["state_dict"] for r in (ddp, single)]
     for name, tensor in weights[0].items():
-        torch.testing.assert_close(tensor, weights[1][name], rtol=1e-4, atol=1e-4)  # sums in another order
+        # sums in another order
+        torch.testing.assert_close(tensor, weights[1][name], rtol=1e-4, atol=1e-4)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import padded_batch, rel_err
 
-from lra.kernels.attention import attention, attention_reference, attention_chunked
+from lra.kernels.attention import attention, attention_chunked, attention_reference
 from lra.models.flash import Flash
 from lra.models.transformer import Transformer
 

@@ -1,4 +1,5 @@
-"""`lra.leaderboard`: hand-made result files in; Markdown, CSV and Parquet out; filters, protocol columns."""
+"""`lra.leaderboard`: hand-made result files in; Markdown, CSV and Parquet out; filters,
+protocol columns."""
 import json
 import re
 import statistics
@@ -13,6 +14,7 @@ from hydra import compose, initialize_config_module
 from lra import registry
 from lra.errors import UserError
 from lra.leaderboard import REFERENCE_PARAMS, Filters, build, load_runs, render, row_for
+from lra.results import Record, problem
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "leaderboard" / "published.csv"
 ACC = {("s4d", "listops"): [0.55, 0.58, 0.61], ("s4d", "listops_mini"): [0.40, 0.45],
@@ -23,7 +25,8 @@ LRA6 = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 def record(model, task, seed, acc, status="completed", **extra):
     return {"schema": 1, "run_id": f"{task}-{model}-s{seed}-{status}", "model": model, "task": task,
             "seed": seed, "status": status,
-            "metrics": {"test_acc": acc, "val_acc": acc + 0.01, "best_epoch": 3, "majority_rate": 0.2},
+            "metrics": {"test_acc": acc, "val_acc": acc + 0.01, "best_epoch": 3,
+                        "majority_rate": 0.2},
             "protocol": {"recipe": "default", "pretraining": "scratch", "data_fingerprint": "ab"},
             "device": "cpu", "params": 1000 + seed, "throughput_tokens_per_s": 2000.0,
             "peak_memory_mb": 100.0 + seed, "wall_time_s": 36.0, "device_hours": 0.01,
@@ -42,11 +45,14 @@ def runs(tmp_path):
     runs = tmp_path / "runs"
     for (model, task), accs in ACC.items():
         for seed, acc in enumerate(accs):
-            write(runs, f"{task}/{model.replace('/', '_')}/{seed}.json", record(model, task, seed, acc))
-    write(runs, "listops/s4d/failed.json", record("s4d", "listops", 7, 0.99, status="failed", error="OOM"))
+            write(runs, f"{task}/{model.replace('/', '_')}/{seed}.json",
+                  record(model, task, seed, acc))
+    write(runs, "listops/s4d/failed.json",
+          record("s4d", "listops", 7, 0.99, status="failed", error="OOM"))
     write(runs, "listops/s4d/running.json", record("s4d", "listops", 8, 0.99, status="running"))
     bad = {"truncated.json": json.dumps(record("s4d", "listops", 9, 0.99))[:50],
-           "string_acc.json": json.dumps(record("s4d", "listops", 10, 0.9)).replace('"test_acc": 0.9', '"test_acc": "0.9"'),
+           "string_acc.json": json.dumps(record("s4d", "listops", 10, 0.9)).replace(
+               '"test_acc": 0.9', '"test_acc": "0.9"'),
            "list.json": "[1, 2, 3]"}
     for name, text in bad.items():
         write(runs, f"listops/s4d/{name}", text)
@@ -62,7 +68,8 @@ def cell(accs):
 
 
 def table_rows(md: str) -> dict[tuple[str, str], dict[str, str]]:
-    """Parse the pipe table back, splitting on unescaped '|'; each line has as many cells as the header."""
+    """Parse the pipe table back, splitting on unescaped '|'; each line has as many cells as the
+    header."""
     lines = [line for line in md.splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
     assert {len(row) for row in cells} == {len(cells[0])}
@@ -72,15 +79,19 @@ def table_rows(md: str) -> dict[tuple[str, str], dict[str, str]]:
 def test_render_means_skips_and_published(runs, tmp_path):
     with pytest.warns(UserWarning, match="skipping"):
         out = render(runs, tmp_path / "out", PUBLISHED)
-    assert sorted(p.name for p, _ in out.skipped) == ["list.json", "string_acc.json", "truncated.json"]
+    assert sorted(p.name for p, _ in out.skipped) == [
+        "list.json", "string_acc.json", "truncated.json"]
     md = out.markdown.read_text()
     rows = table_rows(md)
 
     s4d = rows[("s4d", "ours: default")]
-    assert s4d["ListOps"] == cell(ACC[("s4d", "listops")])  # failed and running runs (0.99) left out
+    # failed and running runs (0.99) left out
+    assert s4d["ListOps"] == cell(ACC[("s4d", "listops")])
     assert s4d["listops_mini (extra)"] == cell(ACC[("s4d", "listops_mini")])
-    assert s4d["Avg"] == "" and s4d["Params"] == "1K" and s4d["Peak MB"] == "102" and s4d["Device-h"] == "0.05"
-    gap = 100 * statistics.mean(ACC[("s4d", "listops")]) - 60.52  # best published S4D ListOps: S4D-Lin
+    assert s4d["Avg"] == "" and s4d["Params"] == "1K"
+    assert s4d["Peak MB"] == "102" and s4d["Device-h"] == "0.05"
+    # the best published S4D ListOps: S4D-Lin
+    gap = 100 * statistics.mean(ACC[("s4d", "listops")]) - 60.52
     assert rows[("s4d", "gap to best published")]["ListOps"] == f"−{abs(gap):.1f} vs S4D-Lin"
 
     odd = rows[("&lt;b&gt;x&lt;/b&gt;\\|y", "ours: default")]
@@ -88,13 +99,15 @@ def test_render_means_skips_and_published(runs, tmp_path):
     assert odd["listops_mini (extra)"] == "25.0 (n=1)"
     assert "<b>" not in md
 
-    lin = rows[("s4d", "published: S4D-Lin — Gu et al. NeurIPS 2022 Table 3; Gu et al. NeurIPS 2022 Table 2")]
+    gu = "Gu et al. NeurIPS 2022 Table 3; Gu et al. NeurIPS 2022 Table 2"
+    lin = rows[("s4d", f"published: S4D-Lin — {gu}")]
     assert lin["ListOps"] == "60.52" and lin["Path-X"] == "✗" and lin["SC35"] == "96.25"
-    assert rows[("transformer", "published: LRA paper — Tay et al. ICLR 2021 Table 1")]["Avg"] == "54.39†"
+    lra_paper = rows[("transformer", "published: LRA paper — Tay et al. ICLR 2021 Table 1")]
+    assert lra_paper["Avg"] == "54.39†"
     assert "failed Path-X counted as 50" in md and "five LRA tasks other than Path-X" in md
     assert "3 unusable files skipped" in md and "2 running, failed or interrupted" in md
-    assert sorted(p.name for p in out.markdown.parent.iterdir()) == [
-        "LEADERBOARD.md", "index.html", "leaderboard.csv", "leaderboard.parquet"]  # no temp files left
+    assert sorted(p.name for p in out.markdown.parent.iterdir()) == [  # no temp files left
+        "LEADERBOARD.md", "index.html", "leaderboard.csv", "leaderboard.parquet"]
 
     csv = pd.read_csv(out.csv)
     ours = csv[csv.kind == "ours"].set_index(["model", "task"])
@@ -107,7 +120,8 @@ def test_render_means_skips_and_published(runs, tmp_path):
     assert ours.loc[("s4d", "listops"), "published_variant"] == "S4D-Lin"
     assert ours.loc[("s4d", "listops"), "gap"] == pytest.approx(gap)
     published = csv[csv.kind == "published"]
-    assert set(published.model) >= {"s4", "s4d", "transformer"} and published["source"].notna().all()
+    assert set(published.model) >= {"s4", "s4d", "transformer"}
+    assert published["source"].notna().all()
 
 
 def test_avg_only_with_all_six_and_five_task_rule(tmp_path):
@@ -119,9 +133,10 @@ def test_avg_only_with_all_six_and_five_task_rule(tmp_path):
     assert six[("s4d", "ours: default")]["Avg"] == f"{100 * statistics.mean(accs.values()):.1f}"
     out = render(runs, tmp_path / "five", PUBLISHED, avg_tasks=5)
     five = table_rows(out.markdown.read_text())
-    assert five[("s4d", "ours: default")]["Avg"] == f"{100 * statistics.mean(list(accs.values())[:5]):.1f}"
-    assert five[("s4d", "published: S4D-Inv — Gu et al. NeurIPS 2022 Table 3; Gu et al. NeurIPS 2022 Table 2")][
-        "Avg"] == "85.5†"
+    five_tasks = statistics.mean(list(accs.values())[:5])
+    assert five[("s4d", "ours: default")]["Avg"] == f"{100 * five_tasks:.1f}"
+    gu = "Gu et al. NeurIPS 2022 Table 3; Gu et al. NeurIPS 2022 Table 2"
+    assert five[("s4d", f"published: S4D-Inv — {gu}")]["Avg"] == "85.5†"
     (runs / "pathx/s4d/0.json").unlink()
     missing = table_rows(render(runs, tmp_path / "six", PUBLISHED).markdown.read_text())
     assert missing[("s4d", "ours: default")]["Avg"] == ""
@@ -130,7 +145,8 @@ def test_avg_only_with_all_six_and_five_task_rule(tmp_path):
 def test_recipes_do_not_average_together_and_duplicates_skipped(tmp_path):
     runs = tmp_path / "runs"
     write(runs, "a.json", record("s4d", "text", 0, 0.8))
-    write(runs, "b.json", {**record("s4d", "text", 1, 0.6), "protocol": {"recipe": "long", "pretraining": "scratch"}})
+    write(runs, "b.json", {**record("s4d", "text", 1, 0.6),
+                           "protocol": {"recipe": "long", "pretraining": "scratch"}})
     write(runs, "c.json", record("s4d", "text", 0, 0.1))  # same run_id as a.json
     with pytest.warns(UserWarning, match="duplicate run_id"):
         out = render(runs, tmp_path / "out", None)
@@ -149,7 +165,8 @@ def test_empty_runs_dir_renders_published_only(tmp_path):
 def test_load_runs_keeps_every_status(runs):
     with pytest.warns(UserWarning):
         records, skipped = load_runs(runs)
-    assert {r["status"] for r in records} == {"completed", "failed", "running"} and len(skipped) == 3
+    assert {r["status"] for r in records} == {"completed", "failed", "running"}
+    assert len(skipped) == 3
 
 
 def test_row_for_names_the_cell_a_run_joined(runs, tmp_path):
@@ -169,9 +186,12 @@ def test_fingerprints_never_share_a_cell_and_older_data_gets_its_own_row(tmp_pat
     runs = tmp_path / "runs"
     old = {"recipe": "default", "pretraining": "scratch", "data_fingerprint": "a" * 64}
     new = {**old, "data_fingerprint": "b" * 64}
-    write(runs, "1.json", record("s4d", "text", 0, 0.50, protocol=old, ended_at="2026-11-01T00:00:00+00:00"))
-    write(runs, "2.json", record("s4d", "text", 1, 0.70, protocol=new, ended_at="2026-11-20T00:00:00+00:00"))
-    write(runs, "3.json", record("s4d", "text", 2, 0.80, protocol=new, ended_at="2026-11-21T00:00:00+00:00"))
+    write(runs, "1.json", record("s4d", "text", 0, 0.50, protocol=old,
+                                 ended_at="2026-11-01T00:00:00+00:00"))
+    write(runs, "2.json", record("s4d", "text", 1, 0.70, protocol=new,
+                                 ended_at="2026-11-20T00:00:00+00:00"))
+    write(runs, "3.json", record("s4d", "text", 2, 0.80, protocol=new,
+                                 ended_at="2026-11-21T00:00:00+00:00"))
     out = render(runs, tmp_path / "out")
     rows = table_rows(out.markdown.read_text())
     assert rows[("s4d", "ours: default")]["Text"] == cell([0.70, 0.80])
@@ -186,11 +206,14 @@ def test_fingerprints_never_share_a_cell_and_older_data_gets_its_own_row(tmp_pat
 
 def test_rows_carry_training_data_and_checkpoint(tmp_path):
     runs = tmp_path / "runs"
-    protocol = {"recipe": "s4d/text", "pretraining": "scratch", "data_fingerprint": "0123456789abcdef",
-                "selection": "checkpoint with the best val_acc; the test split evaluated once on it"}
+    protocol = {"recipe": "s4d/text", "pretraining": "scratch",
+                "data_fingerprint": "0123456789abcdef",
+                "selection": "checkpoint with the best val_acc; "
+                             "the test split evaluated once on it"}
     write(runs, "a.json", record("s4d", "text", 0, 0.8, protocol=protocol))
     row = table_rows(render(runs, tmp_path / "out").markdown.read_text())[("s4d", "ours: s4d/text")]
-    assert (row["Training"], row["Data"], row["Checkpoint"]) == ("scratch", "text:01234567", "best val_acc")
+    assert (row["Training"], row["Data"], row["Checkpoint"]) == (
+        "scratch", "text:01234567", "best val_acc")
 
 
 @pytest.mark.parametrize("ratio, flagged", [(1.11, True), (1.09, False), (None, None)])
@@ -200,8 +223,10 @@ def test_a_backbone_over_the_parameter_budget_is_flagged(tmp_path, ratio, flagge
     write(runs, "a.json", record("mamba", "listops", 0, 0.5, backbone_params=size))
     out = render(runs, tmp_path / "out")
     row = table_rows(out.markdown.read_text())[("mamba", "ours: default")]
-    assert row["ListOps"].endswith(" ⚑") is bool(flagged) and row["Params"].endswith(" ⚑") is bool(flagged)
-    over = pd.read_parquet(out.parquet).query("kind == 'ours' and task == 'listops'")["over_budget"].iloc[0]
+    assert row["ListOps"].endswith(" ⚑") is bool(flagged)
+    assert row["Params"].endswith(" ⚑") is bool(flagged)
+    ours = pd.read_parquet(out.parquet).query("kind == 'ours' and task == 'listops'")
+    over = ours["over_budget"].iloc[0]
     assert (pd.isna(over) if flagged is None else bool(over) is flagged)
 
 
@@ -215,8 +240,9 @@ def test_reference_sizes_are_s4_in_its_published_recipe(task):
 
 def test_other_kinds_are_not_rows_and_self_pretrained_compute_includes_pretraining(tmp_path):
     runs = tmp_path / "runs"
-    write(runs, "pretrain.json", {"schema": 1, "kind": "pretrain", "run_id": "p0", "model": "s4d", "task": "text",
-                                  "status": "completed", "metrics": {"val_loss": 1.5}, "device_hours": 2.0})
+    write(runs, "pretrain.json", {"schema": 1, "kind": "pretrain", "run_id": "p0", "model": "s4d",
+                                  "task": "text", "status": "completed",
+                                  "metrics": {"val_loss": 1.5}, "device_hours": 2.0})
     tuned = {"recipe": "default", "pretraining": "self-pretrained", "pretrain_device_hours": 2.0}
     write(runs, "tuned.json", record("s4d", "text", 0, 0.9, protocol=tuned, device_hours=0.5))
     out = render(runs, tmp_path / "out")
@@ -244,7 +270,8 @@ def mixed(tmp_path):
 
 
 def ours_cells(board):
-    return sorted(board.long.query("kind == 'ours' and task != 'avg'")[["model", "task"]].itertuples(index=False, name=None))
+    cells = board.long.query("kind == 'ours' and task != 'avg'")[["model", "task"]]
+    return sorted(cells.itertuples(index=False, name=None))
 
 
 @pytest.mark.parametrize("filters, expected", [
@@ -270,18 +297,20 @@ def test_filters_narrow_published_rows_and_columns(mixed):
 
 
 def test_a_filter_matching_nothing_says_what_there_is(mixed):
-    with pytest.raises(UserError, match="no completed runs match task lisops: there are completed runs of tasks "
-                                        "image, listops, text and models mamba, s4d"):
+    with pytest.raises(UserError, match="no completed runs match task lisops: there are completed "
+                                        "runs of tasks image, listops, text and models mamba, s4d"):
         build(mixed, PUBLISHED, filters=Filters(tasks=("lisops",)))
 
 
 def test_parquet_holds_the_csv_table(runs, tmp_path):
     with pytest.warns(UserWarning):
         out = render(runs, tmp_path / "out", PUBLISHED)
-    parquet, csv = pd.read_parquet(out.parquet), pd.read_csv(out.csv, keep_default_na=False, na_values=[""])
+    parquet = pd.read_parquet(out.parquet)
+    csv = pd.read_csv(out.csv, keep_default_na=False, na_values=[""])
     assert list(parquet.columns) == list(csv.columns) and len(parquet) == len(csv)
     for column in ["mean", "std", "gap", "params", "tokens_per_s"]:
-        assert parquet[column].astype(float).tolist() == pytest.approx(csv[column].astype(float).tolist(), nan_ok=True)
+        assert parquet[column].astype(float).tolist() == pytest.approx(
+            csv[column].astype(float).tolist(), nan_ok=True)
     for column in ["kind", "model", "entry", "task", "data_fingerprint"]:
         assert parquet[column].fillna("").tolist() == csv[column].fillna("").astype(str).tolist()
     assert parquet["n"].dtype == "Int64"
@@ -304,7 +333,8 @@ def test_a_filtered_leaderboard_is_printed_not_written(lra, tmp_path):
     assert result.code == 0 and "wrote subset/LEADERBOARD.md" in result.out
     assert "60.0 (n=1)" in (tmp_path / "subset" / "LEADERBOARD.md").read_text()
     assert lra("leaderboard").code == 0
-    assert {"s4d", "mamba"} <= set(pd.read_parquet(tmp_path / "leaderboard" / "leaderboard.parquet").model)
+    parquet = pd.read_parquet(tmp_path / "leaderboard" / "leaderboard.parquet")
+    assert {"s4d", "mamba"} <= set(parquet.model)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -322,9 +352,12 @@ def test_a_real_run_records_tags_history_and_backbone_size(lra, tmp_path):
     assert lra("train", *TINY, "trainer.limit_eval_batches=null", "tags=[ablation,v2]").code == 0
     (tmp_path / "leaderboard" / "published.csv").write_text(PUBLISHED.read_text())
     [rec] = load_results(tmp_path / "leaderboard" / "runs")
+    assert problem(rec) is None  # every field it has is declared, and of its declared type
+    assert set(rec) <= Record.__required_keys__ | Record.__optional_keys__
     assert rec["tags"] == ["ablation", "v2"]
     assert [h["epoch"] for h in rec["metrics"]["history"]] == [0, 1]
-    assert all(0 <= h["val_acc"] <= 1 and h["val_loss"] > 0 and h["train_loss"] > 0 for h in rec["metrics"]["history"])
+    assert all(0 <= h["val_acc"] <= 1 and h["val_loss"] > 0 and h["train_loss"] > 0
+               for h in rec["metrics"]["history"])
     assert 0 < rec["backbone_params"] < rec["params"]
     result = lra("leaderboard", "--tag", "v2")
     assert result.code == 0 and "| s4d" in result.out
@@ -336,6 +369,7 @@ def test_a_budget_run_of_a_published_recipe_gets_its_own_row():
 
     assert entry_of({"recipe": "s4d/listops", "budget": {}}) == "s4d/listops"
     assert entry_of({"recipe": "s4d/listops"}) == "s4d/listops"  # records from before budgets
-    assert entry_of({"recipe": "s4d/listops", "budget": {"max_time": "00:00:10:00", "max_epochs": 5}}) == \
+    limits = {"max_time": "00:00:10:00", "max_epochs": 5}
+    assert entry_of({"recipe": "s4d/listops", "budget": limits}) == \
         "s4d/listops (budget: max_epochs 5, max_time 00:00:10:00)"
     assert entry_of({"recipe": "default", "budget": {"max_epochs": 12}}) == "default"

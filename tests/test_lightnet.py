@@ -5,12 +5,12 @@ import torch
 from helpers import padded_batch, rel_err
 
 from lra.kernels.additive_recurrence import (
-    additive_recurrence,
     additive_causal_chunked,
     additive_causal_quadratic,
     additive_causal_reference,
-    logcumsumexp,
     additive_noncausal_reference,
+    additive_recurrence,
+    logcumsumexp,
 )
 from lra.models.lightnet import TPE, LightNet, lrpe_angles
 

@@ -6,7 +6,8 @@ from conftest import load_results
 from lra import leaderboard
 
 JOB = ["trainer=debug", "trainer.limit_eval_batches=null", "model.d_model=8", "model.n_layers=1",
-       "model.d_state=4", "task.n_train=64", "task.n_val=16", "task.n_test=16", "task.batch_size=16"]
+       "model.d_state=4", "task.n_train=64", "task.n_val=16", "task.n_test=16",
+       "task.batch_size=16"]
 LAUNCHERS = {"basic": [], "process pool": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
 
 

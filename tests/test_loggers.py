@@ -1,4 +1,5 @@
-"""logger=wandb: one offline W&B run per job, tagged, summarised and finished; CSV stays the default."""
+"""logger=wandb: one offline W&B run per job, tagged, summarised and finished; CSV stays the
+default."""
 from pathlib import Path
 
 from conftest import TINY, load_results
@@ -21,9 +22,11 @@ def test_wandb_offline_logs_each_sweep_job_as_its_own_finished_run(lra, tmp_path
     for record in records:
         [folder] = (tmp_path / "wandb").glob(f"offline-run-*-{record['run_id']}")
         logged = next(folder.glob("*.wandb")).read_bytes()
-        for text in ("model:s4d", "task:listops_mini", "best/test_acc", "best/val_acc", "completed"):
+        for text in ("model:s4d", "task:listops_mini", "best/test_acc", "best/val_acc",
+                     "completed"):
             assert text.encode() in logged, text
         sweep = Path(record["run_dir"]).parent.name
         assert sweep.encode() in logged  # the group: the sweep's folder
-        assert f"finishing run lra/{record['run_id']}" in (folder / "logs" / "debug.log").read_text()
+        log = (folder / "logs" / "debug.log").read_text()
+        assert f"finishing run lra/{record['run_id']}" in log
     assert (Path(records[0]["run_dir"]) / "metrics.csv").is_file()  # CSV beside W&B

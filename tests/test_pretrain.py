@@ -1,4 +1,5 @@
-"""Self-pretraining (`lra pretrain`, lra/pretrain.py) and fine-tuning from it (`lra train init_from=...`)."""
+"""Self-pretraining (`lra pretrain`, lra/pretrain.py) and fine-tuning from it
+(`lra train init_from=...`, lra/train.py)."""
 import json
 import os
 import signal
@@ -15,10 +16,16 @@ from test_plugin import TOY_MODEL, site, write_plugin  # noqa: F401 (site is a f
 
 from lra import train
 from lra.pretrain import PretrainData, Pretrainer
+from lra.results import Record, problem
 from lra.tasks.base import SequenceDataset
 from lra.tasks.listops import ListOpsMini
 
-NO_STATE = [a for a in TINY if not a.startswith("model.d_state")]  # for models without one (transformer)
+# for models without a state size (transformer)
+NO_STATE = [a for a in TINY if not a.startswith("model.d_state")]
+TOKENS = {"input_kind": "tokens", "vocab_size": 16, "d_input": None, "num_classes": 10,
+          "dual": False}
+OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.1}
+DECLARED = Record.__required_keys__ | Record.__optional_keys__
 
 
 def records(tmp_path, kind=None):
@@ -36,15 +43,17 @@ def pretrained(lra, tmp_path, *args):
 def test_the_masked_loss_falls_well_below_its_start_and_the_unigram_loss(lra, tmp_path):
     """About 475 steps of a tiny bidirectional S4D on mini-ListOps, masking 10% of the tokens."""
     sizes = ["task.n_train=1600", "task.n_val=10", "task.n_test=10", "task.batch_size=16"]
-    result = lra("pretrain", "trainer=cpu", "trainer.progress=false", "trainer.max_epochs=5", "model.d_model=32",
-                 "model.n_layers=2", "model.d_state=16", "optim.lr=1e-2", *sizes)
+    result = lra("pretrain", "trainer=cpu", "trainer.progress=false", "trainer.max_epochs=5",
+                 "model.d_model=32", "model.n_layers=2", "model.d_state=16", "optim.lr=1e-2",
+                 *sizes)
     assert result.code == 0, result.err
     [record] = records(tmp_path)
     assert (record["kind"], record["status"]) == ("pretrain", "completed")
+    assert problem(record) is None and set(record) <= DECLARED
     assert record["protocol"]["objective"] == "masked" and record["protocol"]["mask_ratio"] == 0.1
     assert record["device_hours"] > 0 and Path(record["checkpoint"]).is_file()
     history = record["metrics"]["history"]
-    assert [h["epoch"] for h in history] == [None, 0, 1, 2, 3, 4]  # before training, then each epoch
+    assert [h["epoch"] for h in history] == [None, 0, 1, 2, 3, 4]  # before training, each epoch
     initial, final = history[0]["heldout_loss"], history[-1]["heldout_loss"]
     assert final < 0.8 * initial
 
@@ -52,7 +61,8 @@ def test_the_masked_loss_falls_well_below_its_start_and_the_unigram_loss(lra, tm
     data.setup()
     tokens = np.concatenate([data.splits["train"][i]["inputs"] for i in range(1600)])
     p = np.bincount(tokens) / len(tokens)
-    unigram = -(p[p > 0] * np.log(p[p > 0])).sum()  # the loss of always predicting the token frequencies
+    # the loss of always predicting the token frequencies
+    unigram = -(p[p > 0] * np.log(p[p > 0])).sum()
     assert final < unigram < initial
     assert "lra train init_from=" in result.out
 
@@ -86,8 +96,8 @@ def weights_at_start(monkeypatch):
     return callback.taken
 
 
-def test_fine_tuning_starts_from_the_pretrained_encoder_and_backbone_with_a_fresh_head(lra, tmp_path,
-                                                                                      weights_at_start):
+def test_fine_tuning_starts_from_the_pretrained_encoder_and_backbone_with_a_fresh_head(
+        lra, tmp_path, weights_at_start):
     pre = pretrained(lra, tmp_path)
     saved = torch.load(pre["checkpoint"], weights_only=True)["state_dict"]
     weights_at_start.clear()  # the pretraining run's own
@@ -101,8 +111,10 @@ def test_fine_tuning_starts_from_the_pretrained_encoder_and_backbone_with_a_fres
         assert torch.equal(finetuned[name], saved[name]), name
     assert any(not torch.equal(scratch[name], saved[name]) for name in parts)
     heads = [k for k in finetuned if k.startswith("head.")]
-    assert heads and all(torch.equal(finetuned[k], scratch[k]) for k in heads)  # initialised as from scratch
-    assert finetuned["head.2.weight"].shape[0] == 10  # classes, not the pretraining head's vocabulary
+    # initialised as from scratch
+    assert heads and all(torch.equal(finetuned[k], scratch[k]) for k in heads)
+    # classes, not the pretraining head's vocabulary
+    assert finetuned["head.2.weight"].shape[0] == 10
 
     tuned = next(r for r in records(tmp_path, "train") if r["config"]["init_from"])
     assert tuned["status"] == "completed"
@@ -111,15 +123,19 @@ def test_fine_tuning_starts_from_the_pretrained_encoder_and_backbone_with_a_fres
     assert tuned["protocol"]["pretrain_device_hours"] == pre["device_hours"] > 0
 
 
-def test_a_plugin_backbone_pretrains_and_fine_tunes_with_no_extra_code(lra, site, tmp_path):  # noqa: F811
+def test_a_plugin_backbone_pretrains_and_fine_tunes_with_no_extra_code(
+        lra, site, tmp_path):  # noqa: F811
     write_plugin(site, "lra-toy", "lra_toy", "toy", TOY_MODEL)
     result = lra("pretrain", "model=toy", "trainer=debug", "task.n_train=128", "task.n_test=50")
     assert result.code == 0, result.err
     [pre] = records(tmp_path, "pretrain")
-    assert (pre["model"], pre["status"], pre["protocol"]["objective"]) == ("toy", "completed", "masked")
+    assert (pre["model"], pre["status"], pre["protocol"]["objective"]) == (
+        "toy", "completed", "masked")
     assert all(np.isfinite(h["heldout_loss"]) for h in pre["metrics"]["history"])
-    result_file = tmp_path / "leaderboard" / "runs" / "listops_mini" / "toy" / f"{pre['run_id']}.json"
-    tuned = lra("train", "model=toy", "trainer=debug", "task.n_train=128", "task.n_test=50", f"init_from={result_file}")
+    result_file = (tmp_path / "leaderboard" / "runs" / "listops_mini" / "toy"
+                   / f"{pre['run_id']}.json")
+    tuned = lra("train", "model=toy", "trainer=debug", "task.n_train=128", "task.n_test=50",
+                f"init_from={result_file}")
     assert tuned.code == 0, tuned.err
     [record] = records(tmp_path, "train")
     assert record["protocol"]["pretrained_from"] == pre["run_id"]
@@ -157,27 +173,28 @@ def test_pretraining_reads_neither_val_nor_test_nor_any_label(lra, tmp_path, mon
                for r in (*load_results(tmp_path / "plain"), *load_results(tmp_path / "guarded"))]
     assert weights[0].keys() == weights[1].keys()
     for name, tensor in weights[0].items():
-        assert torch.equal(tensor, weights[1][name]), name  # other labels, the same pretrained model
+        # other labels, the same pretrained model
+        assert torch.equal(tensor, weights[1][name]), name
 
 
 def test_a_two_document_task_pretrains_on_each_document_held_out_by_example():
-    examples = SequenceDataset([np.full(5, i) for i in range(20)], np.zeros(20), [np.full(3, 100 + i) for i in range(20)])
-    task = SimpleNamespace(data_dir="d", seed=0, batch_size=4, num_workers=0, name="pairs", seq_len=5,
-                           input_kind="tokens", vocab_size=200, d_input=None, num_classes=2, dual=True,
-                           splits={"train": examples})
+    examples = SequenceDataset([np.full(5, i) for i in range(20)], np.zeros(20),
+                               [np.full(3, 100 + i) for i in range(20)])
+    task = SimpleNamespace(data_dir="d", seed=0, batch_size=4, num_workers=0, name="pairs",
+                           seq_len=5, input_kind="tokens", vocab_size=200, d_input=None,
+                           num_classes=2, dual=True, splits={"train": examples})
     documents = PretrainData(task, heldout=0.25)
     train_docs, heldout_docs = documents.splits["train"], documents.splits["val"]
     assert (len(train_docs), len(heldout_docs)) == (30, 10)
     firsts = lambda docs: {int(docs[j][0]) % 100 for j in range(len(docs))}  # noqa: E731
-    assert firsts(train_docs).isdisjoint(firsts(heldout_docs))  # both documents of an example on one side
+    # both documents of an example on one side
+    assert firsts(train_docs).isdisjoint(firsts(heldout_docs))
     batch = next(iter(documents.val_dataloader()))
     assert set(batch) == {"inputs", "mask", "lengths"} and not documents.dual
 
 
 def test_masking_hides_the_ratio_of_real_positions_and_at_least_one():
-    module = Pretrainer({"name": "s4d", "d_model": 8, "n_layers": 1, "d_state": 4},
-                        {"input_kind": "tokens", "vocab_size": 16, "d_input": None, "num_classes": 10, "dual": False},
-                        {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.1},
+    module = Pretrainer({"name": "s4d", "d_model": 8, "n_layers": 1, "d_state": 4}, TOKENS, OPTIM,
                         objective="masked", mask_ratio=0.25)
     mask = torch.arange(40) < torch.tensor([[40], [20], [2]])  # (3, 40)
     hidden = module.hide(mask)
@@ -186,15 +203,15 @@ def test_masking_hides_the_ratio_of_real_positions_and_at_least_one():
 
 def test_the_next_token_objective_scores_position_t_on_the_token_after_it():
     """Causal model: the last input is no one's context, so it gets no gradient; the first does."""
-    module = Pretrainer({"name": "transformer", "d_model": 8, "n_layers": 1, "n_heads": 2, "bidirectional": False},
-                        {"input_kind": "tokens", "vocab_size": 16, "d_input": None, "num_classes": 10, "dual": False},
-                        {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_ratio": 0.1},
-                        objective="next", mask_ratio=None)
+    model = {"name": "transformer", "d_model": 8, "n_layers": 1, "n_heads": 2,
+             "bidirectional": False}
+    module = Pretrainer(model, TOKENS, OPTIM, objective="next", mask_ratio=None)
     assert module.mask_embedding is None
     encoded = []
     module.encoder.register_forward_hook(lambda m, i, out: encoded.append(out) or out.retain_grad())
     inputs = torch.randint(1, 16, (2, 12))
-    module._step({"inputs": inputs, "mask": torch.ones(2, 12, dtype=torch.bool)}, "train").backward()
+    loss = module._step({"inputs": inputs, "mask": torch.ones(2, 12, dtype=torch.bool)}, "train")
+    loss.backward()
     grad = encoded[0].grad  # (2, 12, 8)
     assert grad[:, -1].abs().sum() == 0 and grad[:, 0].abs().sum() > 0
 
@@ -207,13 +224,16 @@ def test_a_causal_model_pretrains_next_token_and_a_bidirectional_one_refuses_it(
     assert record["config"]["model"]["bidirectional"] is False
 
     refused = lra("pretrain", *NO_STATE, "model=transformer", "pretrain.objective=next")
-    assert refused.code == 2 and "needs a causal model" in refused.err and "Traceback" not in refused.err
+    assert refused.code == 2 and "needs a causal model" in refused.err
+    assert "Traceback" not in refused.err
 
 
 def test_continuous_inputs_are_reconstructed_with_a_squared_error(lra, tmp_path):
     cifar_release(tmp_path / "d")
-    task = ["task=image", "data_dir=d", "task.encoding=real", "task.val_size=10", "task.batch_size=8"]
-    result = lra("pretrain", "trainer=debug", "model.d_model=16", "model.n_layers=1", "model.d_state=8", *task)
+    task = ["task=image", "data_dir=d", "task.encoding=real", "task.val_size=10",
+            "task.batch_size=8"]
+    model = ["model.d_model=16", "model.n_layers=1", "model.d_state=8"]
+    result = lra("pretrain", "trainer=debug", *model, *task)
     assert result.code == 0, result.err
     [pre] = records(tmp_path)
     assert (pre["protocol"]["loss"], pre["protocol"]["mask_ratio"]) == ("mse", 0.5)
@@ -221,8 +241,7 @@ def test_continuous_inputs_are_reconstructed_with_a_squared_error(lra, tmp_path)
     assert state["head.2.weight"].shape == (1, 16)  # predicts the one real value per position
     losses = [h["heldout_loss"] for h in pre["metrics"]["history"]]
     assert len(losses) == 3 and all(np.isfinite(losses)) and min(losses) > 0
-    tuned = lra("train", "trainer=debug", "model.d_model=16", "model.n_layers=1", "model.d_state=8", *task,
-                f"init_from={pre['run_dir']}")
+    tuned = lra("train", "trainer=debug", *model, *task, f"init_from={pre['run_dir']}")
     assert tuned.code == 0, tuned.err
 
 
@@ -237,8 +256,10 @@ def test_a_mismatched_init_from_names_both_values_in_one_paragraph(lra, tmp_path
     for args, expected in cases:
         result = lra("train", f"init_from={result_file}", *args)
         assert result.code == 2, result.err
-        error = result.err.splitlines()[-1]  # one paragraph, after any progress lines (preparing the data)
-        assert error.startswith("lra: error: ") and expected in error and "Traceback" not in result.err
+        # one paragraph, after any progress lines (preparing the data)
+        error = result.err.splitlines()[-1]
+        assert error.startswith("lra: error: ") and expected in error
+        assert "Traceback" not in result.err
     result = lra("train", *NO_STATE, f"init_from={result_file}", "model=transformer")
     assert result.code == 2 and "name='s4d' there, 'transformer' here" in result.err
     assert "cannot fine-tune from pretrain run " + pre["run_id"] in lra(

@@ -1,4 +1,5 @@
-"""Faults a long sweep meets: SIGKILL, pre-emption mid-sweep, a torn checkpoint write, a full disk."""
+"""Faults a long sweep meets: SIGKILL, pre-emption mid-sweep, a torn checkpoint write, a full
+disk."""
 import errno
 import json
 import os
@@ -14,6 +15,7 @@ from conftest import TINY, load_results
 from lightning.pytorch.callbacks import Callback
 
 from lra import results, train
+from lra.errors import Diverged
 
 EPOCHS = [*TINY, "trainer.max_epochs=4", "trainer.limit_eval_batches=null"]
 
@@ -39,7 +41,7 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(lra, tmp_p
     [killed] = load_results(tmp_path / "leaderboard" / "runs")
     assert killed["status"] == "running"  # nothing ran to mark it: that is what SIGKILL means
 
-    # resume=auto is what `lra sweep --resume` adds: the dead process's `running` record is continued
+    # resume=auto is what `lra sweep --resume` adds: the dead process's `running` record goes on
     assert lra("train", *EPOCHS, "runs_dir=killed", "resume=auto").code == 0
     assert lra("train", *EPOCHS, "runs_dir=straight").code == 0
     records = load_results(tmp_path / "leaderboard" / "runs")
@@ -74,9 +76,11 @@ def test_sweep_resume_skips_done_continues_stopped_and_reruns_failed(lra, tmp_pa
 
     monkeypatch.setattr(train, "build_trainer", faulty_trainer)
     sweep = ["smoke", "model=s4d", *EPOCHS, "seed=0,1,2,3"]
-    assert lra("sweep", *sweep).code == 143  # the SIGTERM of seed 2 ends the sweep, as SLURM means it to
+    # the SIGTERM of seed 2 ends the sweep, as SLURM means it to
+    assert lra("sweep", *sweep).code == 143
     first = {r["seed"]: r for r in load_results(tmp_path / "leaderboard" / "runs")}
-    assert {s: r["status"] for s, r in first.items()} == {0: "completed", 1: "failed", 2: "interrupted"}
+    assert {s: r["status"] for s, r in first.items()} == {
+        0: "completed", 1: "failed", 2: "interrupted"}
     done_file = Path(results.result_path("leaderboard/runs", first[0]))
     done_text = done_file.read_text()
 
@@ -137,8 +141,29 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(lra, tmp_
     assert result.code != 0
     [record] = load_results(tmp_path / "leaderboard" / "runs")
     assert record["status"] == "failed"
-    assert "No space left on device" in record["error"] and "the previous version is intact" in record["error"]
+    assert "No space left on device" in record["error"]
+    assert "the previous version is intact" in record["error"]
     last = Path(record["run_dir"]) / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 0
     saved = json.loads((Path(record["run_dir"]) / "run.json").read_text())
     assert saved["run_id"] == record["run_id"]
+
+
+@pytest.mark.parametrize("error, status, reason", [
+    (RuntimeError("boom"), "failed", "RuntimeError: boom"),
+    (Diverged("the training loss became nan"), "diverged", "the training loss became nan"),
+    (train.Stopped("stopped by SIGTERM at epoch 1", 143), "interrupted",
+     "stopped by SIGTERM at epoch 1")])
+def test_recording_writes_how_and_why_a_run_stopped(tmp_path, error, status, reason):
+    path, record = tmp_path / "run.json", {"status": "running", "config": {}}
+    expected = SystemExit if isinstance(error, train.Stopped) else type(error)
+    with pytest.raises(expected) as raised:
+        with train.recording(record, path, time.perf_counter()):
+            assert json.loads(path.read_text())["status"] == "running"  # written on entering
+            raise error
+    saved = json.loads(path.read_text())
+    assert (saved["status"], saved["error"]) == (status, reason) and saved["wall_time_s"] >= 0
+    if expected is SystemExit:
+        assert raised.value.code == 143  # the signal's exit status
+    else:
+        assert raised.value is error

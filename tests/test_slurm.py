@@ -1,4 +1,5 @@
-"""hydra/launcher=slurm: each sweep job becomes one sbatch submission with our GPU, time and partition.
+"""hydra/launcher=slurm: each sweep job becomes one sbatch submission with our GPU, time and
+partition.
 
 No cluster here: submitit builds its real submission file, then the jobs run in this process
 instead of going to `sbatch` (the part of submitit that talks to SLURM is all that is replaced).
@@ -27,11 +28,13 @@ def sbatch(monkeypatch, tmp_path_factory):
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only looks for it
     (bin_dir / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv("_TEST_CLUSTER_", "debug")  # submitit's switch: jobs see its debug job environment
+    # submitit's switch: jobs see its debug job environment
+    monkeypatch.setenv("_TEST_CLUSTER_", "debug")
     monkeypatch.setenv("SUBMITIT_DEBUG_JOB_ID", "0")
 
     def map_array(executor, fn, *iterables):
-        submitted.append(executor._executor._make_submission_file_text("python -m submitit.core._submit", "0"))
+        submitted.append(executor._executor._make_submission_file_text(
+            "python -m submitit.core._submit", "0"))
         return [RanHere(fn(*args)) for args in zip(*iterables)]
 
     monkeypatch.setattr(submitit.AutoExecutor, "map_array", map_array)
