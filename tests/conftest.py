@@ -14,6 +14,7 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from lra import registry  # noqa: E402
 from lra.cli import main  # noqa: E402
 
 # A small, fast run: tiny S4D, two short epochs, every eval example counted.
@@ -67,3 +68,14 @@ def result_files(root):
 
 def load_results(root):
     return [json.loads(p.read_text()) for p in result_files(root)]
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A fresh folder on sys.path, and a registry that rescans entry points."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setitem(registry._ENTRIES, "model", dict(registry.entries("model")))
+    monkeypatch.setitem(registry._loaded, "model", False)
+    return folder

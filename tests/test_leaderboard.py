@@ -4,11 +4,13 @@ import json
 import re
 import statistics
 from datetime import date
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import TINY, load_results
+from helpers import PUBLISHED
+from helpers import run_record as record
+from helpers import write_run_file as write
 from hydra import compose, initialize_config_module
 
 from lra import registry
@@ -16,28 +18,9 @@ from lra.errors import UserError
 from lra.leaderboard import REFERENCE_PARAMS, Filters, build, load_runs, render, row_for
 from lra.results import Record, problem
 
-PUBLISHED = Path(__file__).resolve().parents[1] / "leaderboard" / "published.csv"
 ACC = {("s4d", "listops"): [0.55, 0.58, 0.61], ("s4d", "listops_mini"): [0.40, 0.45],
        ("<b>x</b>|y", "listops"): [0.30, 0.36, 0.33], ("<b>x</b>|y", "listops_mini"): [0.25]}
 LRA6 = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
-
-
-def record(model, task, seed, acc, status="completed", **extra):
-    return {"schema": 1, "run_id": f"{task}-{model}-s{seed}-{status}", "model": model, "task": task,
-            "seed": seed, "status": status,
-            "metrics": {"test_acc": acc, "val_acc": acc + 0.01, "best_epoch": 3,
-                        "majority_rate": 0.2},
-            "protocol": {"recipe": "default", "pretraining": "scratch", "data_fingerprint": "ab"},
-            "device": "cpu", "params": 1000 + seed, "throughput_tokens_per_s": 2000.0,
-            "peak_memory_mb": 100.0 + seed, "wall_time_s": 36.0, "device_hours": 0.01,
-            "ended_at": "2026-11-23T10:30:00+00:00", "error": None, **extra}
-
-
-def write(runs: Path, name: str, content) -> Path:
-    path = runs / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content if isinstance(content, str) else json.dumps(content))
-    return path
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from test_leaderboard import PUBLISHED, record, write
+from helpers import PUBLISHED
+from helpers import run_record as record
+from helpers import write_run_file as write
 
 from lra.leaderboard import render
 from lra.train import epoch_history

@@ -1,56 +1,6 @@
 """A third-party model, installed as a distribution with two entry points, works untouched."""
-import textwrap
-
-import pytest
 from conftest import load_results
-
-from lra import registry
-
-TOY_MODEL = '''
-from torch import nn
-
-
-class Toy(nn.Module):
-    """A position-wise MLP: the smallest backbone that honours the contract."""
-
-    def __init__(self, d_model=16, n_layers=1, dropout=0.0):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Dropout(dropout))
-
-    def forward(self, x, mask=None):
-        return x + self.net(x)
-'''
-
-
-def write_plugin(site, dist, package, model_name, model_source):
-    """Lay out an installed distribution: code, a config folder and its entry points."""
-    (site / package / "conf" / "model").mkdir(parents=True)
-    (site / package / "__init__.py").write_text("")
-    (site / package / "model.py").write_text(model_source)
-    (site / package / "conf" / "__init__.py").write_text("")
-    (site / package / "conf" / "model" / f"{model_name}.yaml").write_text(
-        f"name: {model_name}\nd_model: 16\nn_layers: 1\ndropout: 0.0\n")
-    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent(f"""\
-        [lra.models]
-        {model_name} = {package}.model:Toy
-
-        [lra.configs]
-        {package} = {package}.conf
-        """))
-
-
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    """A fresh folder on sys.path, and a registry that rescans entry points."""
-    folder = tmp_path / "site"
-    folder.mkdir()
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.setitem(registry._ENTRIES, "model", dict(registry.entries("model")))
-    monkeypatch.setitem(registry._loaded, "model", False)
-    return folder
+from helpers import TOY_MODEL, write_plugin
 
 
 def test_a_plugin_model_is_listed_and_trains(lra, site, tmp_path):

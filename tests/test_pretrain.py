@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, load_results
+from helpers import TOY_MODEL, write_plugin
 from lightning.pytorch.callbacks import Callback
-from test_image import release as cifar_release
-from test_plugin import TOY_MODEL, site, write_plugin  # noqa: F401 (site is a fixture)
+from writers import write_cifar_release as cifar_release
 
 from lra import train
 from lra.pretrain import PretrainData, Pretrainer
