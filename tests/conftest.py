@@ -10,7 +10,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-# Without CUDA the Triton kernels run in Triton's interpreter; it must be set before triton is imported.
+# Without CUDA the Triton kernels run in Triton's interpreter, which must be chosen before triton
+# is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -46,7 +47,8 @@ def lra(capsys, monkeypatch, tmp_path):
 
 @pytest.fixture
 def triton_device(monkeypatch):
-    """The device Triton kernels run on here (CUDA, else the CPU under the interpreter), with LRA_KERNELS=triton."""
+    """The device Triton kernels run on here (CUDA, else the CPU under the interpreter), with
+    LRA_KERNELS=triton."""
     pytest.importorskip("triton", reason="Triton is installed on Linux x86_64 only")
     monkeypatch.setenv("LRA_KERNELS", "triton")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
