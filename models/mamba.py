@@ -64,7 +64,9 @@ class SelectiveSSM(nn.Module):
         A = torch.arange(1, d_state + 1, dtype=torch.float).repeat(d_inner, 1)  # (E, N): 1 .. N
         self.A_log = nn.Parameter(torch.log(A))  # -exp(A_log) = -(1 .. N)
         self.D = nn.Parameter(torch.ones(d_inner))
-        for p in (self.A_log, self.D, self.dt_proj.bias):
+        # the dt bias, 1-D, is already undecayed at the global lr; with its own lr it is tagged
+        tagged = (self.A_log, self.D) + ((self.dt_proj.bias,) if ssm_lr is not None else ())
+        for p in tagged:
             p._optim = ssm_optim(ssm_lr)
         self.splits = (dt_rank, d_state, d_state)
 
