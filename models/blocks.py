@@ -178,6 +178,19 @@ class GLU(nn.Module):
         return nn.functional.glu(self.proj(x), dim=-1)  # (B, L, 2D) -> (B, L, D)
 
 
+def check_dt_range(dt_min, dt_max):
+    """The initial step sizes are log-uniform in [dt_min, dt_max]: 0 < dt_min <= dt_max."""
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"dt_min={dt_min} must lie in (0, dt_max={dt_max}]; "
+                         "lower model.dt_min or raise model.dt_max")
+
+
+def ssm_optim(lr):
+    """The optimiser settings of a state-space parameter (`param._optim`): no weight decay, and
+    its own learning rate `lr`, or the global one when lr is None (S4's `lr: {dt: null}`)."""
+    return {"weight_decay": 0.0} if lr is None else {"lr": lr, "weight_decay": 0.0}
+
+
 def zero_pads(x, mask):
     """Zero the padded positions of (B, L, D) activations; a no-op without a mask."""
     return x if mask is None else x.masked_fill(~mask.unsqueeze(-1), 0.0)

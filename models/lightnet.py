@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lra.kernels.additive_recurrence import additive_recurrence
-from lra.models.blocks import GLU, ResidualStack, RMSNorm, head_dim, zero_pads
+from lra.models.blocks import GLU, ResidualStack, RMSNorm, head_dim, ssm_optim, zero_pads
 from lra.registry import register_model
 
 POSITIONS = ("lrpe", "tpe", "both", "none")
@@ -80,13 +80,15 @@ class TPE(nn.Module):
     """MD-TPE: per-axis Toeplitz operators (exponential kernels per channel), summed, RMS-normed,
     projected."""
 
-    def __init__(self, d_model, grid=None, bidirectional=True):
+    def __init__(self, d_model, grid=None, bidirectional=True, ssm_lr=None):
         super().__init__()
         self.grid = grid
         axes, sides = 1 if grid is None else len(grid), 2 if bidirectional else 1
         lam = 1 - 10 ** -torch.empty(axes, sides, d_model).uniform_(0.3, 3.0)  # in [0.5, 0.999]
         self.decay_logit = nn.Parameter(torch.logit(lam))  # (axes, sides, D)
         self.scale = nn.Parameter(torch.ones(axes, sides, d_model))
+        for p in (self.decay_logit, self.scale):
+            p._optim = ssm_optim(ssm_lr)
         self.norm = RMSNorm(d_model)
         self.proj = nn.Linear(d_model, d_model)
 
@@ -168,11 +170,12 @@ class LightNet(ResidualStack):
     n_heads: heads of the recurrence (d_model / n_heads wide). bidirectional: the one-pass
     softmax form; False: causal. grid: None (1-D positions) or the shape the sequence fills
     row-major, e.g. [32, 32]. positions: "lrpe" | "tpe" | "both" | "none" (MD-LRPE, MD-TPE).
-    gate_rank: rank of the output gate. lrpe_base: base of the LRPE frequencies.
+    gate_rank: rank of the output gate. lrpe_base: base of the LRPE frequencies. ssm_lr: the
+    learning rate of MD-TPE's decays and scales (None: the global lr), never weight-decayed.
     """
 
     def __init__(self, d_model=128, n_layers=4, n_heads=4, dropout=0.0, bidirectional=True,
-                 grid=None, positions="lrpe", gate_rank=16, lrpe_base=10000.0):
+                 grid=None, positions="lrpe", gate_rank=16, lrpe_base=10000.0, ssm_lr=None):
         d_head = head_dim(d_model, n_heads)
         if positions not in POSITIONS:
             raise ValueError(
@@ -191,7 +194,8 @@ class LightNet(ResidualStack):
         mixers = []
         for _ in range(n_layers):
             if positions in ("tpe", "both"):
-                mixers.append(TPE(d_model, grid=grid, bidirectional=bidirectional))
+                mixers.append(TPE(d_model, grid=grid, bidirectional=bidirectional,
+                                  ssm_lr=ssm_lr))
             mixers.append(LightNetMixer(d_model, n_heads=n_heads, bidirectional=bidirectional,
                                         grid=grid, lrpe=positions in ("lrpe", "both"),
                                         lrpe_base=lrpe_base, gate_rank=gate_rank))

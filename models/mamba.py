@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lra.kernels.selective_scan import selective_scan, selective_scan_step
-from lra.models.blocks import RecurrentStack, require_causal, zero_pads
+from lra.models.blocks import RecurrentStack, require_causal, ssm_optim, zero_pads
 from lra.registry import register_model
 
 
@@ -51,7 +51,7 @@ class SelectiveSSM(nn.Module):
     of the state.
     """
 
-    def __init__(self, d_inner, d_state, d_conv, dt_rank, dt_min=1e-3, dt_max=1e-1):
+    def __init__(self, d_inner, d_state, d_conv, dt_rank, dt_min=1e-3, dt_max=1e-1, ssm_lr=None):
         super().__init__()
         self.conv = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1)
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
@@ -64,8 +64,10 @@ class SelectiveSSM(nn.Module):
         A = torch.arange(1, d_state + 1, dtype=torch.float).repeat(d_inner, 1)  # (E, N): 1 .. N
         self.A_log = nn.Parameter(torch.log(A))  # -exp(A_log) = -(1 .. N)
         self.D = nn.Parameter(torch.ones(d_inner))
-        for p in (self.A_log, self.D):
-            p._optim = {"weight_decay": 0.0}
+        # the dt bias, 1-D, is already undecayed at the global lr; with its own lr it is tagged
+        tagged = (self.A_log, self.D) + ((self.dt_proj.bias,) if ssm_lr is not None else ())
+        for p in tagged:
+            p._optim = ssm_optim(ssm_lr)
         self.splits = (dt_rank, d_state, d_state)
 
     def _select(self, x):
@@ -104,7 +106,7 @@ class MambaLayer(nn.Module):
     scan."""
 
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", bidirectional=True,
-                 dt_min=1e-3, dt_max=1e-1):
+                 dt_min=1e-3, dt_max=1e-1, ssm_lr=None):
         super().__init__()
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
@@ -118,7 +120,7 @@ class MambaLayer(nn.Module):
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
         self.ssm = nn.ModuleList(
             SelectiveSSM(d_inner, d_state=d_state, d_conv=d_conv, dt_rank=dt_rank, dt_min=dt_min,
-                         dt_max=dt_max)
+                         dt_max=dt_max, ssm_lr=ssm_lr)
             for _ in range(2 if bidirectional else 1)
         )
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
@@ -154,13 +156,15 @@ class Mamba(RecurrentStack):
 
     d_state: N per channel. d_conv: width of the causal conv. expand: E = expand * d_model.
     dt_rank: rank of the dt projection, "auto" = ceil(d_model / 16). norm: "layer" | "batch".
-    prenorm=False gives post-norm blocks and no final norm.
+    prenorm=False gives post-norm blocks and no final norm. A_log, D and the dt bias train
+    without weight decay, at ssm_lr (None: the global lr).
     """
 
     def __init__(self, d_model=128, n_layers=4, d_state=16, d_conv=4, expand=2, dt_rank="auto",
-                 dropout=0.0, bidirectional=True, norm="layer", prenorm=True):
+                 dropout=0.0, bidirectional=True, norm="layer", prenorm=True, ssm_lr=None):
         layers = [MambaLayer(d_model, d_state=d_state, d_conv=d_conv, expand=expand,
-                             dt_rank=dt_rank, bidirectional=bidirectional) for _ in range(n_layers)]
+                             dt_rank=dt_rank, bidirectional=bidirectional, ssm_lr=ssm_lr)
+                  for _ in range(n_layers)]
         super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm)
         # GPT-2 style, as in Mamba: shrink each residual branch's output by sqrt(n_layers)
         with torch.no_grad():

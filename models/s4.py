@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from lra.kernels.cauchy import cauchy
-from lra.models.blocks import GLU, LongConv, RecurrentStack
+from lra.models.blocks import GLU, LongConv, RecurrentStack, check_dt_range, ssm_optim
 from lra.registry import register_model
 
 
@@ -113,18 +113,16 @@ class S4Layer(LongConv):
     """One S4 layer: SSM convolution + D skip -> GELU -> dropout -> GLU linear.
     (B, L, H) -> (B, L, H).
 
-    Lambda, P, B and dt train with their own optimiser settings,
-    `param._optim = {"lr": lr, "weight_decay": 0}`.
+    Lambda, P, B and dt train without weight decay, Lambda, P, B at `lr`, dt at `lr_dt`
+    (None: the global lr, as S4's `lr: {dt: null, A: 0.001, B: 0.001}`).
     """
 
     def __init__(self, d_model, d_state=64, dropout=0.0, bidirectional=True, lr=1e-3,
-                 dt_min=1e-3, dt_max=1e-1):
+                 lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1):
         super().__init__()
         if d_state % 2:
             raise ValueError(f"d_state={d_state} must be even: S4 keeps d_state/2 conjugate pairs")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"dt_min={dt_min} must lie in (0, dt_max={dt_max}]; "
-                             "lower dt_min or raise dt_max")
+        check_dt_range(dt_min, dt_max)
         H = d_model
         self.bidirectional = bidirectional
         lam, p, b, _ = legs_nplr(d_state)
@@ -139,8 +137,9 @@ class S4Layer(LongConv):
         C = torch.randn(channels, H, d_state // 2, dtype=torch.cfloat)
         self.C = nn.Parameter(torch.view_as_real(C))  # (c, H, N2, 2)
         self.D = nn.Parameter(torch.randn(H))
-        for param in (self.log_dt, self.log_A_real, self.A_imag, self.P, self.B):
-            param._optim = {"lr": lr, "weight_decay": 0.0}
+        self.log_dt._optim = ssm_optim(lr_dt)
+        for param in (self.log_A_real, self.A_imag, self.P, self.B):
+            param._optim = ssm_optim(lr)
         self.drop = nn.Dropout(dropout)
         self.out = GLU(d_model)
 
@@ -193,12 +192,13 @@ class S4(RecurrentStack):
     """A stack of residual S4 layers (the S4 LRA block), (B, L, d_model) -> (B, L, d_model).
 
     d_state: N, the state size per channel (N/2 complex modes). norm: "layer" | "batch"; prenorm
-    adds a final norm. lr: learning rate of Lambda, P, B and dt; dt_min, dt_max: the range of the
-    initial dt (log-uniform).
+    adds a final norm. lr: learning rate of Lambda, P, B; lr_dt: that of dt (None: the global
+    lr); none of them decays. dt_min, dt_max: the range of the initial dt (log-uniform).
     """
 
     def __init__(self, d_model=128, n_layers=4, d_state=64, dropout=0.0, bidirectional=True,
-                 norm="layer", prenorm=False, lr=1e-3, dt_min=1e-3, dt_max=1e-1):
+                 norm="layer", prenorm=False, lr=1e-3, lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1):
         layers = [S4Layer(d_model, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
-                          lr=lr, dt_min=dt_min, dt_max=dt_max) for _ in range(n_layers)]
+                          lr=lr, lr_dt=lr_dt, dt_min=dt_min, dt_max=dt_max)
+                  for _ in range(n_layers)]
         super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm)

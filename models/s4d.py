@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from lra.kernels.vandermonde import vandermonde
-from lra.models.blocks import GLU, LongConv, RecurrentStack
+from lra.models.blocks import GLU, LongConv, RecurrentStack, check_dt_range, ssm_optim
 from lra.registry import register_model
 
 
@@ -71,15 +71,15 @@ class S4DLayer(LongConv):
     """One S4D layer: SSM convolution + D skip -> GELU -> dropout -> GLU linear.
     (B, L, H) -> (B, L, H).
 
-    A and dt train with their own optimiser settings,
-    `param._optim = {"lr": lr, "weight_decay": 0}`.
+    A and dt train without weight decay, A at `lr`, dt at `lr_dt` (None: the global lr).
     """
 
     def __init__(self, d_model, d_state=64, dropout=0.0, bidirectional=True, init="legs",
-                 lr=1e-3, dt_min=1e-3, dt_max=1e-1):
+                 lr=1e-3, lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1):
         super().__init__()
         if d_state % 2:
             raise ValueError(f"d_state={d_state} must be even: S4D keeps d_state/2 conjugate pairs")
+        check_dt_range(dt_min, dt_max)
         H, N2 = d_model, d_state // 2
         self.bidirectional = bidirectional
         log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
@@ -90,8 +90,9 @@ class S4DLayer(LongConv):
         C = torch.randn(channels, H, N2, dtype=torch.cfloat)
         self.C = nn.Parameter(torch.view_as_real(C))  # (c, H, N2, 2)
         self.D = nn.Parameter(torch.randn(H))
-        for p in (self.log_dt, self.log_A_real, self.A_imag):
-            p._optim = {"lr": lr, "weight_decay": 0.0}
+        self.log_dt._optim = ssm_optim(lr_dt)
+        for p in (self.log_A_real, self.A_imag):
+            p._optim = ssm_optim(lr)
         self.drop = nn.Dropout(dropout)
         self.out = GLU(d_model)
 
@@ -125,11 +126,15 @@ class S4D(RecurrentStack):
     """A stack of residual S4D layers (the S4 LRA block), (B, L, d_model) -> (B, L, d_model).
 
     d_state: N, the state size per channel (N/2 complex modes). init: "legs" | "inv" | "lin".
-    norm: "layer" | "batch"; prenorm adds a final norm. lr: learning rate of A and dt.
+    norm: "layer" | "batch"; prenorm adds a final norm. lr: learning rate of A; lr_dt: that of
+    dt (None: the global lr); both without weight decay. dt_min, dt_max: the range of the
+    initial dt (log-uniform).
     """
 
     def __init__(self, d_model=128, n_layers=4, d_state=64, dropout=0.0, bidirectional=True,
-                 init="legs", norm="layer", prenorm=False, lr=1e-3):
+                 init="legs", norm="layer", prenorm=False, lr=1e-3, lr_dt=1e-3, dt_min=1e-3,
+                 dt_max=1e-1):
         layers = [S4DLayer(d_model, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
-                           init=init, lr=lr) for _ in range(n_layers)]
+                           init=init, lr=lr, lr_dt=lr_dt, dt_min=dt_min, dt_max=dt_max)
+                  for _ in range(n_layers)]
         super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm)

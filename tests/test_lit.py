@@ -49,6 +49,36 @@ def test_ssm_parameters_get_their_own_group_without_decay():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+def test_lr_none_keeps_the_global_lr_without_decay():
+    """S4's `lr: {dt: null}`: dt gets a group of its own with no lr key, so AdamW gives it
+    the global lr, and no weight decay."""
+    model = Classifier({**MODEL, "lr_dt": None}, TOKENS, OPTIM)
+    groups = param_groups(model, weight_decay=0.05)
+    dts = {id(m.mixer.log_dt) for m in model.backbone.layers}
+    [dt_group] = [g for g in groups if {id(p) for p in g["params"]} == dts]
+    assert "lr" not in dt_group and dt_group["weight_decay"] == 0.0
+    optimizer = torch.optim.AdamW(groups, lr=OPTIM["lr"])
+    [dt_in_opt] = [g for g in optimizer.param_groups if g["params"][0] is dt_group["params"][0]]
+    assert dt_in_opt["lr"] == OPTIM["lr"]
+
+
+@pytest.mark.parametrize("name, ssm_names", [
+    ("mamba", ("A_log", "D", "dt_proj.bias")),
+    ("lightnet", ("decay_logit", "scale")),
+])
+def test_mamba_and_lightnet_state_space_parameters_are_not_decayed(name, ssm_names):
+    options = {"name": name, "d_model": 16, "n_layers": 1, "ssm_lr": 1e-3}
+    if name == "lightnet":
+        options["positions"] = "both"
+    model = Classifier(options, TOKENS, OPTIM)
+    groups = param_groups(model, weight_decay=0.05)
+    [ssm] = [g for g in groups if g.get("lr") == 1e-3]
+    names = {n for n, p in model.named_parameters() if any(p is q for q in ssm["params"])}
+    assert names and all(n.endswith(ssm_names) for n in names)
+    assert {n.rsplit(".", 1)[-1] for n in names} >= {s.rsplit(".", 1)[-1] for s in ssm_names}
+    assert ssm["weight_decay"] == 0.0
+
+
 def test_dual_documents_share_one_backbone_and_classify_u_v_uv_u_minus_v():
     model = Classifier(MODEL, {**TOKENS, "dual": True}, OPTIM).eval()
     assert model.head[0].in_features == 4 * MODEL["d_model"]

@@ -156,13 +156,22 @@ def test_bidirectional_backward_half_sees_only_the_future():
 
 
 def test_ssm_parameters_carry_their_optimiser_settings():
-    model = S4(d_model=16, n_layers=2, d_state=8, lr=2e-3)
-    ssm = ("log_dt", "log_A_real", "A_imag", "P", "B")
+    model = S4(d_model=16, n_layers=2, d_state=8, lr=2e-3, lr_dt=5e-3)
+    ssm = ("log_A_real", "A_imag", "P", "B")
     for name, p in model.named_parameters():
         if name.rsplit(".", 1)[-1] in ssm:
             assert p._optim == {"lr": 2e-3, "weight_decay": 0.0}, name
+        elif name.endswith("log_dt"):
+            assert p._optim == {"lr": 5e-3, "weight_decay": 0.0}, name
         else:
             assert not hasattr(p, "_optim"), name  # C, D, GLU, norms: the global settings
+
+
+def test_dt_at_the_global_lr_without_decay_when_lr_dt_is_none():
+    """S4's `lr: {dt: null, A: 0.001, B: 0.001}`: dt keeps the optimiser's lr, never decays."""
+    model = S4(d_model=8, n_layers=1, d_state=4, lr=1e-3, lr_dt=None)
+    assert model.layers[0].mixer.log_dt._optim == {"weight_decay": 0.0}
+    assert model.layers[0].mixer.B._optim == {"lr": 1e-3, "weight_decay": 0.0}
 
 
 def test_log_dt_init_range():

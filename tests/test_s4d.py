@@ -91,11 +91,13 @@ def test_init_eigenvalues(N):
 
 
 def test_ssm_parameters_carry_their_optimiser_settings():
-    model = S4D(d_model=16, n_layers=2, d_state=8, lr=2e-3)
+    model = S4D(d_model=16, n_layers=2, d_state=8, lr=2e-3, lr_dt=None)
     tagged = {name for name, p in model.named_parameters() if hasattr(p, "_optim")}
     for name, p in model.named_parameters():
-        if name.endswith(("log_dt", "log_A_real", "A_imag")):
+        if name.endswith(("log_A_real", "A_imag")):
             assert p._optim == {"lr": 2e-3, "weight_decay": 0.0}, name
+        elif name.endswith("log_dt"):  # lr_dt=None: the global lr, no decay
+            assert p._optim == {"weight_decay": 0.0}, name
     assert len(tagged) == 3 * 2
     assert all(n.endswith(("log_dt", "log_A_real", "A_imag")) for n in tagged)
 
@@ -103,6 +105,18 @@ def test_ssm_parameters_carry_their_optimiser_settings():
 def test_log_dt_init_range():
     layer = S4DLayer(1000, 8)
     assert layer.log_dt.min() >= math.log(1e-3) and layer.log_dt.max() <= math.log(1e-1)
+
+
+def test_dt_range_reaches_the_layers():
+    """S4D's Path-X recipe starts dt at [1e-4, 1e-1]: some channels start below 1e-3."""
+    torch.manual_seed(0)
+    model = S4D(d_model=256, n_layers=2, d_state=8, dt_min=1e-4, dt_max=1e-1)
+    for layer in model.layers:
+        log_dt = layer.mixer.log_dt
+        assert log_dt.min() >= math.log(1e-4) and log_dt.max() <= math.log(1e-1)
+        assert log_dt.min() < math.log(1e-3)
+    with pytest.raises(ValueError, match="dt_min"):
+        S4D(d_model=4, n_layers=1, d_state=4, dt_min=1e-1, dt_max=1e-3)
 
 
 @pytest.mark.parametrize("bad", [dict(d_state=7), dict(init="nope"), dict(norm="group")])
