@@ -98,7 +98,7 @@ class Record(TypedDict):
     peak_memory_mb: float | None
     wall_time_s: float | None
     device_hours: float | None  # wall time x devices
-    job_key: str  # the config's hash without `resume`, `budget`: the job that resume=auto looks for
+    job_key: str  # the config's hash but JOB_LABELS: the job that resume=auto looks for
     host: str
     pid: int
     started_at: str  # ISO 8601, UTC; kept when a run resumes
@@ -271,11 +271,14 @@ def config_hash(config):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+JOB_LABELS = ("resume", "budget", "provenance")  # config keys that do not make another job
+
+
 def job_key(config):
     """What makes two runs the same job: the whole resolved config but the `resume` switch and
-    the `budget` label (decided from the config and the overrides, so it adds nothing, and jobs
-    started before the label was saved in the config keep their key)."""
-    return config_hash({k: v for k, v in config.items() if k not in ("resume", "budget")})
+    the labels derived from it (`budget`, decided from the config and the overrides; a recipe's
+    `provenance`), which add nothing, so jobs started before a label existed keep their key."""
+    return config_hash({k: v for k, v in config.items() if k not in JOB_LABELS})
 
 
 def git_state() -> Git:

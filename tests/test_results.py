@@ -102,8 +102,9 @@ def test_other_kinds_need_only_a_run_id_and_running_runs_no_metrics():
 
 def test_job_key_ignores_the_resume_switch_and_the_budget_label():
     """`lra sweep --resume` finds a job by its config: neither how it was asked to resume nor the
-    paper-or-budget label decided from it makes it another job; any other option does."""
+    labels derived from it (budget, provenance) make it another job; any other option does."""
     config = {"model": {"name": "s4d", "d_model": 16}, "task": {"name": "listops_mini"}, "seed": 0}
     key = results.job_key(config)
-    assert results.job_key({**config, "resume": "auto", "budget": {"max_epochs": 3}}) == key
+    labels = {"resume": "auto", "budget": {"max_epochs": 3}, "provenance": {"status": "paper"}}
+    assert results.job_key({**config, **labels}) == key
     assert results.job_key({**config, "seed": 1}) != key
