@@ -80,8 +80,7 @@ def report(record):
           f"{record['wall_time_s']:.0f} s")
     print(f"result file: {record['result_path']}")
     runs = Path(record["config"]["results_dir"])
-    published = runs.parent / "published.csv"
-    rendered = leaderboard.render(runs, runs.parent, published if published.is_file() else None)
+    rendered = leaderboard.render(runs, runs.parent, leaderboard.PUBLISHED)
     print(leaderboard.row_for(record, rendered))
 
 
@@ -223,10 +222,10 @@ def leaderboard_command(args):
     subset never replaces the full leaderboard by accident."""
     from lra import leaderboard
 
-    published = Path(args.published)
+    published = Path(args.published) if args.published else leaderboard.PUBLISHED
     if not published.is_file():
-        raise UserError(f"no published numbers at {published}; run from the repository root or "
-                        "pass --published PATH (the repository ships leaderboard/published.csv).")
+        raise UserError(f"no published numbers at {published}; leave --published out to use "
+                        "those shipped with lra.")
     filters = leaderboard.Filters(tuple(args.task or ()), tuple(args.model or ()), args.since,
                                   tuple(args.tag or ()))
     if filters.given() and args.out is None:
@@ -385,7 +384,8 @@ def _leaderboard_options(p):
     p.add_argument("--runs", default="leaderboard/runs", help="folder of result files")
     p.add_argument("--out",
                    help="where the files go (default: leaderboard; with a filter: print only)")
-    p.add_argument("--published", default="leaderboard/published.csv")
+    p.add_argument("--published", metavar="PATH",
+                   help="a CSV of published numbers (default: the one shipped with lra)")
     p.add_argument("--avg-tasks", type=int, choices=[6, 5], default=6,
                    help="6: failed Path-X counts as 50 (S4-era rule); 5: Path-X left out (LRA "
                         "paper)")

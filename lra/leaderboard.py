@@ -1,13 +1,15 @@
 """The leaderboard: our runs beside the published numbers, as Markdown, CSV, Parquet and HTML.
 
-    render("leaderboard/runs", "leaderboard", "leaderboard/published.csv")
+    render("leaderboard/runs", "leaderboard", PUBLISHED)   # the numbers shipped with lra
     build("leaderboard/runs", filters=Filters(tasks=("listops",))).markdown   # a subset, unwritten
 
 Inputs: every `**/*.json` under runs_dir is one result record (lra.results.Record; a file
 that is not a usable record, or repeats a run_id, is skipped with a warning naming it: see
 `lra.results.problem`). Rows come from records of kind "train" with status "completed" and the
 whole test set evaluated (debug runs are left out); records of other kinds (self-pretraining
-runs) are read but are not rows. published.csv is wide, one row per paper (model, variant):
+runs) are read but are not rows. The published numbers ship with the package (PUBLISHED,
+lra/published.csv, package data), so every folder and every install sees the same; the file is
+wide, one row per paper (model, variant):
 LRA accuracies in %, `avg` and its `avg_rule`, sCIFAR / SC35 / SC10 where the same row has
 them, `pretraining`, `source` (LRA) and `source_other` (the rest); an empty `pathx` means
 Path-X failed (shown as ✗).
@@ -50,6 +52,7 @@ import math
 from collections import Counter
 from datetime import date, datetime
 from hashlib import sha256
+from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
@@ -59,6 +62,7 @@ from lra.errors import UserError
 from lra.leaderboard_html import Figure, Section, Series, page, si
 from lra.results import load_runs, write_atomic
 
+PUBLISHED = resources.files("lra") / "published.csv"
 LRA = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval",
        "image": "Image", "pathfinder": "Pathfinder", "pathx": "Path-X"}
 OTHER = {"scifar": "sCIFAR", "sc35": "SC35", "sc10": "SC10"}
