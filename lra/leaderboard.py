@@ -22,11 +22,12 @@ A run that stopped at limits of its own rather than its experiment's (protocol.b
 epochs, a step or time limit) is its recipe's budget row, "s4d/listops (budget: max_time ...)";
 any other difference from the recipe (the config `lra train experiment=<recipe>`, or for the
 default recipe `model=<m> task=<t>`, composes now) is named in the row's label, so a config is
-its own row: "s4d/listops (model.d_model=32, trainer.max_epochs=3)". Where the recipe cannot be
-composed (a renamed experiment, a plugin not installed), the label names the keys in which the
-recipe's runs differ from each other. A record without a saved config (hand-made, very old)
-joins its recipe's plain row. Within a cell a seed counts once (its latest run): n counts seeds,
-and a repeated seed is flagged ↻ (column repeated_seeds).
+its own row: "default (model.d_model=32, trainer.max_epochs=3)", "s4d/listops (budget:
+max_epochs 3) (model.d_model=32)"; a key an older config lacks is taken as the recipe's. Where
+the recipe cannot be composed (a renamed experiment, a plugin not installed), the label names
+the keys in which the recipe's runs differ from each other. A record without a saved config
+(hand-made, very old) joins its recipe's plain row. Within a cell a seed counts once (its latest
+run): n counts seeds, and a repeated seed is flagged ↻ (column repeated_seeds).
 Where a task has several fingerprints, the newest data fills the row and older data gets rows
 of its own. A cell is flagged ⚑ when its backbone is more than 10% larger than the reference:
 LRA (Tay et al. 2021, Appendix C) compares models at unchanged size, and since S4 the size
@@ -180,16 +181,20 @@ def recipe_config(recipe: str, model: str, task: str) -> dict | None:
     return semantic(composed)
 
 
-def _labels(group: pd.DataFrame, base: dict | None) -> dict[str, str]:
-    """{config id: label} for the runs of one (model, recipe, pretraining, task): the keys where
-    each config differs from the recipe's `base` (or, without one, the keys in which the group's
-    configs differ). Limits the budget label already names are left out; two configs that would
-    share a row get their config id too."""
-    configs = {r["config_id"]: r for r in group.to_dict("records") if r["config_id"]}
+def _config_id(config: dict) -> str:
+    return sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _labels(group: pd.DataFrame, base: dict | None) -> dict:
+    """{run index: label} for the runs of one (model, recipe, pretraining, task) that saved a
+    config: the keys where it differs from the recipe's `base` (a key it lacks, from an older
+    version, is taken as the recipe's), or without a base the keys in which the group's configs
+    differ. Limits the budget label already names are left out; two configs that would share a
+    row get their config id too."""
+    configs = {i: {**(base or {}), **r["config"]} for i, r in group.iterrows() if r["config"]}
     if base is None:
-        keys = set().union(*(r["config"] for r in configs.values()))
-        varying = {k for k in keys if len({_text(r["config"].get(k))
-                                            for r in configs.values()}) > 1}
+        keys = set().union(*configs.values())
+        varying = {k for k in keys if len({_text(c.get(k)) for c in configs.values()}) > 1}
 
         def differs(key, value):
             return key in varying
@@ -197,14 +202,16 @@ def _labels(group: pd.DataFrame, base: dict | None) -> dict[str, str]:
         def differs(key, value):
             return key not in base or base[key] != value
 
-    labels = {cid: ", ".join(f"{k}={_text(v)}" for k, v in sorted(r["config"].items())
-                             if differs(k, v) and k.removeprefix("trainer.") not in r["limits"])
-              for cid, r in configs.items()}
-    rows = Counter((configs[cid]["entry"], label) for cid, label in labels.items())
-    shared = {row for row, n in rows.items() if n > 1}
-    return {cid: ", ".join(filter(None, [label, f"config {cid}"]))
-            if (configs[cid]["entry"], label) in shared else label
-            for cid, label in labels.items()}
+    labels = {i: ", ".join(f"{k}={_text(v)}" for k, v in sorted(config.items())
+                           if differs(k, v)
+                           and k.removeprefix("trainer.") not in group.at[i, "limits"])
+              for i, config in configs.items()}
+    ids = {i: _config_id(config) for i, config in configs.items()}
+    distinct = {(group.at[i, "entry"], labels[i], ids[i]) for i in configs}
+    shared = Counter(row[:2] for row in distinct)
+    return {i: ", ".join(filter(None, [label, f"config {ids[i]}"]))
+            if shared[group.at[i, "entry"], label] > 1 else label
+            for i, label in labels.items()}
 
 
 def _label_entries(runs: pd.DataFrame) -> pd.Series:
@@ -212,13 +219,12 @@ def _label_entries(runs: pd.DataFrame) -> pd.Series:
     entries, bases = runs["entry"].copy(), {}
     for (model, recipe, _, task), group in runs.groupby(["model", "recipe", "pretraining",
                                                          "task"]):
-        if (group["config_id"] != "").any():
+        if group["config"].map(bool).any():
             if (recipe, model, task) not in bases:
                 bases[recipe, model, task] = recipe_config(recipe, model, task)
-            labels = _labels(group, bases[recipe, model, task])
-            for i, cid in group["config_id"].items():
-                if labels.get(cid):
-                    entries[i] = f"{entries[i]} ({labels[cid]})"
+            for i, label in _labels(group, bases[recipe, model, task]).items():
+                if label:
+                    entries[i] = f"{entries[i]} ({label})"
     return entries
 
 
@@ -246,12 +252,10 @@ def _run_row(r: dict) -> dict:
     before = protocol.get("pretrain_device_hours") if pretraining == "self-pretrained" else None
     own = [h for h in (r.get("device_hours"), before) if h is not None]
     config = semantic(r.get("config"))
-    text = json.dumps(config, sort_keys=True, default=str)
     recipe, budget = protocol.get("recipe") or "default", protocol.get("budget")
     limits = set(budget) if recipe != "default" and isinstance(budget, dict) else set()
     return {"model": r["model"], "entry": entry_of(protocol), "pretraining": pretraining,
             "recipe": recipe, "seed": r["seed"], "config": config, "limits": limits,
-            "config_id": sha256(text.encode()).hexdigest()[:8] if config else "",
             "task": r["task"], "data_fingerprint": protocol.get("data_fingerprint") or "",
             "selection": short_selection(protocol.get("selection")),
             "acc": 100 * r["metrics"]["test_acc"], "params": r.get("params"),
@@ -271,7 +275,7 @@ def _runs_frame(records: list[dict]) -> pd.DataFrame:
     numbers = ["acc", "params", "backbone_params", "tokens_per_s", "peak_memory_mb",
                "device_hours", "pretrain_device_hours", "val_acc"]
     cols = [*CELL, *numbers, "device", "ended", "run_id", "history", "recipe", "seed", "config",
-            "limits", "config_id"]
+            "limits"]
     frame = pd.DataFrame([_run_row(r) for r in records], columns=cols)
     frame = frame.astype({c: float for c in numbers})
     frame["entry"] = _label_entries(frame)
@@ -593,7 +597,8 @@ def _intro(runs_dir, done, train, partial, others, skipped, filters: Filters) ->
             + f"; {len(train) - len(done) - len(partial)} running, failed or interrupted runs, "
             + f"{len(partial)} debug runs (partial test set) and {len(others)} records of other "
             + f"kinds (self-pretraining) left out; {len(skipped)} unusable files skipped. Test "
-            "accuracy in %: ours is mean ± sample std over runs (n = runs, usually seeds); "
+            "accuracy in %: ours is mean ± sample std over seeds (n = seeds; a seed run again "
+            "counts once, ↻); "
             "published rows are copied from the cited papers.")
 
 
@@ -670,6 +675,7 @@ def row_for(record: dict, rendered: Rendered) -> str:
     cell = cells.iloc[0]
     head = f"leaderboard: {record['model']} ({cell['entry']}, {pretraining}) on {record['task']}"
     spread = f" ± {float(cell['std']):.1f}" if int(cell["n"]) > 1 else ""
-    flag = f", seeds {cell['repeated_seeds']} repeated" if cell["repeated_seeds"] else ""
+    repeated = cell["repeated_seeds"]
+    flag = (f", seed{'s' if ',' in repeated else ''} {repeated} repeated" if repeated else "")
     return (f"{head}: {float(cell['mean']):.1f}{spread} (n={int(cell['n'])}{flag}) — "
             f"{rendered.markdown}")

@@ -436,7 +436,7 @@ def test_runs_of_other_configs_get_rows_of_their_own_and_a_repeated_seed_counts_
     line = row_for(configured(0, 0.2, with_keys(base, **{"trainer.max_epochs": 2}), "run4"), out)
     assert line.startswith("leaderboard: s4d (default (trainer.max_epochs=2), scratch) on "
                            f"listops_mini: {cell([0.20, 0.24])} —")
-    assert "(n=3, seeds 1 repeated)" in row_for(configured(1, 0.5, base, "run2"), out)
+    assert "(n=3, seed 1 repeated)" in row_for(configured(1, 0.5, base, "run2"), out)
     assert "not counted (a later run of seed 1" in row_for(configured(1, 0.3, base, "run1"), out)
 
 
@@ -456,6 +456,20 @@ def test_a_published_recipe_keeps_its_budget_label_and_names_other_changes(tmp_p
     assert rows[("s4d", "ours: s4d/listops (budget: max_epochs 3)")]["ListOps"] == "40.0 (n=1)"
     assert rows[("s4d", "ours: s4d/listops (budget: max_epochs 3) (model.d_model=32)")][
         "ListOps"] == "30.0 (n=1)"
+
+
+def test_a_key_an_older_config_lacks_is_taken_as_the_recipes(tmp_path):
+    base = composed("model=s4d", "task=listops_mini")
+    older = json.loads(json.dumps(base))
+    del older["model"]["prenorm"], older["trainer"]["strategy"]
+    runs = tmp_path / "runs"
+    write(runs, "new.json", configured(0, 0.4, base, "new"))
+    write(runs, "old.json", configured(1, 0.5, older, "old"))
+    write(runs, "odd.json", configured(2, 0.6, with_keys(older, **{"model.prenorm": True}), "odd"))
+    rows = table_rows(build(runs, PUBLISHED).markdown)
+    assert rows[("s4d", "ours: default")]["listops_mini (extra)"] == cell([0.4, 0.5])
+    assert rows[("s4d", "ours: default (model.prenorm=true)")]["listops_mini (extra)"] == \
+        cell([0.6])
 
 
 def test_without_a_composable_recipe_the_label_names_what_varies(tmp_path):
