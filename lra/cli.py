@@ -80,8 +80,7 @@ def report(record):
           f"{record['wall_time_s']:.0f} s")
     print(f"result file: {record['result_path']}")
     runs = Path(record["config"]["results_dir"])
-    published = runs.parent / "published.csv"
-    rendered = leaderboard.render(runs, runs.parent, published if published.is_file() else None)
+    rendered = leaderboard.render(runs, runs.parent, leaderboard.PUBLISHED)
     print(leaderboard.row_for(record, rendered))
 
 
@@ -223,10 +222,10 @@ def leaderboard_command(args):
     subset never replaces the full leaderboard by accident."""
     from lra import leaderboard
 
-    published = Path(args.published)
+    published = Path(args.published) if args.published else leaderboard.PUBLISHED
     if not published.is_file():
-        raise UserError(f"no published numbers at {published}; run from the repository root or "
-                        "pass --published PATH (the repository ships leaderboard/published.csv).")
+        raise UserError(f"no published numbers at {published}; leave --published out to use "
+                        "those shipped with lra.")
     filters = leaderboard.Filters(tuple(args.task or ()), tuple(args.model or ()), args.since,
                                   tuple(args.tag or ()))
     if filters.given() and args.out is None:
@@ -272,7 +271,8 @@ def generate_command(args):
 
 
 def _task_data(args):
-    """The data module of `lra data prepare|info TASK [overrides]`, as `lra train` builds it."""
+    """The data module of `lra data prepare|info|verify TASK [overrides]`, as `lra train` makes
+    it."""
     from lra import checks
 
     rest = argparse.ArgumentParser(prog=f"lra data {args.action}", add_help=False)
@@ -313,8 +313,19 @@ def info_command(args):
     print(cache.info(_task_data(args)))
 
 
+def verify_command(args):
+    """`lra data verify TASK`: every cached file against its checksum; exit 1 on a mismatch."""
+    from lra.tasks import cache
+
+    ok, text = cache.verify(_task_data(args))
+    print(text)
+    if not ok:
+        raise SystemExit(1)
+
+
 def data_command(args):
-    actions = {"generate": generate_command, "prepare": prepare_command, "info": info_command}
+    actions = {"generate": generate_command, "prepare": prepare_command, "info": info_command,
+               "verify": verify_command}
     actions[args.action](args)
 
 
@@ -373,7 +384,8 @@ def _leaderboard_options(p):
     p.add_argument("--runs", default="leaderboard/runs", help="folder of result files")
     p.add_argument("--out",
                    help="where the files go (default: leaderboard; with a filter: print only)")
-    p.add_argument("--published", default="leaderboard/published.csv")
+    p.add_argument("--published", metavar="PATH",
+                   help="a CSV of published numbers (default: the one shipped with lra)")
     p.add_argument("--avg-tasks", type=int, choices=[6, 5], default=6,
                    help="6: failed Path-X counts as 50 (S4-era rule); 5: Path-X left out (LRA "
                         "paper)")
@@ -402,7 +414,8 @@ def _data_options(p):
                      help="pathfinder: 32 (default), 64, 128 or 256 px; pathx is 128")
     gen.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     for action, what in (("prepare", "read and tokenise a task's files once into its Arrow cache"),
-                         ("info", "sizes, lengths, label balance and sources of a prepared task")):
+                         ("info", "sizes, lengths, label balance and sources of a prepared task"),
+                         ("verify", "check every cached file of a task against its checksum")):
         cmd = actions.add_parser(action, help=what)
         cmd.add_argument("task", help="a registered task (`lra list tasks`)")
         cmd.add_argument("overrides", nargs=argparse.REMAINDER,
@@ -438,7 +451,8 @@ COMMANDS = {
     "data": Command(data_command, (
         ("generate listops", "generate ListOps (or pathfinder, pathx) in the released format"),
         ("prepare listops", "read and tokenise a task's files once into its Arrow cache"),
-        ("info listops", "sizes, lengths, label balance and sources of a prepared task")),
+        ("info listops", "sizes, lengths, label balance and sources of a prepared task"),
+        ("verify listops", "check every cached file of a task against its checksum")),
         _data_options),
     "bench": Command(bench_command, (
         ("layers", "forward+backward time and memory of each model's block, as JSON"),

@@ -1,21 +1,33 @@
 """The leaderboard: our runs beside the published numbers, as Markdown, CSV, Parquet and HTML.
 
-    render("leaderboard/runs", "leaderboard", "leaderboard/published.csv")
+    render("leaderboard/runs", "leaderboard", PUBLISHED)   # the numbers shipped with lra
     build("leaderboard/runs", filters=Filters(tasks=("listops",))).markdown   # a subset, unwritten
 
 Inputs: every `**/*.json` under runs_dir is one result record (lra.results.Record; a file
 that is not a usable record, or repeats a run_id, is skipped with a warning naming it: see
 `lra.results.problem`). Rows come from records of kind "train" with status "completed" and the
 whole test set evaluated (debug runs are left out); records of other kinds (self-pretraining
-runs) are read but are not rows. published.csv is wide, one row per paper (model, variant):
+runs) are read but are not rows. The published numbers ship with the package (PUBLISHED,
+lra/published.csv, package data), so every folder and every install sees the same; the file is
+wide, one row per paper (model, variant):
 LRA accuracies in %, `avg` and its `avg_rule`, sCIFAR / SC35 / SC10 where the same row has
 them, `pretraining`, `source` (LRA) and `source_other` (the rest); an empty `pathx` means
 Path-X failed (shown as ✗).
 
 A cell averages the runs of one (model, recipe, pretraining, task, data fingerprint, checkpoint
-selection): runs on other data, or tested on a checkpoint chosen another way, never share one.
+selection) and one semantic config: the run's saved config less what cannot change its result
+(IGNORED: the seed, paths, logging, tags, how it started, threads and progress bars). Runs on
+other data, tested on a checkpoint chosen another way, or configured otherwise never share one.
 A run that stopped at limits of its own rather than its experiment's (protocol.budget: fewer
-epochs, a step or time limit) is its recipe's budget row, "s4d/listops (budget: max_time ...)".
+epochs, a step or time limit) is its recipe's budget row, "s4d/listops (budget: max_time ...)";
+any other difference from the recipe (the config `lra train experiment=<recipe>`, or for the
+default recipe `model=<m> task=<t>`, composes now) is named in the row's label, so a config is
+its own row: "default (model.d_model=32, trainer.max_epochs=3)", "s4d/listops (budget:
+max_epochs 3) (model.d_model=32)"; a key an older config lacks is taken as the recipe's. Where
+the recipe cannot be composed (a renamed experiment, a plugin not installed), the label names
+the keys in which the recipe's runs differ from each other. A record without a saved config
+(hand-made, very old) joins its recipe's plain row. Within a cell a seed counts once (its latest
+run): n counts seeds, and a repeated seed is flagged ↻ (column repeated_seeds).
 Where a task has several fingerprints, the newest data fills the row and older data gets rows
 of its own. A cell is flagged ⚑ when its backbone is more than 10% larger than the reference:
 LRA (Tay et al. 2021, Appendix C) compares models at unchanged size, and since S4 the size
@@ -24,19 +36,24 @@ those backbones counted on our S4, as conf/experiment/s4/*.yaml say). A self-pre
 compute is its own device-hours plus the `protocol.pretrain_device_hours` its record cites.
 
 Outputs, each written atomically (temp file in out_dir, then os.replace):
-LEADERBOARD.md has one row per our (model, recipe, pretraining) with its data, checkpoint and
-`mean ± sample std (n=runs)` per task in %, a gap row to the best published row of the same
-model and pretraining, that model's published rows, and efficiency columns. leaderboard.csv and
-leaderboard.parquet hold the same long table: one row per (kind, model, entry, pretraining,
-task, data_fingerprint, selection), kind "ours" (entry = recipe) or "published" (entry =
-variant), accuracies in %, task "avg" included. index.html is the table, sortable, with the
+LEADERBOARD.md has one row per our (model, recipe and config label, pretraining) with its data,
+checkpoint and `mean ± sample std (n=seeds)` per task in %, a gap row to the best published
+row of the same model and pretraining, that model's published rows, and efficiency columns.
+leaderboard.csv and leaderboard.parquet hold the same long table: one row per (kind, model,
+entry, pretraining, task, data_fingerprint, selection), kind "ours" (entry = recipe and config
+label; run_ids: the runs it counts) or "published" (entry = variant), accuracies in %, task
+"avg" included. index.html is the table, sortable, with the
 plots chosen here (`_sections`) and drawn by lra/leaderboard_html.py.
 """
 from __future__ import annotations
 
 import html
+import json
 import math
+from collections import Counter
 from datetime import date, datetime
+from hashlib import sha256
+from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,6 +63,7 @@ from lra.errors import UserError
 from lra.leaderboard_html import Figure, Section, Series, page, si
 from lra.results import load_runs, write_atomic
 
+PUBLISHED = resources.files("lra") / "published.csv"
 LRA = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval",
        "image": "Image", "pathfinder": "Pathfinder", "pathx": "Path-X"}
 OTHER = {"scifar": "sCIFAR", "sc35": "SC35", "sc10": "SC10"}
@@ -60,6 +78,13 @@ INFO = ["Training", "Data", "Checkpoint"]
 EFFICIENCY = ["Params", "Tokens/s", "Peak MB", "Device-h", "Device"]
 KEY = ["model", "entry", "pretraining"]
 CELL = [*KEY, "task", "data_fingerprint", "selection"]
+# Config keys (dotted; a first part names its whole section) that never split a cell: the seed,
+# where files go, logging, tags, how the run started (its pretraining is a column of its own),
+# and what only changes speed.
+IGNORED = {"seed", "data_dir", "results_dir", "runs_dir", "resume", "init_from", "tags", "logger",
+           "stage", "pretrain", "budget", "hydra", "recipe", "pretraining", "model.name",
+           "task.name", "task.num_workers", "trainer.num_threads", "trainer.progress",
+           "trainer.accelerator"}
 # Tokens per example of the LRA tasks, for the accuracy-by-length plot.
 LENGTHS = {"image": 1024, "pathfinder": 1024, "listops": 2000, "retrieval": 4000,
            "text": 4096, "pathx": 16384}
@@ -117,6 +142,92 @@ def _day(text) -> date | None:
         return None
 
 
+# --- a run's semantic config and its label --------------------------------------------------
+
+def semantic(config) -> dict:
+    """A run's config as {dotted key: value}, less IGNORED: what its cell is made of."""
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}{key}.", inner)
+        else:
+            flat[prefix[:-1]] = value
+
+    walk("", config if isinstance(config, dict) else {})
+    return {k: v for k, v in flat.items() if k not in IGNORED and k.split(".")[0] not in IGNORED}
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def recipe_config(recipe: str, model: str, task: str) -> dict | None:
+    """The semantic config of `recipe` for (model, task) as the configs say now, or None where it
+    cannot be composed."""
+    from omegaconf import OmegaConf
+
+    from lra import config
+
+    overrides = ([f"experiment={recipe}"] if recipe != "default"
+                 else [f"model={model}", f"task={task}"])
+    try:
+        composed = OmegaConf.to_container(config.compose(overrides), resolve=True)
+    except Exception:  # noqa: BLE001 - a label is best effort: any failure falls back (docstring)
+        return None
+    if (composed["model"].get("name"), composed["task"].get("name")) != (model, task):
+        return None  # a recipe of another model or task
+    return semantic(composed)
+
+
+def _config_id(config: dict) -> str:
+    return sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _labels(group: pd.DataFrame, base: dict | None) -> dict:
+    """{run index: label} for the runs of one (model, recipe, pretraining, task) that saved a
+    config: the keys where it differs from the recipe's `base` (a key it lacks, from an older
+    version, is taken as the recipe's), or without a base the keys in which the group's configs
+    differ. Limits the budget label already names are left out; two configs that would share a
+    row get their config id too."""
+    configs = {i: {**(base or {}), **r["config"]} for i, r in group.iterrows() if r["config"]}
+    if base is None:
+        keys = set().union(*configs.values())
+        varying = {k for k in keys if len({_text(c.get(k)) for c in configs.values()}) > 1}
+
+        def differs(key, value):
+            return key in varying
+    else:
+        def differs(key, value):
+            return key not in base or base[key] != value
+
+    labels = {i: ", ".join(f"{k}={_text(v)}" for k, v in sorted(config.items())
+                           if differs(k, v)
+                           and k.removeprefix("trainer.") not in group.at[i, "limits"])
+              for i, config in configs.items()}
+    ids = {i: _config_id(config) for i, config in configs.items()}
+    distinct = {(group.at[i, "entry"], labels[i], ids[i]) for i in configs}
+    shared = Counter(row[:2] for row in distinct)
+    return {i: ", ".join(filter(None, [label, f"config {ids[i]}"]))
+            if shared[group.at[i, "entry"], label] > 1 else label
+            for i, label in labels.items()}
+
+
+def _label_entries(runs: pd.DataFrame) -> pd.Series:
+    """Each run's row label: its recipe (with its budget) and what in its config differs."""
+    entries, bases = runs["entry"].copy(), {}
+    for (model, recipe, _, task), group in runs.groupby(["model", "recipe", "pretraining",
+                                                         "task"]):
+        if group["config"].map(bool).any():
+            if (recipe, model, task) not in bases:
+                bases[recipe, model, task] = recipe_config(recipe, model, task)
+            for i, label in _labels(group, bases[recipe, model, task]).items():
+                if label:
+                    entries[i] = f"{entries[i]} ({label})"
+    return entries
+
+
 # --- aggregating: runs -> cells, published rows, one long table -------------------------------
 
 def short_selection(text) -> str:
@@ -140,7 +251,11 @@ def _run_row(r: dict) -> dict:
     pretraining = protocol.get("pretraining") or "scratch"
     before = protocol.get("pretrain_device_hours") if pretraining == "self-pretrained" else None
     own = [h for h in (r.get("device_hours"), before) if h is not None]
+    config = semantic(r.get("config"))
+    recipe, budget = protocol.get("recipe") or "default", protocol.get("budget")
+    limits = set(budget) if recipe != "default" and isinstance(budget, dict) else set()
     return {"model": r["model"], "entry": entry_of(protocol), "pretraining": pretraining,
+            "recipe": recipe, "seed": r["seed"], "config": config, "limits": limits,
             "task": r["task"], "data_fingerprint": protocol.get("data_fingerprint") or "",
             "selection": short_selection(protocol.get("selection")),
             "acc": 100 * r["metrics"]["test_acc"], "params": r.get("params"),
@@ -155,11 +270,27 @@ def _run_row(r: dict) -> dict:
 
 
 def _runs_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per counted run, labelled with its config; of the runs of one seed in one cell
+    only the latest counts, and `repeated_seed` names that seed (else "")."""
     numbers = ["acc", "params", "backbone_params", "tokens_per_s", "peak_memory_mb",
                "device_hours", "pretrain_device_hours", "val_acc"]
-    cols = [*CELL, *numbers, "device", "ended", "run_id", "history"]
+    cols = [*CELL, *numbers, "device", "ended", "run_id", "history", "recipe", "seed", "config",
+            "limits"]
     frame = pd.DataFrame([_run_row(r) for r in records], columns=cols)
-    return frame.astype({c: float for c in numbers})
+    frame = frame.astype({c: float for c in numbers})
+    frame["entry"] = _label_entries(frame)
+    frame = frame.sort_values("ended", kind="stable")
+    runs_of_seed = frame.groupby([*CELL, "seed"])["run_id"].transform("size")
+    frame["repeated_seed"] = frame["seed"].astype(str).where(runs_of_seed > 1, "")
+    return frame.drop_duplicates([*CELL, "seed"], keep="last").sort_index()
+
+
+def _seeds(s: pd.Series) -> str:
+    return ", ".join(sorted(set(s) - {""}, key=lambda seed: (len(seed), seed)))
+
+
+def _ids(s: pd.Series) -> str:
+    return " ".join(s)
 
 
 def _total(s: pd.Series):
@@ -174,7 +305,8 @@ def _ours(runs: pd.DataFrame, avg_tasks: int) -> pd.DataFrame:
         backbone_params=("backbone_params", "max"), tokens_per_s=("tokens_per_s", "mean"),
         peak_memory_mb=("peak_memory_mb", "max"), device_hours=("device_hours", _total),
         pretrain_device_hours=("pretrain_device_hours", _total),
-        latest_ended_at=("ended", "max")).reset_index()
+        latest_ended_at=("ended", "max"), repeated_seeds=("repeated_seed", _seeds),
+        run_ids=("run_id", _ids)).reset_index()
     stats = stats.sort_values("latest_ended_at", ascending=False, kind="stable")
     stats["data_rank"] = stats.groupby([*KEY, "task"]).cumcount()
     stats = stats.sort_index()
@@ -222,10 +354,12 @@ def _long(runs: pd.DataFrame, published: pd.DataFrame, avg_tasks: int) -> pd.Dat
     columns = ["kind", *CELL, "data_rank", "mean", "std", "n", "published_best",
                "published_variant", "gap", "params", "backbone_params", "reference_params",
                "over_budget", "tokens_per_s", "peak_memory_mb", "device_hours",
-               "pretrain_device_hours", "latest_ended_at", "note", "source"]
+               "pretrain_device_hours", "latest_ended_at", "repeated_seeds", "run_ids", "note",
+               "source"]
     both = pd.concat([ours, published.assign(kind="published")], ignore_index=True)
     both = both.reindex(columns=columns)
-    both[["data_fingerprint", "selection"]] = both[["data_fingerprint", "selection"]].fillna("")
+    text = ["data_fingerprint", "selection", "repeated_seeds", "run_ids"]
+    both[text] = both[text].fillna("")
     numbers = {c: float for c in ["mean", "std", "published_best", "gap", "params",
                                   "backbone_params", "reference_params", "tokens_per_s",
                                   "peak_memory_mb", "device_hours", "pretrain_device_hours"]}
@@ -251,7 +385,7 @@ def _acc(row: dict, avg_tasks: int) -> str:
             return "✗"
         other_rule = row["task"] == "avg" and not row["note"].startswith(f"{avg_tasks} ")
         return str(row["mean"]) + ("†" if other_rule else "")
-    flag = " ⚑" if _flagged(row) else ""
+    flag = (" ⚑" if _flagged(row) else "") + (" ↻" if row.get("repeated_seeds") else "")
     if row["task"] == "avg" or row["n"] == 1:
         return f"{row['mean']:.1f}" + ("" if row["task"] == "avg" else " (n=1)") + flag
     return f"{row['mean']:.1f} ± {row['std']:.1f} (n={row['n']})" + flag
@@ -337,6 +471,9 @@ def _notes(avg_tasks: int) -> list[str]:
         "Training: scratch or self-pretrained. Data: each task's data fingerprint (first 8 hex "
         "digits); runs on other data are never averaged together, and older data gets rows of "
         "its own. Checkpoint: the checkpoint the test split was evaluated on.",
+        "Entry: the recipe, then what in the runs' config differs from it (budget: limits of "
+        "the run's own); runs configured otherwise never share a cell. ↻: a seed was run more "
+        "than once with this config; it counts once (its latest run), n counts seeds.",
         f"⚑: the backbone has more than {BUDGET - 1:.0%} more parameters than S4's in its "
         "published recipe for that task, the size LRA comparisons are made at.",
         "Efficiency (ours): parameter range over tasks, mean training tokens/s, max peak memory, "
@@ -460,7 +597,8 @@ def _intro(runs_dir, done, train, partial, others, skipped, filters: Filters) ->
             + f"; {len(train) - len(done) - len(partial)} running, failed or interrupted runs, "
             + f"{len(partial)} debug runs (partial test set) and {len(others)} records of other "
             + f"kinds (self-pretraining) left out; {len(skipped)} unusable files skipped. Test "
-            "accuracy in %: ours is mean ± sample std over runs (n = runs, usually seeds); "
+            "accuracy in %: ours is mean ± sample std over seeds (n = seeds; a seed run again "
+            "counts once, ↻); "
             "published rows are copied from the cited papers.")
 
 
@@ -519,7 +657,8 @@ def render(runs_dir, out_dir, published_csv=None, avg_tasks: int = 6,
 
 def row_for(record: dict, rendered: Rendered) -> str:
     """The leaderboard cell a finished run joined, e.g. 'leaderboard: s4d (default, scratch) on
-    listops_mini: 44.6 ± 1.2 (n=3) — leaderboard/LEADERBOARD.md'."""
+    listops_mini: 44.6 ± 1.2 (n=3) — leaderboard/LEADERBOARD.md' (its entry names what in its
+    config differs from the recipe)."""
     protocol = record.get("protocol") or {}
     entry, pretraining = entry_of(protocol), protocol.get("pretraining") or "scratch"
     head = f"leaderboard: {record['model']} ({entry}, {pretraining}) on {record['task']}"
@@ -527,11 +666,16 @@ def row_for(record: dict, rendered: Rendered) -> str:
         done = record.get("status") == "completed"
         why = "debug run, partial test set" if done else "not completed"
         return f"{head}: not counted ({why}) — {rendered.markdown}"
-    table = pd.read_csv(rendered.csv, keep_default_na=False, dtype={"data_fingerprint": str})
-    cell = table[(table["kind"] == "ours") & (table["model"] == record["model"])
-                 & (table["entry"] == entry) & (table["pretraining"] == pretraining)
-                 & (table["task"] == record["task"])
-                 & (table["data_fingerprint"] == (protocol.get("data_fingerprint") or ""))
-                 & (table["selection"] == short_selection(protocol.get("selection")))].iloc[0]
+    table = pd.read_csv(rendered.csv, keep_default_na=False, dtype=str)
+    ours = table[table["kind"] == "ours"]
+    cells = ours[ours["run_ids"].str.split().map(lambda ids: record["run_id"] in ids)]
+    if cells.empty:
+        return (f"{head}: not counted (a later run of seed {record['seed']} with the same config "
+                f"replaced it) — {rendered.markdown}")
+    cell = cells.iloc[0]
+    head = f"leaderboard: {record['model']} ({cell['entry']}, {pretraining}) on {record['task']}"
     spread = f" ± {float(cell['std']):.1f}" if int(cell["n"]) > 1 else ""
-    return f"{head}: {float(cell['mean']):.1f}{spread} (n={int(cell['n'])}) — {rendered.markdown}"
+    repeated = cell["repeated_seeds"]
+    flag = (f", seed{'s' if ',' in repeated else ''} {repeated} repeated" if repeated else "")
+    return (f"{head}: {float(cell['mean']):.1f}{spread} (n={int(cell['n'])}{flag}) — "
+            f"{rendered.markdown}")

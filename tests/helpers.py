@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from lra import registry
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLISHED = ROOT / "leaderboard" / "published.csv"
+PUBLISHED = ROOT / "lra" / "published.csv"
 
 
 def rel_err(a, b):

@@ -1,5 +1,6 @@
 """The Arrow cache of prepared tasks: the same items as the raw loaders, built once per config and
 files, and rebuilt, never used, when another version built it or it is damaged or incomplete."""
+import hashlib
 import json
 import os
 import pickle
@@ -170,7 +171,7 @@ def _zero(path):
     (lambda folder: shutil.rmtree(folder / "val"), "val/data-00000-of-00001.arrow is missing"),
     (lambda folder: _truncate(folder / "train" / "data-00000-of-00001.arrow"), "bytes, not the"),
     (lambda folder: _zero(folder / "test" / "data-00000-of-00001.arrow"),
-     "split test cannot be opened"),
+     "test/data-00000-of-00001.arrow has the size it was written with but not its content"),
     (lambda folder: (folder / "manifest.json").write_text("{\"cache_ver"),
      "manifest.json is unreadable"),
 ], ids=["manifest missing", "split deleted", "truncated arrow file", "zeroed arrow file",
@@ -184,6 +185,100 @@ def test_a_damaged_cache_is_rebuilt_never_used(tmp_path, builds, damage, why):
         data = prepared(tmp_path)
     assert builds == ["listops", "listops"] and keys(tmp_path) == [key]  # no leftovers beside it
     assert_same_items(data, loaded(ListOps, tmp_path))
+
+
+TEST_LABELS = np.array([9, 9, 0], np.int64)  # write_listops_release's test split
+ARROW = "data-00000-of-00001.arrow"
+
+
+def _garbage(path):
+    path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
+
+
+def _relabel(path):
+    """The test labels 9 9 0 rewritten in place as 0 9 9: same size, still a valid Arrow file."""
+    content = path.read_bytes()
+    assert content.count(TEST_LABELS.tobytes()) == 1
+    path.write_bytes(content.replace(TEST_LABELS.tobytes(), TEST_LABELS[::-1].tobytes()))
+
+
+@pytest.mark.parametrize("damage", [_garbage, _relabel], ids=["same-size garbage",
+                                                              "same-size altered labels"])
+def test_same_size_changes_to_a_cached_file_are_caught_by_its_checksum(tmp_path, builds, damage):
+    import datasets
+
+    write_listops_release(tmp_path)
+    prepared(tmp_path)
+    [key] = keys(tmp_path)
+    split = tmp_path / ".cache" / "listops" / key / "test"
+    size = (split / ARROW).stat().st_size
+    damage(split / ARROW)
+    assert (split / ARROW).stat().st_size == size
+    if damage is _relabel:  # a change only a checksum sees: the file still opens, labels swapped
+        targets = datasets.load_from_disk(str(split)).data.table.column("target").to_numpy()
+        assert targets.tolist() == [0, 9, 9]
+    with pytest.warns(cache.CacheWarning, match="test/data-00000-of-00001.arrow has the size it "
+                                                "was written with but not its content"):
+        data = prepared(tmp_path)
+    assert builds == ["listops", "listops"]
+    raw = loaded(ListOps, tmp_path)
+    assert data.splits["test"].targets.tolist() == TEST_LABELS.tolist()
+    assert data.fingerprint == raw.fingerprint
+    assert_same_items(data, raw)
+
+
+def test_the_manifest_records_size_and_checksum_of_every_file(tmp_path):
+    write_listops_release(tmp_path)
+    data = prepared(tmp_path)
+    folder = tmp_path / ".cache" / "listops" / data.protocol["cache_key"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for split in SPLITS:
+        files = manifest["splits"][split]["files"]
+        on_disk = sorted(p.name for p in (folder / split).iterdir())
+        assert sorted(files) == on_disk and ARROW in files
+        for name, entry in files.items():
+            content = (folder / split / name).read_bytes()
+            assert entry["bytes"] == len(content)
+            assert entry["blake2b"] == hashlib.blake2b(content, digest_size=32).hexdigest()
+
+
+def test_checksum_streams_blocks_and_equals_the_one_shot_digest(tmp_path):
+    path = tmp_path / "blob"
+    content = np.random.default_rng(1).bytes(3 * cache.BLOCK + 12345)  # several blocks and a tail
+    path.write_bytes(content)
+    assert cache.checksum(path) == hashlib.blake2b(content, digest_size=32).hexdigest()
+    path.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))  # one bit of the last byte
+    assert cache.checksum(path) != hashlib.blake2b(content, digest_size=32).hexdigest()
+
+
+def test_verify_reports_ok_then_a_mismatch_and_rebuilds_nothing(lra, tmp_path, builds):
+    write_listops_release(tmp_path / "d")
+    missing = lra("data", "verify", "listops", "--data-dir", "d")
+    assert missing.code == 1 and "no cache for these files and options" in missing.out
+    assert builds == []
+    assert lra("data", "prepare", "listops", "--data-dir", "d").code == 0
+    good = lra("data", "verify", "listops", "--data-dir", "d")
+    assert good.code == 0, good.err
+    assert "OK: every file matches its checksum" in good.out
+    assert f"  test/{ARROW}: " in good.out and "  train: 3 rows, opens ok" in good.out
+    [key] = keys(tmp_path / "d")
+    split = tmp_path / "d" / ".cache" / "listops" / key / "test"
+    _relabel(split / ARROW)
+    bad = lra("data", "verify", "listops", "--data-dir", "d")
+    assert bad.code == 1
+    assert (f"MISMATCH test/{ARROW} has the size it was written with but not its content"
+            in bad.out)
+    assert "  train: 3 rows, opens ok" in bad.out and "1 problem(s) found" in bad.out
+    assert builds == ["listops"]  # verify only looks
+    with pytest.warns(cache.CacheWarning, match="checksum mismatch"):
+        assert lra("data", "prepare", "listops", "--data-dir", "d").code == 0
+    assert builds == ["listops", "listops"]
+    assert lra("data", "verify", "listops", "--data-dir", "d").code == 0
+
+
+def test_verify_of_a_generated_task_says_there_is_no_cache(lra):
+    result = lra("data", "verify", "listops_mini")
+    assert result.code == 2 and "generated in memory" in result.err
 
 
 def test_a_build_cut_short_leaves_nothing_under_the_final_name_nor_behind(

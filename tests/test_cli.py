@@ -145,7 +145,7 @@ def test_resume_after_a_crash_ends_like_an_uninterrupted_run(lra, tmp_path, monk
 def test_leaderboard_command_renders_our_runs_beside_published(lra, tmp_path):
     assert lra("train", *TINY, "trainer.limit_eval_batches=null").code == 0
     published = tmp_path / "leaderboard" / "published.csv"
-    published.write_text((Path(__file__).parents[1] / "leaderboard" / "published.csv").read_text())
+    published.write_text((Path(__file__).parents[1] / "lra" / "published.csv").read_text())
     result = lra("leaderboard")
     assert result.code == 0, result.err
     text = (tmp_path / "leaderboard" / "LEADERBOARD.md").read_text()

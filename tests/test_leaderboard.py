@@ -356,3 +356,144 @@ def test_a_budget_run_of_a_published_recipe_gets_its_own_row():
     assert entry_of({"recipe": "s4d/listops", "budget": limits}) == \
         "s4d/listops (budget: max_epochs 5, max_time 00:00:10:00)"
     assert entry_of({"recipe": "default", "budget": {"max_epochs": 12}}) == "default"
+
+
+# --- cells of one config -----------------------------------------------------------------------
+
+def composed(*overrides) -> dict:
+    """The resolved config `lra train OVERRIDES` would run, as a saved record holds it."""
+    from omegaconf import OmegaConf
+
+    from lra import config
+
+    return OmegaConf.to_container(config.compose(list(overrides)), resolve=True)
+
+
+def configured(seed, acc, config, run_id, ended="2026-11-23T10:30:00+00:00", **extra):
+    """A completed s4d/listops_mini run with its saved config."""
+    return {**record("s4d", "listops_mini", seed, acc, **extra), "run_id": run_id,
+            "config": {**config, "seed": seed}, "ended_at": ended}
+
+
+def with_keys(config, **dotted):
+    """`config` with dotted keys set, e.g. with_keys(c, **{"trainer.max_epochs": 3})."""
+    out = json.loads(json.dumps(config))
+    for key, value in dotted.items():
+        *path, last = key.split(".")
+        inner = out
+        for part in path:
+            inner = inner[part]
+        inner[last] = value
+    return out
+
+
+def test_runs_of_other_configs_get_rows_of_their_own_and_a_repeated_seed_counts_once(tmp_path):
+    """The issue's case: 2-, 3-, 4- and 12-epoch runs, a bidirectional=maybe run and repeated
+    seeds once made one cell "35.9 ± 3.6 (n=8)"."""
+    base = composed("model=s4d", "task=listops_mini")
+    assert base["trainer"]["max_epochs"] == 12
+    elsewhere = with_keys(base, data_dir="/elsewhere", results_dir="/r", runs_dir="/x",
+                          resume="/x/run", tags=["v2"], **{"trainer.progress": False,
+                                                          "task.num_workers": 4})
+    runs = tmp_path / "runs"
+    for i, (seed, acc, config, ended) in enumerate([
+            (0, 0.40, base, "2026-11-20T10:00:00+00:00"),
+            (1, 0.30, base, "2026-11-20T11:00:00+00:00"),  # seed 1 again later: this one drops
+            (1, 0.50, base, "2026-11-21T10:00:00+00:00"),
+            (2, 0.44, elsewhere, "2026-11-21T11:00:00+00:00"),  # paths and logging only
+            (0, 0.20, with_keys(base, **{"trainer.max_epochs": 2}), None),
+            (1, 0.24, with_keys(base, **{"trainer.max_epochs": 2}), None),
+            (0, 0.31, with_keys(base, **{"trainer.max_epochs": 3}), None),
+            (0, 0.33, with_keys(base, **{"trainer.max_epochs": 4}), None),
+            (0, 0.35, with_keys(base, **{"model.bidirectional": "maybe"}), None)]):
+        write(runs, f"{i}.json", configured(seed, acc, config, f"run{i}",
+                                            ended or "2026-11-22T10:00:00+00:00"))
+    out = render(runs, tmp_path / "out", PUBLISHED)
+    rows = table_rows(out.markdown.read_text())
+    mini = "listops_mini (extra)"
+    expected = {"ours: default": cell([0.40, 0.50, 0.44]) + " ↻",
+                "ours: default (trainer.max_epochs=2)": cell([0.20, 0.24]),
+                "ours: default (trainer.max_epochs=3)": cell([0.31]),
+                "ours: default (trainer.max_epochs=4)": cell([0.33]),
+                "ours: default (model.bidirectional=maybe)": cell([0.35])}
+    assert {entry: rows[("s4d", entry)][mini] for entry in expected} == expected
+    assert not [key for key in rows if key[0] == "s4d" and key[1].startswith("ours: ")
+                and key[1] not in expected]
+
+    csv = pd.read_csv(out.csv, keep_default_na=False)
+    ours = csv[csv.kind == "ours"].set_index("entry")
+    assert int(ours.loc["default", "n"]) == 3 and ours.loc["default", "repeated_seeds"] == "1"
+    assert ours.loc["default", "run_ids"].split() == ["run0", "run2", "run3"]
+    assert ours.loc["default (trainer.max_epochs=2)", "repeated_seeds"] == ""
+    parquet = pd.read_parquet(out.parquet)
+    assert parquet.query("kind == 'ours'").set_index("entry")[["n", "repeated_seeds"]].astype(
+        str).to_dict() == ours[["n", "repeated_seeds"]].astype(str).to_dict()
+    page = out.html.read_text()
+    assert all(html_text in page for html_text in
+               ["ours: default (trainer.max_epochs=2)", "ours: default (model.bidirectional=maybe)",
+                "44.7 ± 5.0 (n=3) ↻"])
+
+    line = row_for(configured(0, 0.2, with_keys(base, **{"trainer.max_epochs": 2}), "run4"), out)
+    assert line.startswith("leaderboard: s4d (default (trainer.max_epochs=2), scratch) on "
+                           f"listops_mini: {cell([0.20, 0.24])} —")
+    assert "(n=3, seed 1 repeated)" in row_for(configured(1, 0.5, base, "run2"), out)
+    assert "not counted (a later run of seed 1" in row_for(configured(1, 0.3, base, "run1"), out)
+
+
+def test_a_published_recipe_keeps_its_budget_label_and_names_other_changes(tmp_path):
+    recipe = composed("experiment=s4d/listops")
+    runs = tmp_path / "runs"
+    short = with_keys(recipe, **{"trainer.max_epochs": 3})
+    smaller = with_keys(short, **{"model.d_model": 32})
+    protocol = {"recipe": "s4d/listops", "pretraining": "scratch", "data_fingerprint": "ab",
+                "budget": {"max_epochs": 3}}
+    for i, (config, acc) in enumerate([(recipe, 0.5), (short, 0.4), (smaller, 0.3)]):
+        rec = {**record("s4d", "listops", 0, acc), "run_id": f"r{i}", "config": recipe | config,
+               "protocol": protocol if config is not recipe else {**protocol, "budget": {}}}
+        write(runs, f"{i}.json", rec)
+    rows = table_rows(build(runs, PUBLISHED).markdown)
+    assert rows[("s4d", "ours: s4d/listops")]["ListOps"] == "50.0 (n=1)"
+    assert rows[("s4d", "ours: s4d/listops (budget: max_epochs 3)")]["ListOps"] == "40.0 (n=1)"
+    assert rows[("s4d", "ours: s4d/listops (budget: max_epochs 3) (model.d_model=32)")][
+        "ListOps"] == "30.0 (n=1)"
+
+
+def test_a_key_an_older_config_lacks_is_taken_as_the_recipes(tmp_path):
+    base = composed("model=s4d", "task=listops_mini")
+    older = json.loads(json.dumps(base))
+    del older["model"]["prenorm"], older["trainer"]["strategy"]
+    runs = tmp_path / "runs"
+    write(runs, "new.json", configured(0, 0.4, base, "new"))
+    write(runs, "old.json", configured(1, 0.5, older, "old"))
+    write(runs, "odd.json", configured(2, 0.6, with_keys(older, **{"model.prenorm": True}), "odd"))
+    rows = table_rows(build(runs, PUBLISHED).markdown)
+    assert rows[("s4d", "ours: default")]["listops_mini (extra)"] == cell([0.4, 0.5])
+    assert rows[("s4d", "ours: default (model.prenorm=true)")]["listops_mini (extra)"] == \
+        cell([0.6])
+
+
+def test_without_a_composable_recipe_the_label_names_what_varies(tmp_path):
+    base = with_keys(composed("model=s4d", "task=listops_mini"), recipe="mine")
+    runs = tmp_path / "runs"
+    protocol = {"recipe": "mine", "pretraining": "scratch", "data_fingerprint": "ab"}
+    for i, (lr, acc) in enumerate([(0.001, 0.3), (0.001, 0.32), (0.003, 0.5)]):
+        write(runs, f"{i}.json", configured(i, acc, with_keys(base, **{"optim.lr": lr}), f"r{i}",
+                                            protocol=protocol))
+    write(runs, "old.json", {**record("s4d", "listops", 0, 0.6), "protocol": protocol})
+    rows = table_rows(build(runs, PUBLISHED).markdown)
+    entries = {key[1] for key in rows if key[0] == "s4d" and key[1].startswith("ours")}
+    assert entries == {"ours: mine (optim.lr=0.001)", "ours: mine (optim.lr=0.003)", "ours: mine"}
+    assert rows[("s4d", "ours: mine")]["ListOps"] == "60.0 (n=1)"  # no saved config: plain row
+
+
+def test_the_semantic_config_leaves_out_seed_paths_logging_and_tags():
+    from lra.leaderboard import semantic
+
+    config = composed("model=s4d", "task=listops_mini")
+    kept = semantic(config)
+    assert {"model.d_model", "trainer.max_epochs", "optim.lr", "task.n_train"} <= set(kept)
+    dropped = {"seed", "data_dir", "results_dir", "runs_dir", "resume", "tags", "init_from",
+               "trainer.progress", "task.num_workers", "model.name", "task.name"}
+    assert not dropped & set(kept) and not any(k.startswith(("logger.", "pretrain."))
+                                               for k in kept)
+    assert semantic(with_keys(config, seed=9, data_dir="/d", tags=["x"])) == kept

@@ -4,7 +4,9 @@ A task is a LightningDataModule built from keyword arguments (`data_dir`, `seed`
 `batch_size`, `num_workers` and its own options from `conf/task/<name>.yaml`). Its shape
 is known after `__init__`; `setup()` reads or generates the data once and sets
 
-    fingerprint    sha256 of what was read (or generated) and how it was tokenised
+    fingerprint    sha256 of what was read (or generated) and how it was tokenised; from a
+                   cache only after every cached file matched its checksum, so it
+                   always describes the content a run trains on
     protocol       split sizes, seeds and sources, for the result record
     majority_rate  share of the test split in its most common class
 

@@ -8,8 +8,9 @@ A task's raw files are read by its own `load()`, the one parser of each format; 
 returns are saved under
 
     <cache root>/<task>/<key>/{train,val,test}/   datasets' save_to_disk (Arrow files)
-    <cache root>/<task>/<key>/manifest.json       written last: key, versions, rows, file sizes,
-                                                  fingerprint, protocol, statistics, sources
+    <cache root>/<task>/<key>/manifest.json       written last: key, versions, rows, the size
+                                                  and checksum of every file, fingerprint,
+                                                  protocol, statistics, sources
 
 with the cache root `$LRA_CACHE` or `<data_dir>/.cache`, and
 
@@ -17,14 +18,20 @@ with the cache root `$LRA_CACHE` or `<data_dir>/.cache`, and
                  sha256 of (path, size, mtime) of every raw file)[:16]
 
 so another config, other files or another version of the code land in another folder. A
-cache is used only when its manifest matches the key and version and every split opens with
-the recorded rows and file sizes; anything else (a build cut short, a deleted split, a
-truncated file, another version's cache) is rebuilt with a warning saying why. A build is
+cache is used only when its manifest matches the key and version, every file of every split
+has the size and the content checksum recorded when it was written (BLAKE2b over 1 MiB
+blocks, streamed: about a second per GB, see `checksum`), and every split opens with the
+recorded rows; anything else (a build cut short, a deleted split, a truncated file, same-size
+garbage or altered labels, another version's cache) is rebuilt with a warning saying why. So
+the data fingerprint a run records (sha256 of the raw bytes the loader read, and how it
+tokenised them) always describes the content it trained on. `lra data verify TASK` checks
+every file and reports what it found without rebuilding. A build is
 written into a temporary folder and renamed into place, so a crash never leaves a half cache
 under the final name (the temporary folder of a killed build is removed by the next build on
 that machine); when two builders race, the first rename wins and the other discards its copy.
 A running job keeps reading its memory-mapped files even if the folder is deleted meanwhile.
 """
+import hashlib
 import json
 import os
 import secrets
@@ -43,9 +50,10 @@ from lra.errors import UserError
 from lra.results import now, process_alive, write_json_atomic
 from lra.tasks.base import DataError, SequenceDataset, majority_rate
 
-CACHE_VERSION = 1  # bump when a loader's output changes for the same files and options
+CACHE_VERSION = 2  # bump when a loader's output changes for the same files and options
 SPLITS = ("train", "val", "test")
 QUIET_BELOW = 10_000  # rows: smaller sets are saved without datasets' progress bar
+BLOCK = 1 << 20  # bytes read at a time by `checksum`
 
 
 class CacheWarning(UserWarning):
@@ -77,6 +85,18 @@ def source_summary(data_root, files):
     parents = {os.path.dirname(os.fspath(p)) for p in files}
     folder = os.path.commonpath(sorted(parents)) if parents else str(data_root)
     return {"folder": folder, "files": len(files), "bytes": total, "signature": digest.hexdigest()}
+
+
+def checksum(path):
+    """BLAKE2b (32-byte digest) of a file's content, read in 1 MiB blocks (constant memory)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=32)).hexdigest()
+
+
+def file_entries(folder):
+    """{name: {"bytes", "blake2b"}} of every file of a saved split."""
+    return {p.name: {"bytes": p.stat().st_size, "blake2b": checksum(p)}
+            for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def cache_key(data, signature):
@@ -139,18 +159,28 @@ def _dataset_class(name):
     return classes[name]
 
 
-def open_split(folder, meta):
-    """The split saved in `folder` as the dataset class it was built from; raises Unusable."""
+def check_file(folder, name, want):
+    """Raise Unusable unless `folder/name` has the size and checksum `want` recorded."""
+    path = folder / name
+    try:
+        found = path.stat().st_size
+    except FileNotFoundError:
+        raise Unusable(f"{folder.name}/{name} is missing") from None
+    if found != want["bytes"]:
+        raise Unusable(f"{folder.name}/{name} is {found} bytes, not the {want['bytes']} it was "
+                       "written with")
+    if checksum(path) != want["blake2b"]:
+        raise Unusable(f"{folder.name}/{name} has the size it was written with but not its "
+                       "content (checksum mismatch)")
+
+
+def open_split(folder, meta, checked=False):
+    """The split saved in `folder` as the dataset class it was built from, its files checked
+    first unless `checked`; raises Unusable."""
     import datasets
 
-    for name, size in meta["files"].items():
-        try:
-            found = (folder / name).stat().st_size
-        except FileNotFoundError:
-            raise Unusable(f"{folder.name}/{name} is missing") from None
-        if found != size:
-            raise Unusable(f"{folder.name}/{name} is {found} bytes, not the {size} it was "
-                           "written with")
+    for name, want in ({} if checked else meta["files"]).items():
+        check_file(folder, name, want)
     try:
         table = datasets.load_from_disk(str(folder)).data.table
     except Exception as err:  # a damaged file fails inside pyarrow or datasets in many ways
@@ -166,9 +196,9 @@ def open_split(folder, meta):
     return split
 
 
-def open_cache(folder, key):
-    """(manifest, splits) of the complete cache for `key` in `folder`; raises Unusable saying why
-    not."""
+def read_manifest(folder, key):
+    """The manifest of the cache for `key` in `folder`; raises Unusable saying why it is not
+    one."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
     except FileNotFoundError:
@@ -181,6 +211,13 @@ def open_cache(folder, key):
                        f"this is cache version {CACHE_VERSION})")
     if manifest.get("key") != key or sorted(manifest.get("splits", ())) != sorted(SPLITS):
         raise Unusable(f"its manifest describes key {manifest.get('key')}, not {key}")
+    return manifest
+
+
+def open_cache(folder, key):
+    """(manifest, splits) of the complete cache for `key` in `folder`; raises Unusable saying why
+    not."""
+    manifest = read_manifest(folder, key)
     return manifest, {split: open_split(folder / split, manifest["splits"][split])
                       for split in SPLITS}
 
@@ -233,7 +270,7 @@ def _save_split(split, folder):
         if quiet:
             datasets.enable_progress_bars()
     return {"dataset": type(split).__name__, "options": split.options(), "shapes": shapes,
-            "files": {p.name: p.stat().st_size for p in sorted(folder.glob("*.arrow"))},
+            "files": file_entries(folder),
             **describe(split)}
 
 
@@ -351,6 +388,50 @@ def setup(data):
     data.fingerprint = manifest["fingerprint"]
     data.protocol = {**manifest["protocol"], "cache_key": manifest["key"]}
     data.majority_rate = majority_rate(splits["test"].targets)
+
+
+def verify(data):
+    """(ok, report) of `lra data verify`: every file of `data`'s cache against the size and
+    checksum its manifest recorded, then every split opened with its rows. Rebuilds nothing."""
+    files = data.sources()
+    if files is None:
+        raise UserError(f"task {data.name!r} is generated in memory when a run starts; it has no "
+                        "cache to verify")
+    key = cache_key(data, source_summary(Path(data.data_dir).resolve(), files)["signature"])
+    folder = cache_root(data) / data.name / key
+    if not folder.exists():
+        return False, (f"{data.name}: no cache for these files and options at {folder}; "
+                       f"`lra data prepare {data.name}` builds it")
+    try:
+        manifest = read_manifest(folder, key)
+    except Unusable as why:
+        return False, f"{data.name}: the cache {folder} is not usable: {why}"
+    lines, bad, total, started = [f"{data.name}: cache {folder}"], 0, 0, time.perf_counter()
+    for split in SPLITS:
+        meta, fine = manifest["splits"][split], True
+        for name, want in meta["files"].items():
+            try:
+                check_file(folder / split, name, want)
+                lines.append(f"  {split}/{name}: {want['bytes']:,} bytes, checksum ok")
+                total += want["bytes"]
+            except Unusable as why:
+                lines.append(f"  MISMATCH {why}")
+                bad, fine = bad + 1, False
+        if fine:
+            try:
+                opened = open_split(folder / split, meta, checked=True)
+                lines.append(f"  {split}: {len(opened):,} rows, opens ok")
+            except Unusable as why:
+                lines.append(f"  MISMATCH {why}")
+                bad += 1
+    seconds = time.perf_counter() - started
+    if bad:
+        lines.append(f"{bad} problem(s) found: the next `lra train task={data.name}` or "
+                     f"`lra data prepare {data.name}` rebuilds this cache")
+    else:
+        lines.append(f"OK: every file matches its checksum ({total / 1e6:,.1f} MB checked in "
+                     f"{seconds:.1f} s); fingerprint {manifest['fingerprint']}")
+    return not bad, "\n".join(lines)
 
 
 # --- describing one ------------------------------------------------------------------------------
