@@ -82,8 +82,8 @@ CELL = [*KEY, "task", "data_fingerprint", "selection"]
 # where files go, logging, tags, how the run started (its pretraining is a column of its own),
 # and what only changes speed.
 IGNORED = {"seed", "data_dir", "results_dir", "runs_dir", "resume", "init_from", "tags", "logger",
-           "stage", "pretrain", "budget", "hydra", "recipe", "pretraining", "model.name",
-           "task.name", "task.num_workers", "trainer.num_threads", "trainer.progress",
+           "stage", "pretrain", "budget", "provenance", "hydra", "recipe", "pretraining",
+           "model.name", "task.name", "task.num_workers", "trainer.num_threads", "trainer.progress",
            "trainer.accelerator"}
 # Tokens per example of the LRA tasks, for the accuracy-by-length plot.
 LENGTHS = {"image": 1024, "pathfinder": 1024, "listops": 2000, "retrieval": 4000,
