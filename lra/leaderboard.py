@@ -74,7 +74,7 @@ REFERENCE_PARAMS = {"listops": 826_368, "text": 826_880, "retrieval": 826_880,
                     "image": 4_147_200, "pathfinder": 1_287_680, "pathx": 1_287_680,
                     "scifar": 4_147_200, "sc10": 447_232, "sc35": 447_232}
 BUDGET = 1.10  # flag a backbone more than 10% above the reference
-INFO = ["Training", "Data", "Checkpoint"]
+INFO = ["Training", "Data", "Checkpoint", "Recipe"]
 EFFICIENCY = ["Params", "Tokens/s", "Peak MB", "Device-h", "Device"]
 KEY = ["model", "entry", "pretraining"]
 CELL = [*KEY, "task", "data_fingerprint", "selection"]
@@ -246,16 +246,32 @@ def entry_of(protocol: dict) -> str:
     return f"{recipe} (budget: {', '.join(f'{k} {v}' for k, v in sorted(limits.items()))})"
 
 
+def recipe_status(config) -> tuple[str, str]:
+    """(status, deviations) of the recipe a run's config came from, as its `provenance` block
+    says (docs/recipes.md): "paper", "deviates (n): keys" or "untuned", and "key: reason; ..."
+    for the CSV; ("", "") for a run of no traced recipe (or an older result file)."""
+    provenance = (config or {}).get("provenance") if isinstance(config, dict) else None
+    if not isinstance(provenance, dict) or not provenance.get("status"):
+        return "", ""
+    deviations = provenance.get("deviations") or {}
+    status = str(provenance["status"])
+    if status == "deviates":
+        status = f"deviates ({len(deviations)}): {', '.join(sorted(deviations))}"
+    return status, "; ".join(f"{key}: {why}" for key, why in sorted(deviations.items()))
+
+
 def _run_row(r: dict) -> dict:
     protocol = r.get("protocol") or {}
     pretraining = protocol.get("pretraining") or "scratch"
     before = protocol.get("pretrain_device_hours") if pretraining == "self-pretrained" else None
     own = [h for h in (r.get("device_hours"), before) if h is not None]
     config = semantic(r.get("config"))
+    status, deviations = recipe_status(r.get("config"))
     recipe, budget = protocol.get("recipe") or "default", protocol.get("budget")
     limits = set(budget) if recipe != "default" and isinstance(budget, dict) else set()
     return {"model": r["model"], "entry": entry_of(protocol), "pretraining": pretraining,
             "recipe": recipe, "seed": r["seed"], "config": config, "limits": limits,
+            "recipe_status": status, "deviations": deviations,
             "task": r["task"], "data_fingerprint": protocol.get("data_fingerprint") or "",
             "selection": short_selection(protocol.get("selection")),
             "acc": 100 * r["metrics"]["test_acc"], "params": r.get("params"),
@@ -275,7 +291,7 @@ def _runs_frame(records: list[dict]) -> pd.DataFrame:
     numbers = ["acc", "params", "backbone_params", "tokens_per_s", "peak_memory_mb",
                "device_hours", "pretrain_device_hours", "val_acc"]
     cols = [*CELL, *numbers, "device", "ended", "run_id", "history", "recipe", "seed", "config",
-            "limits"]
+            "limits", "recipe_status", "deviations"]
     frame = pd.DataFrame([_run_row(r) for r in records], columns=cols)
     frame = frame.astype({c: float for c in numbers})
     frame["entry"] = _label_entries(frame)
@@ -293,6 +309,10 @@ def _ids(s: pd.Series) -> str:
     return " ".join(s)
 
 
+def _distinct(s: pd.Series) -> str:
+    return " | ".join(sorted(set(s) - {""}))
+
+
 def _total(s: pd.Series):
     return s.sum(min_count=1)
 
@@ -306,7 +326,8 @@ def _ours(runs: pd.DataFrame, avg_tasks: int) -> pd.DataFrame:
         peak_memory_mb=("peak_memory_mb", "max"), device_hours=("device_hours", _total),
         pretrain_device_hours=("pretrain_device_hours", _total),
         latest_ended_at=("ended", "max"), repeated_seeds=("repeated_seed", _seeds),
-        run_ids=("run_id", _ids)).reset_index()
+        run_ids=("run_id", _ids), recipe_status=("recipe_status", _distinct),
+        deviations=("deviations", _distinct)).reset_index()
     stats = stats.sort_values("latest_ended_at", ascending=False, kind="stable")
     stats["data_rank"] = stats.groupby([*KEY, "task"]).cumcount()
     stats = stats.sort_index()
@@ -325,9 +346,9 @@ def _ours(runs: pd.DataFrame, avg_tasks: int) -> pd.DataFrame:
 def _published(published_csv) -> pd.DataFrame:
     """The published CSV melted to one row per (model, variant, task); NaN pathx = failed."""
     if published_csv is None:
-        return pd.DataFrame(columns=[*KEY, "task", "mean", "note", "source"])
+        return pd.DataFrame(columns=[*KEY, "task", "mean", "note", "source", "recipes"])
     pub = pd.read_csv(published_csv).fillna(
-        {"pretraining": "scratch", "avg_rule": "", "source_other": ""})
+        {"pretraining": "scratch", "avg_rule": "", "source_other": "", "recipes": ""})
     rows = []
     for p in pub.to_dict("records"):
         for task in [*LRA, "avg", *OTHER]:
@@ -338,7 +359,7 @@ def _published(published_csv) -> pd.DataFrame:
             source = (p.get("source_other") or p["source"]) if task in OTHER else p["source"]
             rows.append({"model": p["model"], "entry": p["variant"], "task": task, "mean": value,
                          "pretraining": p.get("pretraining", "scratch"), "note": note,
-                         "source": source})
+                         "source": source, "recipes": p.get("recipes", "")})
     return pd.DataFrame(rows)
 
 
@@ -355,10 +376,11 @@ def _long(runs: pd.DataFrame, published: pd.DataFrame, avg_tasks: int) -> pd.Dat
                "published_variant", "gap", "params", "backbone_params", "reference_params",
                "over_budget", "tokens_per_s", "peak_memory_mb", "device_hours",
                "pretrain_device_hours", "latest_ended_at", "repeated_seeds", "run_ids", "note",
-               "source"]
+               "source", "recipe_status", "deviations", "recipes"]
     both = pd.concat([ours, published.assign(kind="published")], ignore_index=True)
     both = both.reindex(columns=columns)
-    text = ["data_fingerprint", "selection", "repeated_seeds", "run_ids"]
+    text = ["data_fingerprint", "selection", "repeated_seeds", "run_ids", "recipe_status",
+            "deviations", "recipes"]
     both[text] = both[text].fillna("")
     numbers = {c: float for c in ["mean", "std", "published_best", "gap", "params",
                                   "backbone_params", "reference_params", "tokens_per_s",
@@ -426,7 +448,9 @@ def _ours_rows(model, long, runs, heads, avg_tasks, group) -> list[dict]:
                "Data": " ".join(f"{t}:{cells[t]['data_fingerprint'][:8]}" for t in heads
                                 if t in cells and cells[t]["data_fingerprint"]),
                "Checkpoint": "; ".join(sorted({c["selection"] for c in cells.values()
-                                               if c["selection"]}))}
+                                               if c["selection"]})),
+               "Recipe": " | ".join(sorted({c["recipe_status"] for c in cells.values()
+                                            if c["recipe_status"]}))}
         row.update({h: _acc(cells[t], avg_tasks) for t, h in heads.items() if t in cells})
         rows.append({**row, **_efficiency(tested, any(map(_flagged, cells.values())))})
         gaps = {heads[t]: f"{c['gap']:+.1f}".replace("-", "−") + f" vs {c['published_variant']}"
@@ -451,8 +475,10 @@ def _table(long: pd.DataFrame, runs: pd.DataFrame, avg_tasks: int, tasks=()) -> 
                          & long.task.isin(list(heads))]
         for (entry, pretraining), g in published.groupby(["entry", "pretraining"], sort=False):
             cells = {r["task"]: r for r in g.to_dict("records")}
+            targeted = "; ".join(dict.fromkeys(r for r in g.recipes if r))
             rows.append({"_group": len(rows), "Model": model, "Training": pretraining,
                          "Entry": f"published: {entry} — {'; '.join(dict.fromkeys(g.source))}",
+                         "Recipe": f"targeted by {targeted}" if targeted else "",
                          **{h: _acc(cells[t], avg_tasks) for t, h in heads.items() if t in cells}})
     columns = ["_group", "Model", "Entry", *INFO, *heads.values(), *EFFICIENCY]
     return pd.DataFrame(rows, columns=columns, dtype=object).fillna("")
@@ -471,6 +497,10 @@ def _notes(avg_tasks: int) -> list[str]:
         "Training: scratch or self-pretrained. Data: each task's data fingerprint (first 8 hex "
         "digits); runs on other data are never averaged together, and older data gets rows of "
         "its own. Checkpoint: the checkpoint the test split was evaluated on.",
+        "Recipe (ours): paper when the recipe follows its reference config key by key, deviates "
+        "(n) with the keys that differ (their reasons: the CSV's deviations column and "
+        "docs/recipes.md), untuned for a model with no published recipe (Mamba, LightNet); "
+        "(published): the recipes that aim at that row.",
         "Entry: the recipe, then what in the runs' config differs from it (budget: limits of "
         "the run's own); runs configured otherwise never share a cell. ↻: a seed was run more "
         "than once with this config; it counts once (its latest run), n counts seeds.",

@@ -497,3 +497,37 @@ def test_the_semantic_config_leaves_out_seed_paths_logging_and_tags():
     assert not dropped & set(kept) and not any(k.startswith(("logger.", "pretrain."))
                                                for k in kept)
     assert semantic(with_keys(config, seed=9, data_dir="/d", tags=["x"])) == kept
+
+
+def test_rows_say_whether_their_recipe_follows_its_reference(tmp_path):
+    """Recipe column: paper, deviates (n) with the keys, or untuned, from the provenance the
+    recipe put in the run's config; the CSV keeps the reasons; published rows name the recipes
+    that aim at them; a result file without provenance shows nothing."""
+    provenances = {
+        ("s4d", "s4d/listops"): {"status": "paper", "deviations": {}},
+        ("s4", "s4/listops"): {"status": "deviates", "deviations": {
+            "model.n_ssm": "every channel has its own A", "harness.pooling": "mean, not CLS"}},
+        ("mamba", "mamba/listops"): {"status": "untuned", "deviations": {}},
+        ("transformer", "default"): None}
+    runs = tmp_path / "runs"
+    for (model, recipe), provenance in provenances.items():
+        config = {"provenance": provenance} if provenance else {}
+        rec = record(model, "listops", 0, 0.5, config=config,
+                     protocol={"recipe": recipe, "pretraining": "scratch",
+                               "data_fingerprint": "ab"})
+        write(runs, f"listops/{model}/0.json", rec)
+    board = build(runs, PUBLISHED)
+    rows = table_rows(board.markdown)
+    assert rows[("s4d", "ours: s4d/listops")]["Recipe"] == "paper"
+    assert rows[("s4", "ours: s4/listops")]["Recipe"] == (
+        "deviates (2): harness.pooling, model.n_ssm")
+    assert rows[("mamba", "ours: mamba/listops")]["Recipe"] == "untuned"
+    assert rows[("transformer", "ours: default")]["Recipe"] == ""
+    published = {key: row for key, row in rows.items() if row["Entry"].startswith("published")}
+    s4d_legs = next(row for (model, entry), row in published.items()
+                    if model == "s4d" and "S4D-LegS" in entry)
+    assert s4d_legs["Recipe"] == "targeted by s4d/*"
+    s4 = board.long[(board.long.kind == "ours") & (board.long.model == "s4")
+                    & (board.long.task == "listops")].iloc[0]
+    assert s4.deviations == ("harness.pooling: mean, not CLS; "
+                             "model.n_ssm: every channel has its own A")
