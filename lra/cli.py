@@ -160,7 +160,7 @@ def list_command(args):
 
 
 def doctor_command(args):
-    """List every result file the leaderboard cannot use, and why."""
+    """List every result file the leaderboard cannot use, and why, and every stale run."""
     import warnings
 
     from lra.leaderboard import load_runs
@@ -170,8 +170,16 @@ def doctor_command(args):
         records, skipped = load_runs(args.runs)
     for path, problem in skipped:
         print(f"{path}: {problem}")
+    from lra.results import stale
+
+    gone = [r for r in records if stale(r)]
+    for r in gone:
+        print(f"{r['run_dir']}: stale: `running`, but its process (pid {r['pid']} on "
+              f"{r['host']}) is gone; continue it with `lra train resume={r['run_dir']}`")
     print(f"{len(records)} usable result files, {len(skipped)} unusable under {args.runs}")
-    if skipped:
+    if gone:
+        print(f"{len(gone)} stale runs (status running, process gone)")
+    if skipped or gone:
         raise SystemExit(1)
 
 

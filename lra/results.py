@@ -102,6 +102,8 @@ class Record(TypedDict):
     host: str
     pid: int
     started_at: str  # ISO 8601, UTC; kept when a run resumes
+    heartbeat_at: NotRequired[str]  # refreshed while it runs (HEARTBEAT_S): see `stale`
+    attempts: NotRequired[list[dict]]  # each start of the run: started_at, ended_at, status, ...
     ended_at: str | None
     error: str | None  # why it failed, diverged or was interrupted
     run_dir: str | None  # its run folder: config, checkpoints, logs
@@ -322,6 +324,54 @@ def process_alive(record):
     except PermissionError:
         return True
     return True
+
+
+HEARTBEAT_S = 60  # a running job refreshes its record's heartbeat_at at most this often
+STALE_AFTER_S = 30 * 60  # a run on another host without a heartbeat for this long is gone
+
+
+def seconds_since(stamp, now=None):
+    """Seconds from the ISO 8601 time `stamp` to `now` (default: now)."""
+    now = now or datetime.now(timezone.utc)
+    return (now - datetime.fromisoformat(stamp)).total_seconds()
+
+
+def stale(record, now=None) -> bool:
+    """Whether `record` says `running` but its process is gone: on this host, its pid is dead;
+    on another, its heartbeat (or, without one, its start) is older than STALE_AFTER_S."""
+    if record.get("status") != "running":
+        return False
+    if record.get("host") == socket.gethostname():
+        return not process_alive(record)
+    beat = record.get("heartbeat_at") or record.get("started_at")
+    try:
+        return seconds_since(beat, now) > STALE_AFTER_S
+    except (TypeError, ValueError):  # no time, or not one: nothing says it still runs
+        return True
+
+
+def running_now(record) -> bool:
+    """Whether the process writing `record` may still run: `running`, and not `stale`."""
+    return record.get("status") == "running" and not stale(record)
+
+
+def attempts_so_far(record) -> list[dict]:
+    """The attempts of the run `record` describes, each closed: one left `running` (its process
+    killed) becomes `stale`, ended at its last heartbeat. Records written before attempts were
+    kept count as one attempt."""
+    attempts = [dict(a) for a in record.get("attempts") or [new_attempt(record)]]
+    last = attempts[-1]
+    if last["status"] == "running":
+        last.update(status="stale", ended_at=record.get("heartbeat_at") or last["started_at"])
+        last["wall_time_s"] = max(0.0, seconds_since(last["started_at"],
+                                                     datetime.fromisoformat(last["ended_at"])))
+    return attempts
+
+
+def new_attempt(record) -> dict:
+    """One attempt, as `record` describes its latest."""
+    return {key: record.get(key) for key in
+            ("started_at", "ended_at", "status", "error", "pid", "host", "wall_time_s")}
 
 
 def latest_attempt(results_dir, config, kind="train"):

@@ -9,6 +9,30 @@ The run folder holds the resolved config, `run.json` (run id, result path), Ligh
 accuracy; the test split is evaluated once, on that checkpoint, every example counted.
 `run` does one stage between opening a run's record and completing it: TRAIN (declared
 here, with fine-tuning from a pretrain run, `init_from`) or lra.pretrain.PRETRAIN.
+
+Resuming (`resume=<run folder>`, or `resume=auto`: this job's last attempt) never destroys a run:
+
+- no second writer: a run whose process may still be running is refused, naming its pid, host
+  and folder (`results.running_now`: on this host its pid is alive; on another, its heartbeat,
+  refreshed at most every `results.HEARTBEAT_S` while it trains, is younger than
+  `results.STALE_AFTER_S`). A `running` record past that is `stale`, and `lra doctor` lists it.
+- a completed run is never resumed over: `resume=<folder>` refuses it (the record stays as it
+  is; to train longer, start a new run); `resume=auto` skips it.
+- one config per run: an override given with `resume=<folder>` must equal the run's saved value;
+  every one that differs is refused, listed (`model.d_model: 16 in the run, 32 given`). None is
+  safe to change: more epochs or steps would also change the learning-rate schedule
+  (lra.lit.warmup_cosine decays to 0 at the planned last step), so a longer run is a new run.
+- every attempt kept: the record's `attempts` lists each start (pid, host, times, outcome; one
+  killed outright shows as `stale`, ended at its last heartbeat), `wall_time_s` and
+  `device_hours` add them up, and `metrics.csv` and the record's `history` hold the epochs of
+  every attempt (lra.loggers.set_aside and merge_earlier).
+
+Bad input found before training starts (model options, a sequence too long for the model, data
+that is not there, pretraining options) ends the command and leaves nothing: a new run's folder
+and result file are removed (`lra.resume.discard`: only what the run made), and a resumed run's
+result file is put back as it was. In a sweep, which goes on to its next job, such a job keeps its
+`failed` record, so that the sweep says later which jobs failed. A fault met later (a malformed
+data line, a crash) leaves a `failed` record.
 """
 import csv
 import json
@@ -26,7 +50,7 @@ from typing import Callable
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,7 +60,7 @@ from lra.checkpoints import AtomicCheckpointIO
 from lra.errors import Diverged, UserError
 from lra.lit import Classifier
 from lra.plugins import config_options
-from lra.resume import last_attempt, open_run
+from lra.resume import discard, last_attempt, open_run
 
 SELECTION = "checkpoint with the best val_acc; the test split evaluated once on it"
 
@@ -54,14 +78,39 @@ def quiet_lightning():
         warnings.filterwarnings("ignore", message=message)
 
 
+class InputError(UserError):
+    """Bad input found before training started: the run leaves nothing behind (`run`)."""
+
+
+@contextmanager
+def input_checks():
+    """A UserError raised in the block (a divergence aside) becomes an InputError."""
+    try:
+        yield
+    except InputError:
+        raise
+    except UserError as err:
+        if isinstance(err, Diverged):
+            raise
+        raise InputError(str(err)) from err
+
+
 def build_data(cfg):
     """The task's data module, set up so its shape is known: memory-mapped from its Arrow cache
-    (built on first use), or generated in memory for a task that reads no files."""
+    (built on first use), or generated in memory for a task that reads no files. Options the task
+    refuses and files that are not there are input errors; a malformed file is not."""
     from lra.tasks import cache
 
     task_cls = registry.task(cfg["task"]["name"])
-    data = task_cls(data_dir=cfg["data_dir"], seed=cfg["seed"], **lra.config.options(cfg["task"]))
-    cache.setup(data)
+    with input_checks():
+        data = task_cls(data_dir=cfg["data_dir"], seed=cfg["seed"],
+                        **lra.config.options(cfg["task"]))
+        files = data.sources()
+    data.sources = lambda: files  # listed once (Pathfinder's are many)
+    try:
+        cache.setup(data)
+    finally:
+        del data.sources  # the method again; the module stays picklable for spawned workers
     return data
 
 
@@ -79,11 +128,11 @@ def build_classifier(cfg, data, cls=Classifier, **options):
         classifier = cls(model=dict(cfg["model"]), task=task_shape(data), optim=dict(cfg["optim"]),
                          **options)
     except (TypeError, ValueError) as err:
-        raise UserError(f"model {name!r} rejected its options: {err}. Its options and defaults "
+        raise InputError(f"model {name!r} rejected its options: {err}. Its options and defaults "
                         f"are in conf/model/{name}.yaml (see `lra list`).") from err
     max_len = getattr(classifier.backbone, "max_len", None)
     if max_len is not None and data.seq_len > max_len:
-        raise UserError(f"task {data.name!r} has sequences up to {data.seq_len} long but model "
+        raise InputError(f"task {data.name!r} has sequences up to {data.seq_len} long but model "
                         f"{name!r} supports {max_len} (model.max_len); raise model.max_len to at "
                         f"least {data.seq_len}.")
     return classifier
@@ -164,15 +213,41 @@ def epoch_history(metrics_csv):
     return [{"epoch": e, **empty, **epochs[e]} for e in sorted(epochs)]
 
 
-def fit(config, data, run_dir, last_ckpt, build=None, monitor=("val_acc", "max")):
+class Heartbeat(Callback):
+    """Refresh the record's `heartbeat_at` at most every results.HEARTBEAT_S while training or
+    validating, from the first process only: how a run on another host is known to be alive."""
+
+    def __init__(self, record, path):
+        self.record, self.path, self.last = record, path, time.monotonic()
+
+    def beat(self, trainer):
+        if trainer.is_global_zero and time.monotonic() - self.last >= results.HEARTBEAT_S:
+            self.last = time.monotonic()
+            self.record["heartbeat_at"] = results.now()
+            results.write_json_atomic(self.path, self.record)
+
+    def on_train_batch_end(self, trainer, *args):
+        self.beat(trainer)
+
+    def on_validation_batch_end(self, trainer, *args):
+        self.beat(trainer)
+
+
+def fit(config, data, run_dir, last_ckpt, build=None, monitor=("val_acc", "max"), callbacks=()):
     """Build a module from `config` (`build_classifier` unless `build` is given) and fit it,
     keeping the checkpoint best on `monitor` (metric, mode); a Ctrl+C or SIGTERM saves
-    `last.ckpt` first."""
-    classifier = (build or build_classifier)(config, data)
+    `last.ckpt` first. The rows metrics.csv holds from before `last_ckpt` are kept
+    (lra.loggers.set_aside)."""
+    with input_checks():
+        classifier = (build or build_classifier)(config, data)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
                                  monitor=monitor[0], mode=monitor[1],
                                  enable_version_counter=False)
+    from_step = (torch.load(last_ckpt, map_location="cpu", weights_only=True)["global_step"]
+                 if last_ckpt else None)
+    loggers.set_aside(run_dir, from_step)
     trainer = build_trainer(config, run_dir, checkpoint)
+    trainer.callbacks.extend(callbacks)
     try:
         trainer.fit(classifier, datamodule=data, ckpt_path=last_ckpt)
         if "tokens_seen" in trainer.callback_metrics:  # counted in spawned workers (trainer=ddp)
@@ -199,9 +274,10 @@ def fit_with_retries(config, data, run_dir, last_ckpt, record, **how):
     """`fit` (`how`: its `build` and `monitor`), and after a divergence start again with a lower
     learning rate, as configured."""
     optim = config["optim"]
+    heartbeat = Heartbeat(record, results.result_path(config["results_dir"], record))
     for attempt in range(optim["divergence_retries"] + 1):
         try:
-            return fit(config, data, run_dir, last_ckpt, **how)
+            return fit(config, data, run_dir, last_ckpt, **how, callbacks=[heartbeat])
         except Diverged as err:
             record.setdefault("divergences", []).append(str(err))
             if attempt == optim["divergence_retries"]:
@@ -271,6 +347,7 @@ def train_and_test(config, data, run_dir, last_ckpt, record):
     trainer.test(classifier, datamodule=data, ckpt_path=best, verbose=False)
     record["backbone_params"] = sum(p.numel() for p in classifier.backbone.parameters())
     seen = trainer.callback_metrics
+    loggers.merge_earlier(run_dir)  # every attempt's rows, for the history
     return classifier, {
         "test_acc": float(seen["test_acc"]), "test_loss": float(seen["test_loss"]),
         "test_examples": int(seen["test_examples"]),
@@ -331,12 +408,13 @@ def init_from(config, data, protocol):
     """Check that the pretrain run `config["init_from"]` fits this run and note it in
     `protocol`; return the `build` for `fit`: the classifier with the pretrained encoder and
     backbone loaded (strictly) and a freshly initialised head."""
-    record = pretrained_record(config["init_from"])
+    with input_checks():
+        record = pretrained_record(config["init_from"])
     checkpoint = torch.load(record["checkpoint"], map_location="cpu", weights_only=True)
     saved = {**checkpoint["hyper_parameters"], "task_name": record["task"]}
     found = mismatches(saved, config, data)
     if found:
-        raise UserError(f"cannot fine-tune from pretrain run {record['run_id']} "
+        raise InputError(f"cannot fine-tune from pretrain run {record['run_id']} "
                         f"(init_from={config['init_from']}): {'; '.join(found)}. Fine-tune with "
                         f"the model and task it was pretrained with (its config: "
                         f"{record['run_dir']}/config.yaml), or pretrain again with these.")
@@ -371,14 +449,18 @@ TRAIN = Stage("train", train_protocol, train_and_test)
 # --- a run: where it starts (lra.resume), its record, and the stage in between -----------------
 
 @contextmanager
-def recording(record, path, started):
+def recording(record, path, started, undo=None):
     """Write `record` to `path`, then run the block; if it stops, write how and why:
     `interrupted` by a signal (then exit with the signal's status), `diverged`, or `failed`
-    (any other exception, raised again)."""
+    (any other exception, raised again). An InputError calls `undo` instead (when given), which
+    takes back what the run wrote, and is raised again."""
     results.write_json_atomic(path, record)
     try:
         yield
     except BaseException as err:
+        if isinstance(err, InputError) and undo:
+            undo()
+            raise
         status, reason = _outcome(err)
         _finish(record, path, started, status=status, error=reason)
         if isinstance(err, Stopped):
@@ -397,17 +479,52 @@ def _outcome(err) -> tuple[str, str]:
 
 
 def _finish(record, path, started, **fields):
-    record.update(ended_at=results.now(), wall_time_s=time.perf_counter() - started, **fields)
+    """Close this attempt (the last of `attempts`) and the record: its wall time is every
+    attempt's; metrics.csv gets the rows of the earlier ones back."""
+    ended, wall = results.now(), time.perf_counter() - started
+    if record.get("attempts"):
+        record["attempts"][-1].update(ended_at=ended, status=fields["status"],
+                                      error=fields.get("error"), wall_time_s=wall)
+        wall = sum(attempt["wall_time_s"] or 0.0 for attempt in record["attempts"])
+    record.update(ended_at=ended, wall_time_s=wall, **fields)
+    if record.get("run_dir"):
+        loggers.merge_earlier(record["run_dir"])
     results.write_json_atomic(path, record)
     loggers.finish(record)
+
+
+def this_attempt(record) -> dict:
+    return {**results.new_attempt(record), "status": "running"}
+
+
+def undoing(opened, path, runs_dir):
+    """What `recording` calls on an input error: a new run's folder and result file go; a
+    resumed run's result file is put back as it was. None in a sweep, which goes on to its next
+    job: there the `failed` record says later which jobs to fix (`lra sweep --resume`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return None
+
+    def undo():
+        if opened.earlier is None:
+            discard(opened.run_dir, runs_dir)
+        if opened.earlier:
+            results.write_json_atomic(path, {k: v for k, v in opened.earlier.items()
+                                             if k != "result_path"})
+        else:
+            path.unlink(missing_ok=True)
+    return undo
 
 
 def run(cfg: DictConfig, run_dir, stage=TRAIN) -> dict:
     """Run one stage (by default: train, select on validation, test once); return the final
     result record.
 
-    The result file is written when the run starts, again once the data is read, and on
-    completion or failure (`failed`, `diverged` or `interrupted`, with the reason).
+    The result file is written when the run starts, again once the data is read, while it
+    trains (the heartbeat), and on completion or failure (`failed`, `diverged` or
+    `interrupted`, with the reason); bad input found before training leaves none.
     """
     started = time.perf_counter()
     quiet_lightning()
@@ -415,15 +532,27 @@ def run(cfg: DictConfig, run_dir, stage=TRAIN) -> dict:
     if earlier and earlier["status"] == "completed":
         print(f"lra: already completed, skipped: {earlier['result_path']}", file=sys.stderr)
         return earlier
-    run_dir, config, run_id, last_ckpt = open_run(cfg, run_dir, earlier)
+    opened = open_run(cfg, run_dir, earlier)
+    run_dir, config, run_id, last_ckpt = opened.run_dir, opened.config, opened.run_id, \
+        opened.last_ckpt
     trainer_cfg = config["trainer"]
-    protocol = stage.protocol(config)
+    path = results.result_path(config["results_dir"], {
+        "task": config["task"]["name"], "model": config["model"]["name"], "run_id": run_id})
+    undo = undoing(opened, path, config["runs_dir"])
+    try:
+        with input_checks():
+            protocol = stage.protocol(config)
+    except InputError:
+        if undo:
+            undo()
+        raise
     record = results.new_record(run_id, config, protocol, device_name(trainer_cfg["accelerator"]),
                                 params=None, kind=stage.kind, run_dir=str(run_dir))
-    path = results.result_path(config["results_dir"], record)
-    if last_ckpt is not None and path.is_file():
-        record["started_at"] = json.loads(path.read_text())["started_at"]
-    with recording(record, path, started):
+    record.update(heartbeat_at=record["started_at"], attempts=[this_attempt(record)])
+    if opened.earlier:
+        record["started_at"] = opened.earlier["started_at"]
+        record["attempts"] = [*results.attempts_so_far(opened.earlier), *record["attempts"]]
+    with recording(record, path, started, undo):
         if trainer_cfg["num_threads"]:
             torch.set_num_threads(trainer_cfg["num_threads"])
         L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -432,11 +561,12 @@ def run(cfg: DictConfig, run_dir, stage=TRAIN) -> dict:
         results.write_json_atomic(path, record)
         classifier, metrics = stage.work(config, data, run_dir, last_ckpt, record)
     record["metrics"] = metrics
-    wall = time.perf_counter() - started
     devices = trainer_cfg["devices"] if isinstance(trainer_cfg["devices"], int) else 1
-    _finish(record, path, started, status="completed", device_hours=wall / 3600 * devices,
+    _finish(record, path, started, status="completed",
             params=sum(p.numel() for p in classifier.parameters()),
             throughput_tokens_per_s=classifier.real_tokens / max(classifier.train_seconds, 1e-9),
             peak_memory_mb=peak_memory_mb(trainer_cfg["accelerator"]))
+    record["device_hours"] = record["wall_time_s"] / 3600 * devices  # every attempt's
+    results.write_json_atomic(path, record)
     record["result_path"] = str(path)
     return record

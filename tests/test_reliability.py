@@ -36,6 +36,10 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(lra, tmp_p
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "killed" / "run"
     _wait_for(run_dir / "checkpoints" / "last.ckpt", job)  # epoch 0 is done; epoch 1 is under way
+    metrics = run_dir / "metrics.csv"
+    while not metrics.is_file() or "\n0," not in metrics.read_text():  # epoch 0's rows written
+        assert job.poll() is None, job.stderr.read()
+        time.sleep(0.02)
     job.send_signal(signal.SIGKILL)
     assert job.wait(timeout=60) == -signal.SIGKILL
     [killed] = load_results(tmp_path / "leaderboard" / "runs")
@@ -51,6 +55,11 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(lra, tmp_p
     assert resumed["status"] == straight["status"] == "completed"
     for key in ("test_acc", "test_loss", "val_acc", "best_epoch", "epochs"):
         assert resumed["metrics"][key] == straight["metrics"][key], key
+    # Every epoch is in the history and in metrics.csv, the ones before the kill included.
+    assert resumed["metrics"]["history"] == straight["metrics"]["history"]
+    epochs = {row.split(",")[0] for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]}
+    assert {"0", "1", "2", "3"} <= epochs
+    assert [a["status"] for a in resumed["attempts"]] == ["stale", "completed"]
 
 
 class CrashOrStop(Callback):
