@@ -1,4 +1,5 @@
 """The `lra` command in-process: listing, training, results, resume and bad input."""
+import json
 import os
 import signal
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, load_results
+from conftest import TINY, load_results, result_files
 from lightning.pytorch.callbacks import Callback
 
 from lra import registry, train
@@ -391,6 +392,9 @@ def test_a_resumed_run_keeps_the_label_it_started_with(lra, tmp_path):
     assert record["protocol"]["recipe"] == "s4d/listops"
     assert record["protocol"]["budget"] == {"max_epochs": 1}
     assert record["config"]["budget"] == {"max_epochs": 1}  # saved in the run folder's config.yaml
+    [path] = result_files(tmp_path / "leaderboard" / "runs")
+    # as if it had been stopped: a completed run is not resumed over
+    path.write_text(json.dumps({**record, "status": "interrupted"}))
     assert lra("train", f"resume={record['run_dir']}").code == 0
     [resumed] = load_results(tmp_path / "leaderboard" / "runs")
     assert resumed["protocol"]["recipe_kind"] == "budget"
