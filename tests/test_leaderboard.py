@@ -1,7 +1,9 @@
 """`lra.leaderboard`: hand-made result files in; Markdown, CSV and Parquet out; filters,
 protocol columns."""
 import json
+import os
 import re
+import socket
 import statistics
 from datetime import date
 
@@ -531,3 +533,17 @@ def test_rows_say_whether_their_recipe_follows_its_reference(tmp_path):
                     & (board.long.task == "listops")].iloc[0]
     assert s4.deviations == ("harness.pooling: mean, not CLS; "
                              "model.n_ssm: every channel has its own A")
+
+
+def test_the_intro_counts_running_records_whose_process_is_gone_as_stale(tmp_path):
+    runs = tmp_path / "runs"
+    write(runs, "listops/s4d/done.json", record("s4d", "listops", 0, 0.5))
+    here = {"host": socket.gethostname(), "started_at": "2026-11-23T10:30:00+00:00"}
+    write(runs, "listops/s4d/alive.json",
+          record("s4d", "listops", 1, 0.5, status="running", pid=os.getpid(), **here))
+    md = build(runs, PUBLISHED).markdown
+    assert "1 running, failed or interrupted runs, " in md and "stale" not in md
+    write(runs, "listops/s4d/dead.json",
+          record("s4d", "listops", 2, 0.5, status="running", pid=2**22 + 1, **here))
+    md = build(runs, PUBLISHED).markdown
+    assert "2 running, failed or interrupted runs (1 of them stale" in md
