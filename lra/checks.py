@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
-from lra import registry, schema
+from lra import config, registry, schema
 from lra.errors import EnvironmentFault, UserError
 from lra.plugins import GROUPS, config_options
 
@@ -66,9 +66,7 @@ def _plugin_hints(cfg):
 def check_config(cfg, defaults):
     """Refuse a composed config whose values do not fit the schema (lra/schema.py): `defaults`
     is the config composed from the same group choices alone, whose values the message names."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    found = schema.problems(plain, OmegaConf.to_container(defaults, resolve=True),
-                            _plugin_hints(cfg))
+    found = schema.problems(config.plain(cfg), config.plain(defaults), _plugin_hints(cfg))
     if found:
         raise UserError(" ".join(found) + " `lra train --cfg job` prints every key and value.")
 

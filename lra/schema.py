@@ -284,8 +284,9 @@ def fits(tp, value):
     if origin is Literal:
         return any(type(value) is type(arg) and value == arg for arg in args)
     if origin is list:
-        return isinstance(value, list) and all(fits(args[0], v) for v in value) if args else \
-            isinstance(value, list)
+        return isinstance(value, list) and all(fits(args[0], v) for v in value)
+    if tp in (list, dict):
+        return isinstance(value, tp)
     if tp is type(None):
         return value is None
     if tp is bool:
@@ -296,8 +297,6 @@ def fits(tp, value):
         return _is_number(value) and math.isfinite(value)
     if tp is str:
         return isinstance(value, str)
-    if tp is dict:
-        return isinstance(value, dict)
     return True  # a type this schema does not check (a plugin's own class, Any)
 
 
@@ -319,7 +318,7 @@ def describe(tp):
     if origin is list:
         return f"a list of ({describe(args[0])})" if args else "a list"
     return {bool: "true or false", int: "a whole number", float: "a finite number",
-            str: "text", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+            str: "text", list: "a list", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def type_of_default(default):
