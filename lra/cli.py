@@ -78,6 +78,8 @@ def _train_job(cfg):
         report_error(err, sweep)  # ends the command, or in a sweep goes on to the next job
         return None
     except Exception as err:
+        if not sweep and isinstance(err, (OSError, EnvironmentFault)):
+            report_fault(err)  # ends the command with status 1
         if not sweep:
             raise
         print(f"lra: job {hydra.job.num} failed: {type(err).__name__}: {err}", file=sys.stderr)
@@ -207,6 +209,8 @@ def doctor_command(args):
 
 
 def bench_command(args):
+    if args.threads < 1:
+        raise UserError(f"--threads {args.threads} must be at least 1 (default 1).")
     if args.files and args.what != "report":
         raise UserError(f"lra bench {args.what} takes options, not files ({' '.join(args.files)}); "
                         "files go to `lra bench report`.")

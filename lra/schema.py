@@ -317,8 +317,9 @@ def describe(tp):
         return "one of " + ", ".join(_show(a) for a in args)
     if origin is list:
         return f"a list of ({describe(args[0])})" if args else "a list"
-    return {bool: "true or false", int: "a whole number", float: "a finite number",
-            str: "text", list: "a list", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+    words = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text",
+             list: "a list", dict: "a mapping"}
+    return words.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def type_of_default(default):
