@@ -12,6 +12,7 @@ status 1 (`report_fault`); Ctrl+C with 130; `--debug` shows the traceback. `lra 
 import argparse
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -128,9 +129,16 @@ def train_command(argv):
     main = hydra.main(version_base="1.3", config_path="pkg://lra.conf", config_name="config")
     sys.argv = ["lra train", *argv]
     full_error = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises what the job raised: `main` reports it
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises what it met: `main` reports faults
     try:
         main(_train_job)()
+    except (OSError, EnvironmentFault):
+        raise
+    except Exception:  # a bug, not a fault: its traceback, and status 1 as Hydra would end
+        if DEBUG:
+            raise
+        traceback.print_exc()
+        raise SystemExit(1) from None
     finally:
         if full_error is None:
             del os.environ["HYDRA_FULL_ERROR"]
