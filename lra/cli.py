@@ -43,10 +43,9 @@ def report_fault(err):
     if isinstance(err, OSError):
         what = err.strerror or str(err)
         where = f": {err.filename}" if err.filename else ""
-        hint = ("check that the folder exists, is a folder and is writable, and that its disk has "
-                "space; --debug shows the traceback.")
-        print(f"lra: error: {what}{where}. This is a fault of the environment, not of the "
-              f"input: {hint}", file=sys.stderr)
+        print(f"lra: error: {what}{where}. The file system refused: check that the path exists, "
+              "is a folder where one is needed and is writable, and that its disk has space; "
+              "--debug shows the traceback.", file=sys.stderr)
     else:
         print(f"lra: error: {err}", file=sys.stderr)
     raise SystemExit(1) from None
@@ -334,6 +333,7 @@ def _task_data(args):
     checks.check_choices(overrides)
     cfg = config.compose(overrides, hint=f"give task options as task.key=value; "
                                          f"`lra train task={args.task} --cfg job` lists them")
+    checks.check_config(cfg, config.compose(overrides[:1]))
     try:
         return registry.task(cfg.task.name)(data_dir=known.data_dir or cfg.data_dir, seed=cfg.seed,
                                             **config.options(cfg.task))

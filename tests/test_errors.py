@@ -3,6 +3,7 @@ folder that cannot be written, a full disk, an unreadable file, a missing API ke
 Ctrl+C, 141 for a closed pipe; a traceback only with --debug (docs/errors.md lists each row)."""
 import errno
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,7 @@ def test_a_folder_that_fails_to_be_made_later_is_one_paragraph_naming_it(lra, tm
     monkeypatch.setattr(Path, "mkdir", read_only)
     result = lra("train", *TINY)
     one_paragraph(result, 1)
-    assert "Read-only file system: " in result.err and "fault of the environment" in result.err
+    assert "Read-only file system: " in result.err and "The file system refused" in result.err
 
 
 def test_leaderboard_out_that_is_a_file_is_one_paragraph(lra, tmp_path):
@@ -197,3 +198,21 @@ def test_a_bench_worker_that_dies_gives_an_error_row_not_a_hang():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "'error': 'its process ended with exit code 1 before reporting'" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_to_the_process_group_leaves_one_line_and_no_partial_file(tmp_path):
+    """SIGINT to the whole foreground group, as a terminal sends it: the pool's workers ignore
+    it, the parent prints one line, and no temporary or partial file is left."""
+    command = [sys.executable, "-m", "lra", "data", "generate", "listops", "--workers", "2",
+               "--data-dir", str(tmp_path)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=0,
+                               start_new_session=True)
+    seen = ""
+    while seen.count("samples/s]") < 3:  # the pool is running and has drawn samples
+        seen += process.stderr.read(1)
+    os.killpg(process.pid, signal.SIGINT)
+    err = seen + process.communicate(timeout=120)[1]
+    assert process.returncode == 130
+    assert "Traceback" not in err and err.rstrip().endswith("(ListOps).")
+    assert list((tmp_path / "listops").iterdir()) == []
