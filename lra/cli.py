@@ -4,19 +4,22 @@
     lra train model=transformer seed=3        # one run; `lra --help` lists every command
 
 `train`, `sweep` and `pretrain` hand their arguments to Hydra; the others parse theirs with
-argparse. Bad input ends with one paragraph and exit status 2 (`report_error`); `--debug` shows
-the traceback. `lra --help` and `lra list` import neither torch nor Lightning.
+argparse. Bad input ends with one paragraph and exit status 2 (`report_error`); a fault of the
+environment (an OSError: a folder that cannot be written, a full disk) with one paragraph and
+status 1 (`report_fault`); Ctrl+C with 130; `--debug` shows the traceback. `lra --help` and
+`lra list` import neither torch nor Lightning (docs/errors.md lists every case and its test).
 """
 import argparse
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Callable
 
 from lra import config, registry
-from lra.errors import UserError
+from lra.errors import EnvironmentFault, UserError
 
 DEBUG = False  # set by --debug: show tracebacks of user errors
 USER_ERRORS = (UserError, registry.UnknownName, registry.BrokenPlugin)  # DataError is a UserError
@@ -30,6 +33,22 @@ def report_error(err, sweep=False):
     print(f"lra: error: {err}", file=sys.stderr)
     if not sweep:
         raise SystemExit(2) from None
+
+
+def report_fault(err):
+    """Print a fault of the environment (an OSError or EnvironmentFault) as one paragraph naming
+    the path, and end with status 1; with --debug, raise it."""
+    if DEBUG:
+        raise err
+    if isinstance(err, OSError):
+        what = err.strerror or str(err)
+        where = f": {err.filename}" if err.filename else ""
+        print(f"lra: error: {what}{where}. The file system refused: check that the path exists, "
+              "is a folder where one is needed and is writable, and that its disk has space; "
+              "--debug shows the traceback.", file=sys.stderr)
+    else:
+        print(f"lra: error: {err}", file=sys.stderr)
+    raise SystemExit(1) from None
 
 
 def _hydra_overrides(argv):
@@ -50,8 +69,8 @@ def _train_job(cfg):
     overrides = list(hydra.overrides.task)
     sweep = hydra.mode == RunMode.MULTIRUN
     try:
-        groups = [o for o in overrides if (checks.split_override(o) or ("",))[0] in checks.GROUPS]
-        checks.check_values(cfg, config.compose(groups), overrides)
+        if sweep:  # a single run's config was checked before Hydra made its folder
+            checks.check_config(cfg, config.compose(checks.group_choices(overrides)))
         with open_dict(cfg):
             cfg.budget = train.budget(cfg, overrides)
         record = pretrain.run_stage(cfg, hydra.runtime.output_dir)  # stage: train, pretrain, both
@@ -59,6 +78,8 @@ def _train_job(cfg):
         report_error(err, sweep)  # ends the command, or in a sweep goes on to the next job
         return None
     except Exception as err:
+        if not sweep and isinstance(err, (OSError, EnvironmentFault)):
+            report_fault(err)  # ends the command with status 1
         if not sweep:
             raise
         print(f"lra: job {hydra.job.num} failed: {type(err).__name__}: {err}", file=sys.stderr)
@@ -92,8 +113,11 @@ def train_command(argv):
     plugins.register()
     overrides = _hydra_overrides(argv)
     checks.check_choices(overrides)
+    checks.check_kernels()
     if not {"-m", "--multirun", "--help", "-h", "--cfg", "-c", "--info"} & set(argv):
-        config.compose(overrides)  # a single run's bad override, reported plainly
+        cfg = config.compose(overrides)  # a single run's bad override, reported plainly
+        checks.check_config(cfg, config.compose(checks.group_choices(overrides)))
+        checks.check_environment(cfg)
     resume = [o.partition("=")[2] for o in overrides if o.startswith("resume=")]
     if resume and resume[0] != "auto":
         if not (Path(resume[0]) / "run.json").is_file():
@@ -102,7 +126,22 @@ def train_command(argv):
         argv = [*argv, f"hydra.run.dir={resume[0]}"]
     main = hydra.main(version_base="1.3", config_path="pkg://lra.conf", config_name="config")
     sys.argv = ["lra train", *argv]
-    main(_train_job)()
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises what it met: `main` reports faults
+    try:
+        main(_train_job)()
+    except (OSError, EnvironmentFault):
+        raise
+    except Exception:  # a bug, not a fault: its traceback, and status 1 as Hydra would end
+        if DEBUG:
+            raise
+        traceback.print_exc()
+        raise SystemExit(1) from None
+    finally:
+        if full_error is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 def pretrain_command(argv):
@@ -184,6 +223,8 @@ def doctor_command(args):
 
 
 def bench_command(args):
+    if args.threads < 1:
+        raise UserError(f"--threads {args.threads} must be at least 1 (default 1).")
     if args.files and args.what != "report":
         raise UserError(f"lra bench {args.what} takes options, not files ({' '.join(args.files)}); "
                         "files go to `lra bench report`.")
@@ -256,6 +297,20 @@ def _day(text):
 def generate_command(args):
     """`lra data generate listops|pathfinder|pathx`: the released format, from our generators."""
     root = Path(args.data_dir or os.environ.get("LRA_DATA", "data"))
+    try:
+        out = _generate(args, root)
+    except ValueError as err:  # the generators check their sizes and options before any work
+        raise UserError(f"lra data generate {args.task}: {err}") from err
+    where = f" --data-dir {root}" if args.data_dir else ""
+    if args.task == "pathfinder" and args.resolution not in (None, 32):
+        where = f" task.resolution={args.resolution}{where}"
+    print(f"wrote {out}; tokenise it once with `lra data prepare {args.task}{where}` (or let "
+          f"`lra train task={args.task}` do it on first use)")
+
+
+def _generate(args, root):
+    if args.workers < 1:
+        raise ValueError(f"--workers {args.workers} must be at least 1")
     if args.task == "listops":
         from lra.generators.listops import prepare_listops
 
@@ -271,11 +326,7 @@ def generate_command(args):
         resolution = args.resolution or (32 if args.task == "pathfinder" else 128)
         out = prepare_pathfinder(root / "pathfinder", resolution=resolution,
                                  n=args.n_images, seed=args.seed, workers=args.workers)
-    where = f" --data-dir {root}" if args.data_dir else ""
-    if args.task == "pathfinder" and args.resolution not in (None, 32):
-        where = f" task.resolution={args.resolution}{where}"
-    print(f"wrote {out}; tokenise it once with `lra data prepare {args.task}{where}` (or let "
-          f"`lra train task={args.task}` do it on first use)")
+    return out
 
 
 def _task_data(args):
@@ -290,6 +341,7 @@ def _task_data(args):
     checks.check_choices(overrides)
     cfg = config.compose(overrides, hint=f"give task options as task.key=value; "
                                          f"`lra train task={args.task} --cfg job` lists them")
+    checks.check_config(cfg, config.compose(overrides[:1]))
     try:
         return registry.task(cfg.task.name)(data_dir=known.data_dir or cfg.data_dir, seed=cfg.seed,
                                             **config.options(cfg.task))
@@ -517,6 +569,22 @@ def main(argv=None):
             COMMANDS[args.command].handler(args)
     except USER_ERRORS as err:
         report_error(err)
+    except BrokenPipeError:  # `lra list | head`: the reader has gone; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports a closed pipe
+    except (OSError, EnvironmentFault) as err:
+        report_fault(err)
+    except KeyboardInterrupt:
+        if DEBUG:
+            raise
+        print(f"lra: interrupted (Ctrl+C){INTERRUPTED.get(name, '')}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+INTERRUPTED = {  # what an interrupted command leaves, beside `lra: interrupted (Ctrl+C)`
+    "data": "; files are written whole or not at all, so the same command again starts where "
+            "this one stopped (Pathfinder) or from the beginning (ListOps).",
+}
 
 
 if __name__ == "__main__":

@@ -36,3 +36,10 @@ def compose(overrides=(), hint="`lra train --cfg job` prints every key"):
 def options(section):
     """A section's keyword options (`model`, `task`, ...): every key but its registry `name`."""
     return {k: v for k, v in section.items() if k != "name"}
+
+
+def plain(cfg):
+    """A composed config as plain dicts and lists, interpolations resolved."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -143,10 +143,10 @@ def test_release_layout_is_seeded_the_same_for_any_workers_and_read_by_the_loade
 
 
 def test_cli_generates_any_resolution_and_pathx_is_128(lra, tmp_path):
-    made = lra("data", "generate", "pathfinder", "--resolution", "64", "--n", "3",
+    made = lra("data", "generate", "pathfinder", "--resolution", "64", "--n", "10",
                "--data-dir", "d", "--workers", "1")
     assert made.code == 0, made.err
-    assert len(list((tmp_path / "d/pathfinder/pathfinder64" / HARD / "imgs/0").glob("*.png"))) == 3
+    assert len(list((tmp_path / "d/pathfinder/pathfinder64" / HARD / "imgs/0").glob("*.png"))) == 10
     assert "lra data prepare pathfinder task.resolution=64 --data-dir d" in made.out
     wrong = lra("data", "generate", "pathx", "--resolution", "32", "--n", "3", "--data-dir", "d")
     assert wrong.code == 2 and "Path-X is the 128 px Pathfinder" in wrong.err

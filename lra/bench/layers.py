@@ -14,6 +14,7 @@ Results go to `benchmarks/results/layers-<device>-<date>.json` and a printed tab
 """
 import inspect
 import multiprocessing
+import queue as queue_module
 
 from lra.bench.core import device_name, minimal_s4d, provenance, time_steps, write_record
 
@@ -65,12 +66,21 @@ def _measure(name, args, queue):
 
 
 def measure(name, args):
-    """Run one measurement in a fresh process and return its record."""
+    """Run one measurement in a fresh process and return its record; a process that dies
+    without one (killed, or failing before its own error handling) gives an error row."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_measure, args=(name, args, queue))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=1)
+            break
+        except queue_module.Empty:
+            if not process.is_alive() and queue.empty():
+                result = {"model": name, "error": f"its process ended with exit code "
+                                                  f"{process.exitcode} before reporting"}
+                break
     process.join()
     return result
 

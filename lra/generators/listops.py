@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import multiprocessing
 import os
+import signal
 import tempfile
 from collections import deque
 from dataclasses import dataclass
@@ -152,7 +153,8 @@ def _chunks(spec, seed, workers):
         for index in itertools.count():
             yield _chunk(spec, seed, index)
         return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, signal.signal,
+                                                   (signal.SIGINT, signal.SIG_IGN)) as pool:
         ahead = deque(pool.apply_async(_chunk, (spec, seed, i)) for i in range(2 * workers))
         for index in itertools.count(2 * workers):
             yield ahead.popleft().get()
@@ -186,9 +188,12 @@ def prepare_listops(out_dir, n_train=96_000, n_val=2_000, n_test=2_000, seed=0, 
     an expression. Same arguments -> the same bytes, whatever `workers`. Each file is written
     to a temporary name and renamed when all three are complete.
     """
+    sizes = {"train": n_train, "val": n_val, "test": n_test}
+    if min(sizes.values()) < 1 or workers < 1:
+        raise ValueError(f"every split needs at least one example and workers at least 1; got "
+                         f"{', '.join(f'{k} {v}' for k, v in sizes.items())}, workers {workers}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sizes = {"train": n_train, "val": n_val, "test": n_test}
     stream = samples(TreeSpec(min_length=min_length, max_length=max_length), seed, workers)
     temps = {}
     try:

@@ -55,6 +55,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -697,6 +698,9 @@ def _write_batch(job):
     return batch
 
 
+MIN_IMAGES = 10  # the 80/10/10 split gives each of val and test int(0.1 * n) images
+
+
 def prepare_pathfinder(out_dir, resolution=32, n=200_000, seed=0, contour_length=14,
                        per_folder=1000, workers=1, progress=True):
     """Write `n` images in the release layout under `out_dir`; return the difficulty folder.
@@ -707,6 +711,10 @@ def prepare_pathfinder(out_dir, resolution=32, n=200_000, seed=0, contour_length
     interrupted run resumes where it stopped. Same arguments -> the same files, whatever
     `workers` (a spawned process pool).
     """
+    if n < MIN_IMAGES or workers < 1 or per_folder < 1:
+        raise ValueError(f"{n} images, workers {workers}, {per_folder} per folder: the 80/10/10 "
+                         f"split needs at least {MIN_IMAGES} images for every split to have one, "
+                         "and workers and per_folder must be at least 1")
     spec = spec_for(resolution, contour_length)
     leaf = Path(out_dir) / f"pathfinder{resolution}" / spec.folder
     (leaf / "imgs").mkdir(parents=True, exist_ok=True)
@@ -719,7 +727,9 @@ def prepare_pathfinder(out_dir, resolution=32, n=200_000, seed=0, contour_length
                 _write_batch(job)
                 bar.update(job[-1])
         else:
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            # workers ignore Ctrl+C: the parent alone stops, and the pool ends with it
+            with multiprocessing.get_context("spawn").Pool(
+                    workers, signal.signal, (signal.SIGINT, signal.SIG_IGN)) as pool:
                 for batch in pool.imap_unordered(_write_batch, jobs):
                     bar.update(jobs[batch][-1])
     return leaf
