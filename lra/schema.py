@@ -202,6 +202,7 @@ class LightNet(Model):
     positions: Literal["lrpe", "tpe", "both", "none"]
     gate_rank: Positive
     lrpe_base: Rate
+    ssm_lr: Rate | None  # null: optim.lr
 
 
 @dataclass
@@ -214,6 +215,7 @@ class Mamba(Model):
     prenorm: bool
     dt_min: Rate
     dt_max: Rate
+    ssm_lr: Rate | None  # null: optim.lr
 
 
 @dataclass
@@ -222,6 +224,7 @@ class S4(Model):
     norm: Norm
     prenorm: bool
     lr: Rate
+    lr_dt: Rate | None  # null: optim.lr
     dt_min: Rate
     dt_max: Rate
 
@@ -233,6 +236,9 @@ class S4D(Model):
     norm: Norm
     prenorm: bool
     lr: Rate
+    lr_dt: Rate | None  # null: optim.lr
+    dt_min: Rate
+    dt_max: Rate
 
 
 GROUPS = {"trainer": Trainer, "optim": Optim, "pretrain": Pretrain}
