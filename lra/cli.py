@@ -431,7 +431,7 @@ def _data_options(p):
                          help="task options, e.g. task.max_len=1000")
         cmd.add_argument("--data-dir", help="data root (default: $LRA_DATA or ./data)")
     down = actions.add_parser("download", help="fetch, check and unpack tasks' data from their "
-                                               "official sources (lra/sources.json)")
+                                               "official sources (lra/download/sources.json)")
     down.add_argument("tasks", nargs="+", metavar="TASK", help="tasks, or all")
     down.add_argument("--data-dir", help="data root (default: $LRA_DATA or ./data)")
     down.add_argument("--mirror", metavar="URL",

@@ -1,5 +1,6 @@
-"""`lra data download`: each task's archive from its official source (lra/sources.json), resumed
-after a drop, checked, and only the folders the asked tasks need unpacked, each placed whole.
+"""`lra data download`: each task's archive from its official source (sources.json beside this
+file), resumed after a drop, checked, and only the folders the asked tasks need unpacked, each
+placed whole.
 
 An archive is fetched to `<data root>/.downloads/<file>.part` (HTTP Range requests continue it),
 checked against the manifest's size and checksums, then renamed to `<file>`, which is kept so that
@@ -86,6 +87,18 @@ def count_expected(folder, expect):
         if not ok:
             wrong.append((pattern, want, found))
     return wrong
+
+
+def place(tmp, final, note):
+    """Write the marker (`note`, the file count and the time) into the finished folder `tmp` and
+    rename it to `final`."""
+    note = {**note, "files": sum(1 for p in tmp.rglob("*") if p.is_file()),
+            "placed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (tmp / MARKER).write_text(json.dumps(note, indent=1) + "\n")
+    if final.exists():
+        raise UserError(f"{final} exists but was not placed by lra data download; move it away "
+                        "(or delete it) and run the download again")
+    tmp.rename(final)
 
 
 # --- fetching ----------------------------------------------------------------------------------
@@ -263,14 +276,8 @@ def unpack(source, parts, root, verify=True, origin=None):
                                 f"{counts}. Nothing was placed; delete the archive and download "
                                 "it again.")
         for pname, tmp in building.items():
-            note = {"part": pname, "archive": Path(source).name, "origin": origin or str(source),
-                    "verified": verify, "files": sum(1 for p in tmp.rglob("*") if p.is_file()),
-                    "placed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            (tmp / MARKER).write_text(json.dumps(note, indent=1) + "\n")
-            if finals[pname].exists():
-                raise UserError(f"{finals[pname]} exists but was not placed by lra data download; "
-                                "move it away (or delete it) and run the download again")
-            tmp.rename(finals[pname])
+            place(tmp, finals[pname], {"part": pname, "archive": Path(source).name,
+                                       "origin": origin or str(source), "verified": verify})
     except (tarfile.TarError, EOFError, OSError) as err:
         raise UserError(f"cannot unpack {source}: {err}. If it is a download, delete it and "
                         "download again.") from err
