@@ -321,8 +321,13 @@ def download_command(args):
     manifest = load_manifest()
     root = Path(args.data_dir or os.environ.get("LRA_DATA", "data"))
     try:
-        download(args.tasks, root, manifest=manifest, mirror=args.mirror,
-                 archive_file=args.archive, verify=not args.no_verify)
+        if args.source == "hf":
+            from lra.download.hf import download_hf
+
+            download_hf(args.tasks, root, manifest)
+        else:
+            download(args.tasks, root, manifest=manifest, mirror=args.mirror,
+                     archive_file=args.archive, verify=not args.no_verify)
     except KeyboardInterrupt:
         raise UserError("download interrupted: what was fetched is kept (<file>.part under "
                         f"{root / '.downloads'}) and nothing half-unpacked was placed; run the "
@@ -440,6 +445,8 @@ def _data_options(p):
                       help="unpack this archive, fetched elsewhere, instead of downloading")
     down.add_argument("--no-verify", action="store_true",
                       help="skip checksums and content counts (recorded beside the data)")
+    down.add_argument("--source", choices=["archive", "hf"], default="archive",
+                      help="hf: text, image and scifar from the Hugging Face hub (datasets)")
 
 
 @dataclass(frozen=True)

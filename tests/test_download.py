@@ -5,17 +5,20 @@ import gzip
 import hashlib
 import io
 import json
+import pickle
 import shutil
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 from writers import (
     write_aan_pairs,
     write_aclimdb,
     write_cifar_release,
+    write_imdb_parquet,
     write_listops_release,
     write_pathfinder_release,
     write_speech_release,
@@ -364,3 +367,96 @@ def test_the_shipped_manifest_covers_every_file_task():
         assert (archive["sha256"] is None) == (archive["checksum_source"] is None)
     assert all(p["archive"] in manifest["archives"] for p in manifest["parts"].values())
     assert Path(dl.MANIFEST).name == "sources.json"
+
+
+# --- --source hf: a dataset written locally in the hub's parquet layout -----------------------
+
+def hf_manifest(tmp_path):
+    """The shipped manifest with the hub repositories replaced by local folders of parquet files
+    (what load_dataset reads for a repo), holding the miniatures of tests/writers.py."""
+    import datasets
+    from PIL import Image
+
+    from lra.tasks.image import CLASSES
+
+    imdb = write_imdb_parquet(tmp_path / "hub" / "imdb")
+    cifar = write_cifar_release(tmp_path / "toronto")
+    features = datasets.Features({"img": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=list(CLASSES))})
+    hub_cifar = tmp_path / "hub" / "cifar10"
+    for split, names in (("train", [f"data_batch_{k}" for k in range(1, 6)]),
+                         ("test", ["test_batch"])):
+        rows = {"img": [], "label": []}
+        for name in names:
+            data, labels = cifar[name]
+            rows["img"] += [Image.fromarray(x.reshape(3, 32, 32).transpose(1, 2, 0)) for x in data]
+            rows["label"] += [int(y) for y in labels]
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(
+            str(hub_cifar / f"{split}-00000-of-00001.parquet"))
+    manifest = dl.load_manifest()
+    manifest["hf"]["text"].update(repo=str(imdb), config=None, rows={"train": 20, "test": 5})
+    manifest["hf"]["image"].update(repo=str(hub_cifar), config=None,
+                                   rows={"train": 100, "test": 20})
+    return manifest, cifar
+
+
+def test_hf_source_writes_the_loaders_layouts(tmp_path):
+    from helpers import loaded
+
+    from lra.download.hf import download_hf
+    from lra.tasks.image import SCIFAR
+    from lra.tasks.text import Text
+
+    manifest, cifar = hf_manifest(tmp_path)
+    lines = []
+    placed = download_hf(["text", "scifar"], tmp_path / "data", manifest, say=lines.append)
+    assert placed == {"text": tmp_path / "data/imdb",
+                      "image": tmp_path / "data/cifar-10-batches-py"}
+    for name, (data, labels) in cifar.items():  # the release's pixels and labels, batch by batch
+        with open(placed["image"] / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        assert np.array_equal(batch[b"data"], data) and batch[b"labels"] == labels.tolist()
+    assert dl.marker(placed["image"])["origin"].startswith("hf:")
+    assert (tmp_path / "data/.downloads/hf").is_dir()  # datasets' cache stays under the root
+    write_aclimdb(tmp_path / "acl")
+    hub, acl = loaded(Text, tmp_path / "data"), loaded(Text, tmp_path / "acl")
+    assert hub.protocol["source"] == "parquet" and hub.fingerprint == acl.fingerprint
+    image = loaded(SCIFAR, tmp_path / "data", val_size=10)
+    assert len(image.splits["test"]) == 20
+    again = []
+    download_hf(["image"], tmp_path / "data", manifest, say=again.append)
+    assert again == [f"image: already in {placed['image']}, nothing to do"]
+
+
+def test_hf_source_checks_sizes_and_refuses_other_tasks(tmp_path):
+    from lra.download.hf import download_hf
+
+    manifest, _ = hf_manifest(tmp_path)
+    manifest["hf"]["text"]["rows"]["train"] = 25000
+    with pytest.raises(UserError, match="train 20 rows, expected 25,000"):
+        download_hf(["text"], tmp_path / "data", manifest)
+    assert [p.name for p in (tmp_path / "data").iterdir()] == [".downloads"]  # the hub's cache
+    with pytest.raises(UserError, match="no copy of sc10.*image, scifar, text"):
+        download_hf(["text", "sc10"], tmp_path / "data", manifest)
+
+
+def test_the_command_takes_the_hub_source(tmp_path, monkeypatch, capsys):
+    manifest, _ = hf_manifest(tmp_path)
+    (tmp_path / "sources.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("LRA_SOURCES", str(tmp_path / "sources.json"))
+    monkeypatch.setenv("LRA_CACHE", str(tmp_path / "cache"))
+    main(["data", "download", "text", "--source", "hf", "--data-dir", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert "text: placed in" in out and "text: prepared cache" in out and "source parquet" in out
+
+
+def test_ctrl_c_in_the_command_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dl, "download", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "download", "listops", "--data-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "download interrupted" in err and "run the same command again to continue" in err
