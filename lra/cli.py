@@ -383,9 +383,35 @@ def verify_command(args):
         raise SystemExit(1)
 
 
+def download_command(args):
+    """`lra data download TASK... | all`: fetch, check and unpack each task's data, then print
+    what `lra data info` prints for each."""
+    from lra.download import download, load_manifest
+
+    manifest = load_manifest()
+    root = Path(args.data_dir or os.environ.get("LRA_DATA", "data"))
+    try:
+        if args.source == "hf":
+            from lra.download.hf import download_hf
+
+            download_hf(args.tasks, root, manifest)
+        else:
+            download(args.tasks, root, manifest=manifest, mirror=args.mirror,
+                     archive_file=args.archive, verify=not args.no_verify)
+    except KeyboardInterrupt:
+        raise UserError("download interrupted: what was fetched is kept (<file>.part under "
+                        f"{root / '.downloads'}) and nothing half-unpacked was placed; run the "
+                        "same command again to continue") from None
+    tasks = list(manifest["tasks"]) if "all" in args.tasks else args.tasks
+    for task in tasks:
+        info_command(argparse.Namespace(task=task, overrides=[], data_dir=str(root),
+                                        action="info"))
+        print()
+
+
 def data_command(args):
     actions = {"generate": generate_command, "prepare": prepare_command, "info": info_command,
-               "verify": verify_command}
+               "verify": verify_command, "download": download_command}
     actions[args.action](args)
 
 
@@ -481,6 +507,18 @@ def _data_options(p):
         cmd.add_argument("overrides", nargs=argparse.REMAINDER,
                          help="task options, e.g. task.max_len=1000")
         cmd.add_argument("--data-dir", help="data root (default: $LRA_DATA or ./data)")
+    down = actions.add_parser("download", help="fetch, check and unpack tasks' data from their "
+                                               "official sources (lra/download/sources.json)")
+    down.add_argument("tasks", nargs="+", metavar="TASK", help="tasks, or all")
+    down.add_argument("--data-dir", help="data root (default: $LRA_DATA or ./data)")
+    down.add_argument("--mirror", metavar="URL",
+                      help="fetch each archive from URL/<its file name> (default: $LRA_MIRROR)")
+    down.add_argument("--from", dest="archive", metavar="FILE",
+                      help="unpack this archive, fetched elsewhere, instead of downloading")
+    down.add_argument("--no-verify", action="store_true",
+                      help="skip checksums and content counts (recorded beside the data)")
+    down.add_argument("--source", choices=["archive", "hf"], default="archive",
+                      help="hf: text, image and scifar from the Hugging Face hub (datasets)")
 
 
 @dataclass(frozen=True)
@@ -512,7 +550,8 @@ COMMANDS = {
         ("generate listops", "generate ListOps (or pathfinder, pathx) in the released format"),
         ("prepare listops", "read and tokenise a task's files once into its Arrow cache"),
         ("info listops", "sizes, lengths, label balance and sources of a prepared task"),
-        ("verify listops", "check every cached file of a task against its checksum")),
+        ("verify listops", "check every cached file of a task against its checksum"),
+        ("download listops", "fetch a task's data (or all) from its official source, checked")),
         _data_options),
     "bench": Command(bench_command, (
         ("layers", "forward+backward time and memory of each model's block, as JSON"),
