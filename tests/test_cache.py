@@ -21,7 +21,7 @@ from writers import (
     write_speech_release,
 )
 
-from lra import train
+from lra import download, train
 from lra.tasks import cache
 from lra.tasks.image import SCIFAR, Image
 from lra.tasks.listops import ListOps
@@ -134,6 +134,18 @@ def test_a_changed_config_or_changed_files_make_a_new_cache(lra, tmp_path, build
         f.write("( ( ( [MIN 4 ) 6 ) ] )\t4\r\n")
     assert len(prepared(tmp_path / "d").splits["test"]) == 4
     assert len(keys(tmp_path / "d")) == 3 and builds == ["listops"] * 3
+
+
+def test_data_placed_without_verification_carries_that_in_its_fingerprint(tmp_path, builds):
+    """`lra data download --no-verify` leaves a marker in the folder it places; the cache key and
+    the fingerprint every run records then differ from those of the same, verified files."""
+    folder = write_listops_release(tmp_path)
+    verified = prepared(tmp_path).fingerprint
+    (folder / download.MARKER).write_text(json.dumps({"verified": False}))
+    unverified = prepared(tmp_path).fingerprint
+    assert unverified == f"unverified-{verified}" and len(keys(tmp_path)) == 2
+    (folder / download.MARKER).write_text(json.dumps({"verified": True}))
+    assert prepared(tmp_path).fingerprint == verified and builds == ["listops"] * 2
 
 
 def test_a_cache_of_another_version_is_rebuilt_with_a_warning(tmp_path, builds, monkeypatch):

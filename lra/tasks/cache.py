@@ -24,7 +24,8 @@ blocks, streamed: about a second per GB, see `checksum`), and every split opens 
 recorded rows; anything else (a build cut short, a deleted split, a truncated file, same-size
 garbage or altered labels, another version's cache) is rebuilt with a warning saying why. So
 the data fingerprint a run records (sha256 of the raw bytes the loader read, and how it
-tokenised them) always describes the content it trained on. `lra data verify TASK` checks
+tokenised them) always describes the content it trained on; files that `lra data download
+--no-verify` placed give it the prefix `unverified-`. `lra data verify TASK` checks
 every file and reports what it found without rebuilding. A build is
 written into a temporary folder and renamed into place, so a crash never leaves a half cache
 under the final name (the temporary folder of a killed build is removed by the next build on
@@ -46,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lra import download
 from lra.errors import UserError
 from lra.results import now, process_alive, write_json_atomic
 from lra.tasks.base import DataError, SequenceDataset, majority_rate
@@ -84,7 +86,23 @@ def source_summary(data_root, files):
         total += stat.st_size
     parents = {os.path.dirname(os.fspath(p)) for p in files}
     folder = os.path.commonpath(sorted(parents)) if parents else str(data_root)
-    return {"folder": folder, "files": len(files), "bytes": total, "signature": digest.hexdigest()}
+    verified = not any(unverified(parent) for parent in parents)
+    if not verified:
+        digest.update(b"placed by lra data download --no-verify\n")
+    return {"folder": folder, "files": len(files), "bytes": total, "signature": digest.hexdigest(),
+            "verified": verified}
+
+
+def unverified(folder):
+    """Whether `lra data download --no-verify` placed `folder` (its marker says so)."""
+    note = download.marker(folder)
+    return bool(note) and note.get("verified") is False
+
+
+def fingerprint_of(data, sources):
+    """The data fingerprint a run records: the loader's, marked when the files were placed
+    without their checksums checked (`lra data download --no-verify`)."""
+    return data.fingerprint if sources.get("verified", True) else f"unverified-{data.fingerprint}"
 
 
 def checksum(path):
@@ -335,7 +353,8 @@ def build(data, folder, key, sources):
             "options": {name: getattr(data, name) for name in data.data_options},
             "lra_version": _lra_version(), "built_at": now(),
             "build_seconds": round(time.perf_counter() - started, 2),
-            "fingerprint": data.fingerprint, "protocol": data.protocol, "sources": sources,
+            "fingerprint": fingerprint_of(data, sources), "protocol": data.protocol,
+            "sources": sources,
             "splits": entries})
         _publish(building, folder, key)
     finally:
