@@ -112,12 +112,14 @@ def why_not_triton(family, tensor, unsupported=None):
     return None
 
 
-def choose(family, tensor, probe=None, variant=None, unsupported=None):
+def choose(family, tensor, probe=None, variant=None, unsupported=None,
+           reference="the PyTorch reference"):
     """"triton" or "reference" for this call, recorded in RAN, warning once where a GPU falls back.
 
     probe: a function that runs the kernel and the reference on small inputs like this call's and
     raises (AssertionError for a mismatch) where the kernel cannot be trusted; it runs once per
-    (family, dtype, variant) in a process, on GPU calls that are not forced.
+    (family, dtype, variant) in a process, on GPU calls that are not forced. reference: what the
+    fallback runs, for the warning.
     """
     reason = why_not_triton(family, tensor, unsupported)
     if reason is None and probe is not None and forced() is None and on_gpu(tensor):
@@ -132,7 +134,7 @@ def choose(family, tensor, probe=None, variant=None, unsupported=None):
     if on_gpu(tensor) and forced() is None and (family, reason) not in _warned:
         _warned.add((family, reason))
         warnings.warn(f"{family}: the Triton kernel is not used on this GPU ({reason}); "
-                      "running the PyTorch reference from now on", RuntimeWarning, stacklevel=3)
+                      f"running {reference} from now on", RuntimeWarning, stacklevel=3)
     return "reference"
 
 
@@ -151,10 +153,34 @@ def check_probe(got, want, tol, what="output"):
     """Raise AssertionError where the kernel's tensors differ from the reference's by more than tol
     (relative error in the max norm)."""
     for i, (a, b) in enumerate(zip(got, want)):
-        a, b = a.detach().double(), b.detach().double()
+        a, b = (torch.view_as_real(t.detach().resolve_conj()) if t.is_complex() else t.detach()
+                for t in (a, b))
+        a, b = a.double(), b.double()
         err = float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
         if not err <= tol:  # catches NaN too
             raise AssertionError(f"{what} {i}: relative error {err:.2e} above {tol:.0e}")
+
+
+def probe_pair(kernel, reference, inputs, tol, what):
+    """Run kernel(*inputs) and reference(*inputs) (float16/bfloat16 upcast to float32), forward and
+    backward for one fixed cotangent, and `check_probe` the output and every input gradient."""
+    results = []
+    for fn in (kernel, reference):
+        leaves = []
+        for t in inputs:
+            if fn is reference and t.dtype in (torch.float16, torch.bfloat16):
+                t = t.float()
+            wants_grad = t.is_floating_point() or t.is_complex()
+            leaves.append(t.detach().clone().requires_grad_(wants_grad))
+        out = fn(*leaves)
+        g = torch.randn(out.shape, dtype=out.dtype if out.is_complex() else torch.float32,
+                        generator=torch.Generator().manual_seed(1)).to(out.device, out.dtype)
+        wrt = [t for t in leaves if t.requires_grad]
+        grads = torch.autograd.grad(out, wrt, g, allow_unused=True)
+        results.append([out, *grads])
+    got, want = results
+    pairs = [(a, b) for a, b in zip(got, want) if a is not None and b is not None]
+    check_probe(*zip(*pairs), tol, what) if pairs else None
 
 
 def fp32_dot_precision(tensor):
@@ -175,6 +201,18 @@ def fp32_dot_precision(tensor):
         return "tf32" if matmul.allow_tf32 and tensor.is_cuda else "ieee"
     except (RuntimeError, AttributeError):
         return "ieee"
+
+
+def ran():
+    """A copy of RAN for a result record: {family: {"path": ..., "reason": ...}}."""
+    return {family: dict(entry) for family, entry in RAN.items()}
+
+
+def reset():
+    """Forget what ran, was probed and was warned about, as in a new process (for tests)."""
+    RAN.clear()
+    _probed.clear()
+    _warned.clear()
 
 
 def ran_table():

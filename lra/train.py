@@ -34,6 +34,7 @@ import lra.config
 from lra import loggers, registry, results
 from lra.checkpoints import AtomicCheckpointIO
 from lra.errors import Diverged, UserError
+from lra.kernels.dispatch import ran as kernels_ran
 from lra.lit import Classifier
 from lra.plugins import config_options
 from lra.resume import last_attempt, open_run
@@ -397,7 +398,8 @@ def _outcome(err) -> tuple[str, str]:
 
 
 def _finish(record, path, started, **fields):
-    record.update(ended_at=results.now(), wall_time_s=time.perf_counter() - started, **fields)
+    record.update(ended_at=results.now(), wall_time_s=time.perf_counter() - started,
+                  kernels=kernels_ran(), **fields)  # what each kernel family ran, and why
     results.write_json_atomic(path, record)
     loggers.finish(record)
 
