@@ -183,24 +183,25 @@ def probe_pair(kernel, reference, inputs, tol, what):
     check_probe(*zip(*pairs), tol, what) if pairs else None
 
 
-def fp32_dot_precision(tensor):
-    """tl.dot's input precision for float32 inputs, chosen once per call (save it for backward).
-
-    ROCm: "ieee" (its backend rejects tf32 and tf32x3). Else torch's setting:
-    `torch.backends.cuda.matmul.fp32_precision` when set ("tf32" or "ieee"), otherwise
-    `torch.backends.cuda.matmul.allow_tf32`; reading them never raises (mixing the two APIs makes
-    the older one raise; then "ieee").
-    """
-    if is_hip():
-        return "ieee"
+def torch_allows_tf32():
+    """Whether torch lets float32 matmuls round to TF32: `torch.backends.cuda.matmul.fp32_precision`
+    when set ("tf32" or "ieee"), otherwise `torch.backends.cuda.matmul.allow_tf32`. Never raises
+    (torch raises on the older flag once the two APIs were mixed; then False)."""
     matmul = torch.backends.cuda.matmul
     try:
         chosen = getattr(matmul, "fp32_precision", "none")
         if chosen in ("tf32", "ieee"):
-            return chosen
-        return "tf32" if matmul.allow_tf32 and tensor.is_cuda else "ieee"
+            return chosen == "tf32"
+        return bool(matmul.allow_tf32)
     except (RuntimeError, AttributeError):
-        return "ieee"
+        return False
+
+
+def fp32_dot_precision():
+    """tl.dot's input precision for float32 inputs where IEEE is the exact choice: "tf32" where
+    torch allows TF32, else "ieee" (always on ROCm, whose backend rejects tf32 and tf32x3).
+    Kernels read it once per call and save it for their backward."""
+    return "tf32" if torch_allows_tf32() and not is_hip() else "ieee"
 
 
 def ran():

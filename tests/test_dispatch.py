@@ -50,16 +50,26 @@ def test_forcing_triton_where_it_cannot_run_says_why(monkeypatch):
 
 # --- failing safe on a GPU, simulated on a CPU ---------------------------------------------------
 
+def on_device(t):
+    """t on the GPU where there is one, else on the CPU that the `gpu` fixture passes for one."""
+    import torch
+
+    return t.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @pytest.fixture
 def gpu(monkeypatch):
-    """CPU tensors taken for an sm_90 GPU's (Triton runs them under its interpreter), LRA_KERNELS
-    unset, and a dispatch that has probed and warned about nothing yet."""
+    """An sm_90 GPU: the real one, or CPU tensors taken for a GPU's (Triton runs them under its
+    interpreter); LRA_KERNELS unset, and a dispatch that has probed and warned about nothing yet."""
     pytest.importorskip("triton", reason="Triton is installed on Linux x86_64 only")
+    import torch
+
     from lra.kernels import dispatch
 
     monkeypatch.delenv("LRA_KERNELS", raising=False)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(dispatch, "on_gpu", lambda tensor: True)
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.setattr(dispatch, "on_gpu", lambda tensor: True)
     monkeypatch.setattr(dispatch, "capability", lambda tensor: (9, 0))
     monkeypatch.setattr(dispatch, "is_hip", lambda: False)
     dispatch.reset()
@@ -75,7 +85,7 @@ def test_bfloat16_before_sm80_takes_the_reference_with_one_warning(gpu, monkeypa
     import torch
 
     monkeypatch.setattr(gpu, "capability", lambda tensor: (7, 5))
-    x = torch.zeros(4, dtype=torch.bfloat16)
+    x = on_device(torch.zeros(4, dtype=torch.bfloat16))
     with pytest.warns(RuntimeWarning) as record:
         assert gpu.choose("toy", x) == "reference"
         assert gpu.choose("toy", x) == "reference"
@@ -105,7 +115,7 @@ def test_a_failing_first_launch_warns_once_and_the_family_keeps_the_reference(gp
             raise CompilationError("src", None, "bad tile")
         gpu.check_probe([torch.ones(3)], [torch.ones(3) * 1.1], 1e-3, "toy output")
 
-    x = torch.zeros(3)
+    x = on_device(torch.zeros(3))
     with pytest.warns(RuntimeWarning) as record:
         paths = [gpu.choose("toy", x, probe=probe) for _ in range(3)]
     assert paths == ["reference"] * 3 and calls == [1]  # probed once, warned once
@@ -123,7 +133,7 @@ def test_a_passing_probe_runs_triton_and_a_forced_kernel_is_never_probed(gpu, mo
     import torch
 
     calls = []
-    x = torch.zeros(3)
+    x = on_device(torch.zeros(3))
     assert gpu.choose("toy", x, probe=lambda: calls.append(1)) == "triton"
     assert gpu.choose("toy", x, probe=lambda: calls.append(1)) == "triton"
     assert calls == [1] and gpu.RAN["toy"] == {"path": "triton", "reason": None}
@@ -144,8 +154,8 @@ def test_a_family_whose_kernel_fails_gives_the_reference_result(gpu, monkeypatch
         raise OutOfResources(81920, 65536, "shared memory")
 
     monkeypatch.setattr(kernels, "cauchy_triton", broken)
-    v = torch.complex(torch.randn(2, 3), torch.randn(2, 3))
-    z = torch.exp(2j * torch.pi * torch.arange(8) / 8).to(torch.complex64)
+    v = on_device(torch.complex(torch.randn(2, 3), torch.randn(2, 3)))
+    z = on_device(torch.exp(2j * torch.pi * torch.arange(8) / 8).to(torch.complex64))
     with pytest.warns(RuntimeWarning, match="cauchy: .*OutOfResources"):
         r = cauchy(v, z, -v.abs() + 0j, conj=True)
     assert torch.equal(r, cauchy_chunked(v, z, -v.abs() + 0j))
@@ -160,8 +170,8 @@ def test_a_kernel_that_computes_wrong_numbers_is_caught_by_the_probe(gpu, monkey
 
     real = kernels.vandermonde_triton
     monkeypatch.setattr(kernels, "vandermonde_triton", lambda *a: real(*a) * 1.01)
-    C = torch.complex(torch.randn(2, 3), torch.randn(2, 3))
-    dtA = torch.complex(-0.1 * torch.ones(2, 3), torch.randn(2, 3))
+    C = on_device(torch.complex(torch.randn(2, 3), torch.randn(2, 3)))
+    dtA = on_device(torch.complex(-0.1 * torch.ones(2, 3), torch.randn(2, 3)))
     with pytest.warns(RuntimeWarning, match="vandermonde: .*probe differs from the reference"):
         K = vandermonde(C, dtA, 20)
     assert torch.equal(K, vandermonde_reference(C, dtA, 20))
@@ -178,7 +188,7 @@ def test_the_real_kernels_pass_their_probes(gpu):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        lines = survey("cpu", dtypes=(torch.float32,))
+        lines = survey(on_device(torch.zeros(1)).device, dtypes=(torch.float32,))
     families = {line.split()[0]: line.split()[1] for line in lines[1:]}
     assert families == dict.fromkeys(["additive_recurrence", "attention", "cauchy",
                                       "selective_scan", "vandermonde"], "triton"), lines
@@ -192,7 +202,8 @@ def test_without_triton_a_gpu_scan_warns_once_that_it_loops_per_step(gpu, monkey
 
     monkeypatch.setattr(gpu, "triton_installed", lambda: False)
     x = torch.rand(1, 2, 10)
-    args = (x, x, -torch.ones(2, 4), torch.randn(1, 4, 10), torch.randn(1, 4, 10), torch.ones(2))
+    args = [on_device(t) for t in (x, x, -torch.ones(2, 4), torch.randn(1, 4, 10),
+                                   torch.randn(1, 4, 10), torch.ones(2))]
     with pytest.warns(RuntimeWarning) as record:
         y = selective_scan(*args)
         selective_scan(*args)
@@ -207,7 +218,7 @@ def test_a_head_dim_above_the_kernels_goes_to_sdpa(gpu, monkeypatch):
 
     from lra.kernels.attention import attention, attention_sdpa
 
-    q = torch.randn(1, 2, 9, 160)
+    q = on_device(torch.randn(1, 2, 9, 160))
     with pytest.warns(RuntimeWarning, match="head dim 160 is above the kernels' 128"):
         o = attention(q, q, q)
     assert torch.equal(o, attention_sdpa(q, q, q))
@@ -218,29 +229,38 @@ def test_a_head_dim_above_the_kernels_goes_to_sdpa(gpu, monkeypatch):
 def test_rocm_takes_ieee_dots(gpu, monkeypatch):
     import torch
 
+    from lra.kernels.additive_recurrence import triton_common
+
     monkeypatch.setattr(gpu, "is_hip", lambda: True)
-    assert gpu.fp32_dot_precision(torch.zeros(1)) == "ieee"
-    assert gpu.choose("toy", torch.zeros(1, dtype=torch.bfloat16)) == "triton"  # no sm_ rule
+    monkeypatch.setattr(triton_common, "is_hip", lambda: True)
+    assert gpu.fp32_dot_precision() == "ieee"
+    assert {triton_common.dot_precision(t) for t in (torch.float32, torch.bfloat16)} == {"ieee"}
+    bf16 = on_device(torch.zeros(1, dtype=torch.bfloat16))
+    assert gpu.choose("toy", bf16) == "triton"  # no sm_ rule
 
 
-def test_fp32_dot_precision_honours_both_torch_apis_and_never_raises(monkeypatch):
+def test_dot_precision_honours_both_torch_apis_and_never_raises(monkeypatch):
     import types
 
     import torch
 
+    from lra.kernels.additive_recurrence.triton_common import dot_precision
     from lra.kernels.dispatch import fp32_dot_precision
 
-    cuda = types.SimpleNamespace(is_cuda=True)
+    def both():
+        return fp32_dot_precision(), dot_precision(torch.float32)
+
     matmul = types.SimpleNamespace(fp32_precision="none", allow_tf32=True)
     monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
-    assert fp32_dot_precision(cuda) == "tf32"
+    assert both() == ("tf32", "tf32")
     matmul.allow_tf32 = False
-    assert fp32_dot_precision(cuda) == "ieee"
+    assert both() == ("ieee", "tf32x3")
     matmul.fp32_precision = "tf32"
-    assert fp32_dot_precision(cuda) == "tf32"
+    assert both() == ("tf32", "tf32")
     matmul.fp32_precision = "ieee"
     matmul.allow_tf32 = True
-    assert fp32_dot_precision(cuda) == "ieee"
+    assert both() == ("ieee", "tf32x3")
+    assert dot_precision(torch.bfloat16) == "tf32"
 
     class Mixed:  # torch raises on allow_tf32 once the two APIs were mixed
         fp32_precision = "none"
@@ -250,7 +270,7 @@ def test_fp32_dot_precision_honours_both_torch_apis_and_never_raises(monkeypatch
             raise RuntimeError("mix of the legacy and new APIs")
 
     monkeypatch.setattr(torch.backends.cuda, "matmul", Mixed())
-    assert fp32_dot_precision(cuda) == "ieee"
+    assert both() == ("ieee", "tf32x3")
 
 
 def test_attention_reads_the_dot_precision_once_per_call(triton_device, monkeypatch):
@@ -260,7 +280,7 @@ def test_attention_reads_the_dot_precision_once_per_call(triton_device, monkeypa
     import lra.kernels.attention.triton as kernels
 
     reads = []
-    monkeypatch.setattr(kernels, "fp32_dot_precision", lambda t: reads.append(1) or "ieee")
+    monkeypatch.setattr(kernels, "fp32_dot_precision", lambda: reads.append(1) or "ieee")
     q = torch.randn(1, 1, 20, 16, device=triton_device, requires_grad=True)
     kernels.attention_triton(q, q, q).sum().backward()
     assert reads == [1] and q.grad.isfinite().all()

@@ -362,7 +362,7 @@ def _launch_options(q):
     """Constexprs every kernel shares: the padded head dim and the dot precision (chosen here, once
     per call, and saved for the backward)."""
     d = q.shape[-1]
-    precision = fp32_dot_precision(q) if q.dtype == torch.float32 else (
+    precision = fp32_dot_precision() if q.dtype == torch.float32 else (
         "ieee" if is_hip() else "tf32")
     return dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), PRECISION=precision)
 
