@@ -139,9 +139,15 @@ def choose(family, tensor, probe=None, variant=None, unsupported=None,
 
 
 def _failure(probe):
-    """None where the probe passes, else the reason in one line."""
+    """None where the probe passes, else the reason in one line.
+
+    The first call may come from validation (inference mode, no grad) or under autocast: the
+    probe runs with gradients on and autocast off, whatever the caller's mode.
+    """
     try:
-        probe()
+        with (torch.inference_mode(False), torch.enable_grad(),
+              torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False)):
+            probe()
     except AssertionError as err:
         return f"the probe differs from the reference: {err}"
     except Exception as err:  # compile errors, OutOfResources, launch errors: all mean don't trust

@@ -178,8 +178,9 @@ def test_a_kernel_that_computes_wrong_numbers_is_caught_by_the_probe(gpu, monkey
 
 
 def test_the_real_kernels_pass_their_probes(gpu):
-    """Each family's probe under the interpreter: Triton stays chosen, no warning (float32 only:
-    bfloat16 loads are wrong under the interpreter, which the attention probe duly catches)."""
+    """Each family's probe: Triton stays chosen, no warning, even when the first call comes from
+    validation (inference mode) under autocast. Under the interpreter float32 only: bfloat16 loads
+    are wrong there, which the attention probe duly catches."""
     import warnings
 
     import torch
@@ -188,7 +189,9 @@ def test_the_real_kernels_pass_their_probes(gpu):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        lines = survey(on_device(torch.zeros(1)).device, dtypes=(torch.float32,))
+        device = on_device(torch.zeros(1)).device
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            lines = survey(device, dtypes=(torch.float32,))
     families = {line.split()[0]: line.split()[1] for line in lines[1:]}
     assert families == dict.fromkeys(["additive_recurrence", "attention", "cauchy",
                                       "selective_scan", "vandermonde"], "triton"), lines
