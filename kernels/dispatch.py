@@ -24,6 +24,8 @@ import warnings
 import torch
 
 CHOICES = ("reference", "triton")
+NAMES = {"additive_recurrence": "the additive recurrence", "cauchy": "the S4 Cauchy product",
+         "selective_scan": "the selective scan", "vandermonde": "the S4D Vandermonde product"}
 RAN = {}  # family -> {"path": "triton" | "reference", "reason": str | None}
 _probed = {}  # (family, dtype, variant) -> None (the kernel passed) or why it failed
 _warned = set()  # (family, reason) pairs already warned about
@@ -77,7 +79,8 @@ def use_triton(family, tensor):
                if not triton_installed()
                else f"the tensors are on {tensor.device.type}, and Triton runs on CUDA or, on a "
                     "CPU, only under TRITON_INTERPRET=1")
-        raise RuntimeError(f"LRA_KERNELS=triton asks for the Triton kernel of {family}, but {why}; "
+        raise RuntimeError(f"LRA_KERNELS=triton asks for the Triton kernel of "
+                           f"{NAMES.get(family, family)}, but {why}; "
                            "unset LRA_KERNELS or set LRA_KERNELS=reference.")
     return runnable and (choice == "triton" or on_gpu(tensor))
 

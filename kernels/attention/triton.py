@@ -89,7 +89,7 @@ def _dropout_scale(seed, bh, rows, keys, L, dropout_p):
     return tl.where(keep, 1.0 / (1.0 - dropout_p), 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new seed each step: one compile
 def _keep_mask(KEEP, seed, dropout_p, L, BLOCK: tl.constexpr):
     """KEEP (B*H, L, L) int8: 1 where the kernels keep weight (row, key), 0 where they drop it."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -149,7 +149,7 @@ def _key_range(start_m, n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL:
     return full, end
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new seed each step: one compile
 def _fwd(Q, K, V, O, LSE, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, H, L, qk_scale,
          seed, dropout_p, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
          BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
@@ -232,7 +232,7 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols, lo, hi,
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new seed each step: one compile
 def _dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
           sdob, sdoh, sdol, H, L, qk_scale, sm_scale, seed, dropout_p, HEAD_DIM: tl.constexpr,
           BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -304,7 +304,7 @@ def _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, lo, hi, n, qk_
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new seed each step: one compile
 def _dq(Q, K, V, DO, DQ, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
         sdob, sdoh, sdol, H, L, qk_scale, sm_scale, seed, dropout_p,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
