@@ -334,7 +334,7 @@ def _dq(Q, K, V, DO, DQ, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb,
     _store_tile(DQ + bh * L * HEAD_DIM, dq * sm_scale, rows, cols, L, HEAD_DIM)
 
 
-def _configs(d, dtype):
+def _configs(d, dtype, dropout=False):
     """Tile sizes and launch options of the forward, dk/dv and dq kernels for head dim d, dtype.
 
     Under the interpreter: small tiles, with BLOCK_M != BLOCK_N so the tests cover uneven ones. On a
@@ -352,8 +352,10 @@ def _configs(d, dtype):
         return {"fwd": dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2),
                 "dkdv": dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2),
                 "dq": dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2)}
-    warps = 8 if d > 64 else 4
-    return {"fwd": dict(BLOCK_M=128, BLOCK_N=64, num_warps=warps, num_stages=3),
+    # Philox for dropout holds more per thread: 8 warps share the forward and dq tiles then
+    warps = 8 if d > 64 or dropout else 4
+    return {"fwd": dict(BLOCK_M=128, BLOCK_N=64 if d <= 64 or not dropout else 32,
+                        num_warps=warps, num_stages=3),
             "dkdv": dict(BLOCK_M=32, BLOCK_N=128 if d <= 64 else 64, num_warps=8, num_stages=3),
             "dq": dict(BLOCK_M=128 if d <= 64 else 64, BLOCK_N=32, num_warps=warps, num_stages=3)}
 
@@ -376,7 +378,7 @@ class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, n, causal, dropout_p, seed):
         B, H, L, d = q.shape
-        cfg, opts = _configs(d, q.dtype), _launch_options(q)
+        cfg, opts = _configs(d, q.dtype, dropout_p > 0), _launch_options(q)
         sm_scale = 1 / math.sqrt(d)
         o = torch.empty(B, H, L, d, device=q.device, dtype=q.dtype)
         # base-2 log-sum-exp per query
@@ -393,7 +395,7 @@ class _FlashAttention(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, o, lse, n = ctx.saved_tensors
         B, H, L, d = q.shape
-        cfg, opts = _configs(d, q.dtype), ctx.opts
+        cfg, opts = _configs(d, q.dtype, ctx.dropout_p > 0), ctx.opts
         sm_scale = 1 / math.sqrt(d)
         if do.stride(-1) != 1:
             do = do.contiguous()
