@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu.sh tests    # pytest -m "kernels or gpu" on CUDA, then the model tests
 #   bash benchmarks/gpu.sh bench    # lra bench layers|kernels|train --device cuda
 #   bash benchmarks/gpu.sh train    # full ListOps generated, then S4D's recipe for 9 minutes
+#   bash benchmarks/gpu.sh flash    # attention/dispatch/flash tests on CUDA, lra doctor --kernels,
+#                                   # then flash/listops (dropout 0.1) for 5 minutes on our kernel
 #
 # The machine has torch, triton, lightning, pandas, pyarrow and pytest but no network: the rest
 # comes from wheels/ (git-ignored; carry it), fetched beforehand on a machine with pip access by
@@ -14,7 +16,7 @@
 # to $OUT, which the device tool brings back; commit it from there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?"which stage: check, tests, bench or train"}
+stage=${1:?"which stage: check, tests, bench, train or flash"}
 export WANDB_MODE=disabled TRITON_INTERPRET=0
 
 python benchmarks/install_wheels.py wheels
@@ -52,8 +54,23 @@ PY
     python -m lra data generate listops --workers "$(nproc)"
     python -m lra train experiment=s4d/listops trainer.max_time=00:00:09:00 trainer.progress=false
     ;;
+  flash)
+    python -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py tests/test_dispatch.py \
+        tests/test_flash.py
+    python -m lra doctor --kernels
+    python -m lra data generate listops --workers "$(nproc)"
+    python -m lra train experiment=flash/listops trainer.max_time=00:00:05:00 trainer.progress=false
+    python - <<'PY'
+import json, pathlib
+path = max(pathlib.Path("leaderboard/runs/listops/flash").glob("*.json"),
+           key=lambda p: p.stat().st_mtime)
+record = json.loads(path.read_text())
+print(path, record["status"], record["metrics"].get("test_acc"), record.get("kernels"))
+assert record["kernels"]["attention"]["path"] == "triton", "flash/listops did not train on our kernel"
+PY
+    ;;
   *)
-    echo "unknown stage $stage: check, tests, bench or train" >&2
+    echo "unknown stage $stage: check, tests, bench, train or flash" >&2
     exit 2
     ;;
 esac

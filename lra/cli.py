@@ -199,8 +199,15 @@ def list_command(args):
 
 
 def doctor_command(args):
-    """List every result file the leaderboard cannot use, and why, and every stale run."""
+    """List every result file the leaderboard cannot use, and why, and every stale run; with
+    --kernels, what each kernel family runs on this machine instead."""
     import warnings
+
+    if args.kernels:
+        from lra.kernels.survey import survey
+
+        print("\n".join(survey()))
+        return
 
     from lra.leaderboard import load_runs
 
@@ -429,6 +436,8 @@ def _list_options(p):
 
 def _doctor_options(p):
     p.add_argument("--runs", default="leaderboard/runs", help="folder of result files")
+    p.add_argument("--kernels", action="store_true",
+                   help="run each kernel family once here: Triton, or the reference and why")
 
 
 def _bench_options(p):
@@ -468,6 +477,8 @@ def _bench_options(p):
 
 def _leaderboard_options(p):
     p.add_argument("--runs", default="leaderboard/runs", help="folder of result files")
+    p.add_argument("--kernels", action="store_true",
+                   help="run each kernel family once here: Triton, or the reference and why")
     p.add_argument("--out",
                    help="where the files go (default: leaderboard; with a filter: print only)")
     p.add_argument("--published", metavar="PATH",
@@ -563,7 +574,9 @@ COMMANDS = {
         ("report FILE...", "bench JSON as Markdown tables, with the issue's H100 targets "
                            "checked")), _bench_options),
     "doctor": Command(doctor_command, (
-        ("", "list result files the leaderboard cannot use, and why"),), _doctor_options),
+        ("", "list result files the leaderboard cannot use, and why"),
+        ("--kernels", "what each kernel family runs on this machine: triton, or reference and "
+                      "why")), _doctor_options),
     "pretrain": Command(pretrain_command, (
         ("[overrides]", "self-pretraining on the task's training inputs; then lra train "
                         "init_from=RUN"),)),

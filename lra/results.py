@@ -112,6 +112,7 @@ class Record(TypedDict):
     backbone_params: NotRequired[int]  # completed runs: the backbone's alone (size budget, ⚑)
     checkpoint: NotRequired[str]  # pretrain runs: the best checkpoint (absolute), for init_from
     result_path: NotRequired[str]  # this file; in records returned in memory, never on disk
+    kernels: NotRequired[dict]  # family -> {path: triton|reference, reason} (lra.kernels.dispatch)
 
 
 # --- reading back: what a usable record is ------------------------------------------------

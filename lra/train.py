@@ -58,6 +58,7 @@ import lra.config
 from lra import loggers, registry, results
 from lra.checkpoints import AtomicCheckpointIO
 from lra.errors import Diverged, UserError
+from lra.kernels.dispatch import ran as kernels_ran
 from lra.lit import Classifier
 from lra.plugins import config_options
 from lra.resume import discard, last_attempt, open_run
@@ -486,7 +487,8 @@ def _finish(record, path, started, **fields):
         record["attempts"][-1].update(ended_at=ended, status=fields["status"],
                                       error=fields.get("error"), wall_time_s=wall)
         wall = sum(attempt["wall_time_s"] or 0.0 for attempt in record["attempts"])
-    record.update(ended_at=ended, wall_time_s=wall, **fields)
+    # kernels: what each kernel family ran, and why
+    record.update(ended_at=ended, wall_time_s=wall, kernels=kernels_ran(), **fields)
     if record.get("run_dir"):
         loggers.merge_earlier(record["run_dir"])
     results.write_json_atomic(path, record)

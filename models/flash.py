@@ -10,8 +10,10 @@ Same model, same weights, same outputs: pre-norm blocks
 but softmax(Q K^T / sqrt(d_head)) V goes through `lra.kernels.attention.attention`, which
 walks the keys in blocks of `block_size` with an online softmax (running max m, running
 sum l, o = acc / l) and stops each row's key loop at its length, read from the mask (padding
-is at the end). On CUDA that is our Triton kernel (kernels/attention_triton.py), elsewhere
-torch's SDPA with a boolean mask; `LRA_KERNELS=reference` runs the blockwise algorithm itself.
+is at the end). On CUDA that is our Triton kernel (kernels/attention/triton.py), attention dropout
+included (a Philox stream the backward regenerates), elsewhere torch's SDPA with a boolean mask;
+a GPU the kernel fails on falls back to SDPA with one warning (lra.kernels.dispatch), and
+`LRA_KERNELS=reference` runs the blockwise algorithm itself.
 A state dict moves between `flash` and `transformer` as is, and both draw the same initial
 weights from the same seed.
 

@@ -130,3 +130,27 @@ def test_bad_options_and_masks_fail_clearly():
     mask = torch.tensor([[True, False, True]])
     with pytest.raises(ValueError, match="padding at the end"):
         Flash(d_model=16, n_layers=1)(torch.randn(1, 3, 16), mask)
+
+
+def test_flash_trains_on_the_triton_kernel_with_dropout(triton_device, monkeypatch):
+    """LRA_KERNELS=triton: every dropout_p goes to our kernel; the torch seed reproduces a step."""
+    import lra.kernels.attention.triton as kernels
+
+    seen = []
+    real = kernels.attention_triton
+    monkeypatch.setattr(kernels, "attention_triton",
+                        lambda *a, **kw: seen.append(a[5]) or real(*a, **kw))
+    x, mask = padded_batch([20, 9], 20, 16)
+    x, mask = x.float().to(triton_device), mask.to(triton_device)
+    grads = []
+    for seed in (0, 0):
+        torch.manual_seed(0)
+        model = Flash(d_model=16, n_layers=1, dropout=0.5).to(triton_device).train()
+        torch.manual_seed(seed)
+        y = model(x, mask)
+        y[mask].square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert seen == [0.5, 0.5] and grads[0].isfinite().all()
+    assert torch.equal(grads[0], grads[1])
+    with torch.no_grad():
+        assert rel_err(y, model.eval()(x, mask)) > 1e-2  # dropout did act

@@ -22,15 +22,19 @@ def forward_and_grads(fn, q, k, v, g):
     return [o.detach(), *torch.autograd.grad((o * g).sum(), (q, k, v))]
 
 
-def compare(q, k, v, lengths, causal, tol, reference_inputs=None):
-    """The Triton kernels against the fp32 reference (on reference_inputs if given): o, dq, dk, dv
-    by relative error."""
-    from lra.kernels.attention.triton import attention_triton
+def compare(q, k, v, lengths, causal, tol, reference_inputs=None, dropout_p=0.0, seed=0):
+    """The Triton kernels against the fp32 reference (on reference_inputs if given; with dropout,
+    given the kernels' keep-mask for `seed`): o, dq, dk, dv by relative error."""
+    from lra.kernels.attention.triton import attention_triton, dropout_keep_mask
 
     g = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q.device, q.dtype)
-    got = forward_and_grads(lambda *a: attention_triton(*a, lengths, causal), q, k, v, g)
+    got = forward_and_grads(lambda *a: attention_triton(*a, lengths, causal, dropout_p, seed),
+                            q, k, v, g)
+    B, H, L, _ = q.shape
+    keep = dropout_keep_mask(seed, B, H, L, dropout_p, q.device) if dropout_p else None
     ref = [t.detach().float().requires_grad_() for t in reference_inputs or (q, k, v)]
-    want = forward_and_grads(lambda *a: attention_reference(*a, lengths, causal), *ref, g.float())
+    want = forward_and_grads(lambda *a: attention_reference(*a, lengths, causal, keep, dropout_p),
+                             *ref, g.float())
     for what, a, b in zip(["o", "dq", "dk", "dv"], got, want):
         assert torch.isfinite(a).all(), f"{what} is not finite"
         err = rel_err(a, b)
@@ -95,10 +99,11 @@ def test_dispatch_takes_the_triton_path_when_forced(triton_device, monkeypatch):
     o = attention(q, k, v, lengths, causal=True)
     assert calls == [1]
     assert rel_err(o, attention_reference(q, k, v, lengths, causal=True)) < 1e-5
-    attention(q, k, v, lengths, dropout_p=0.5)  # no dropout in the kernels: SDPA runs
+    attention(q, k, v, lengths, dropout_p=0.5)  # dropout runs in the kernels too
+    assert calls == [1, 1]
     monkeypatch.setenv("LRA_KERNELS", "reference")
     attention(q, k, v, lengths)
-    assert calls == [1]
+    assert calls == [1, 1]
 
 
 def test_flash_model_is_the_same_with_triton_and_reference(triton_device, monkeypatch):
@@ -146,12 +151,64 @@ def test_padding_queries_get_zeros_and_give_nothing(causal, triton_device):
         assert (o[i, :, n:] == 0).all() and (dq[i, :, n:] == 0).all()
 
 
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_gpu_tiles_compute_the_same(dtype, triton_device, monkeypatch):
-    """The tiles picked for a GPU, not the interpreter's small ones, give the same results."""
+def test_gpu_tiles_compute_the_same(dtype, dropout_p, triton_device, monkeypatch):
+    """The tiles picked for a GPU (dropout has its own), not the interpreter's small ones, give the
+    same results."""
     import lra.kernels.attention.triton as kernels
 
     monkeypatch.setattr(kernels, "interpreting", lambda: False)
     q, k, v = qkv(3, 200, 64, triton_device, dtype)
     compare(q, k, v, torch.tensor([200, 130, 1]), causal=True,
-            tol=1e-5 if dtype == torch.float32 else 5e-3)
+            tol=1e-5 if dtype == torch.float32 else 5e-3, dropout_p=dropout_p, seed=4)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("B", [1, 3])
+def test_dropout_forward_and_backward_use_one_mask(B, causal, triton_device):
+    """With dropout the kernels equal the reference given their keep-mask, forward and backward,
+    on an odd length with padding (and batch 1 without)."""
+    q, k, v = qkv(B, 37, 16, triton_device)
+    lengths = None if B == 1 else torch.tensor([37, 20, 0])
+    o, dq, dk, dv = compare(q, k, v, lengths, causal, 1e-5, dropout_p=0.3, seed=11)
+    if lengths is not None:  # padding stays zero
+        assert (o[1, :, 20:] == 0).all() and (dk[1, :, 20:] == 0).all()
+        assert all((t[2] == 0).all() for t in (o, dq, dk, dv))
+
+
+def test_dropout_zero_gives_the_kernel_without_dropout(triton_device):
+    from lra.kernels.attention.triton import attention_triton
+
+    q, k, v = qkv(2, 37, 16, triton_device)
+    lengths = torch.tensor([37, 9])
+    without = forward_and_grads(lambda *a: attention_triton(*a, lengths, True), q, k, v, q)
+    zero = forward_and_grads(lambda *a: attention_triton(*a, lengths, True, 0.0, 123), q, k, v, q)
+    assert all(torch.equal(a, b) for a, b in zip(without, zero))
+
+
+def test_dropout_keeps_one_minus_p_and_the_seed_reproduces_it(triton_device):
+    from lra.kernels.attention.triton import dropout_keep_mask
+
+    B, H, L, p = 2, 2, 128, 0.3
+    keep = dropout_keep_mask(5, B, H, L, p, triton_device)
+    share = keep.float().mean().item()
+    sigma = (p * (1 - p) / keep.numel()) ** 0.5
+    assert abs(share - (1 - p)) < 5 * sigma, f"kept {share:.4f}, expected {1 - p} +- {sigma:.4f}"
+    # no stripes: every batch-head and every query row keeps about the same share
+    assert keep.float().mean((2, 3)).sub(1 - p).abs().max() < 0.02
+    assert torch.equal(keep, dropout_keep_mask(5, B, H, L, p, triton_device))
+    other = dropout_keep_mask(6, B, H, L, p, triton_device)
+    assert (keep != other).float().mean() > 0.3  # about 2 p (1 - p) = 0.42 of them differ
+    # each (batch-head) gets its own stream
+    assert (keep[0, 0] != keep[1, 1]).any()
+
+
+def test_the_same_torch_seed_reproduces_dropout_and_another_differs(triton_device):
+    q, k, v = qkv(2, 37, 16, triton_device)
+    outputs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        outputs.append(attention(q, k, v, torch.tensor([37, 30]), dropout_p=0.2).detach())
+    assert torch.equal(outputs[0], outputs[1])
+    assert not torch.equal(outputs[0], outputs[2])

@@ -34,11 +34,13 @@ from lra.kernels.additive_recurrence.reference import (
     additive_causal_step,
     additive_noncausal_reference,
 )
-from lra.kernels.dispatch import forced, use_triton
+from lra.kernels.dispatch import choose, probe_pair
 
 __all__ = ["additive_recurrence", "additive_causal_chunked", "additive_causal_quadratic",
            "additive_causal_reference", "additive_causal_step", "additive_noncausal_reference",
            "logcumsumexp"]
+
+FAMILY = "additive_recurrence"
 
 
 def additive_recurrence(q, k, v, mask=None, causal=False, gain=None):
@@ -48,11 +50,12 @@ def additive_recurrence(q, k, v, mask=None, causal=False, gain=None):
     the non-causal form, output 0, so the kernels skip them). In the causal form pads only
     follow real tokens, so they never reach them; their keys are still set to weight 0.
     Triton runs on CUDA tensors of float32 / float16 / bfloat16 (`LRA_KERNELS=reference|triton`
-    forces a path; see lra.kernels.dispatch). float64 stays in PyTorch unless Triton is forced
-    (then the kernel refuses it: it computes in float32).
+    forces a path; see lra.kernels.dispatch, which also falls back where the kernels fail). float64
+    stays in PyTorch unless Triton is forced (then the kernel refuses it: it computes in float32).
     """
-    on_triton = use_triton("the additive recurrence", q) and (
-        q.dtype != torch.float64 or forced() == "triton")
+    unsupported = "float64 (the kernels compute in float32)" if q.dtype == torch.float64 else None
+    on_triton = choose(FAMILY, q, probe=lambda: probe(q, causal), variant=causal,
+                       unsupported=unsupported) == "triton"
     if not causal:
         if on_triton:
             from lra.kernels.additive_recurrence.triton_noncausal import additive_noncausal_triton
@@ -66,3 +69,21 @@ def additive_recurrence(q, k, v, mask=None, causal=False, gain=None):
 
         return additive_causal_triton(q, k, v, gain)
     return additive_causal_chunked(q, k, v, gain=gain)
+
+
+def probe(like, causal, B=1, H=2, L=40, d=8):
+    """The kernels against the references on small inputs of `like`'s dtype and device."""
+    from lra.kernels.additive_recurrence.triton_causal import additive_causal_triton
+    from lra.kernels.additive_recurrence.triton_noncausal import additive_noncausal_triton
+
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(B, H, L, d, generator=g).to(like.device, like.dtype) for _ in range(3)]
+    tol = 1e-3 if like.dtype == torch.float32 else 3e-2
+    if causal:
+        probe_pair(lambda q, k, v: additive_causal_triton(q, k, v, None),
+                   lambda q, k, v: additive_causal_chunked(q, k, v), inputs, tol,
+                   "causal additive recurrence (o, dq, dk, dv)")
+    else:
+        probe_pair(lambda q, k, v: additive_noncausal_triton(q, k, v, None, None),
+                   lambda q, k, v: additive_noncausal_reference(q, k, v, None, None), inputs, tol,
+                   "non-causal additive recurrence (o, dq, dk, dv)")

@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lra.kernels.dispatch import is_hip, torch_allows_tf32
+
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # float32's lowest: a key of weight 0, never -inf (no inf - inf)
 NEG = tl.constexpr(-3.4028234663852886e38)
@@ -30,8 +32,17 @@ def load_tile(x, rows, cols, L, D):
 
 
 def dot_precision(dtype):
-    """tl.dot's precision for an input dtype: TF32x3 (about float32's accuracy) for float32."""
-    return "tf32x3" if dtype == torch.float32 else "tf32"
+    """tl.dot's precision for an input dtype, to read once per call and keep for the backward.
+
+    float32: "tf32" where torch allows TF32 (`torch.backends.cuda.matmul.fp32_precision` when
+    set, else `allow_tf32`), else TF32x3 (about float32's accuracy). ROCm: "ieee" for every dtype,
+    the only precision its backend accepts. Other dtypes: "tf32" (their dots ignore it).
+    """
+    if is_hip():
+        return "ieee"
+    if dtype != torch.float32:
+        return "tf32"
+    return "tf32" if torch_allows_tf32() else "tf32x3"
 
 
 def check_inputs(q, k, v, gain, mask=None):

@@ -11,7 +11,7 @@ reviews fill about a third of Text's 4096 positions, so about a ninth of the sco
     reference.py  attention_reference: the (L, L) scores written out (the math; the test oracle)
     chunked.py    attention_chunked: FlashAttention's online softmax over key blocks, in PyTorch
     sdpa.py       attention_sdpa: torch's scaled_dot_product_attention with a boolean mask
-    triton.py     attention_triton: the FlashAttention-2 kernels, forward and backward
+    triton.py     attention_triton: the FlashAttention-2 kernels, forward and backward, dropout too
 
     import torch
     from lra.kernels.attention import attention
@@ -23,27 +23,63 @@ import torch
 from lra.kernels.attention.chunked import attention_chunked
 from lra.kernels.attention.reference import attention_reference
 from lra.kernels.attention.sdpa import attention_sdpa
-from lra.kernels.dispatch import forced, use_triton
+from lra.kernels.dispatch import check_probe, choose, forced
 
 __all__ = ["attention", "attention_chunked", "attention_reference", "attention_sdpa"]
 
+FAMILY = "attention"
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 128  # the kernels' (lra.kernels.attention.triton.MAX_HEAD_DIM)
+PROBE_TOLERANCE = {torch.float32: 2e-3, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
 
 def attention(q, k, v, lengths=None, causal=False, block_size=64, dropout_p=0.0):
     """Softmax attention over each row's first `lengths` keys, (B, heads, L, d) -> same.
 
-    CUDA tensors go to the Triton FlashAttention kernels (`attention_triton`, which picks its own
-    tiles; block_size is the chunked path's), other devices to SDPA with a boolean mask.
-    `LRA_KERNELS=reference` runs `attention_chunked`, the algorithm those kernels implement;
-    `LRA_KERNELS=triton` forces the kernels (on a CPU under TRITON_INTERPRET=1, else an error).
-    The kernels have no dropout and take fp16, bf16 and fp32: with dropout_p > 0, or float64,
-    SDPA runs, even under `LRA_KERNELS=triton`.
+    CUDA tensors go to the Triton FlashAttention kernels (`attention_triton`, dropout included,
+    which pick their own tiles; block_size is the chunked path's), other devices to SDPA with a
+    boolean mask. `LRA_KERNELS=reference` runs `attention_chunked`, the algorithm those kernels
+    implement; `LRA_KERNELS=triton` forces the kernels (on a CPU under TRITON_INTERPRET=1, else an
+    error). What the kernels do not take goes to SDPA, even under `LRA_KERNELS=triton`: float64,
+    head dims above 128. A GPU the kernels fail on falls back to SDPA (lra.kernels.dispatch).
     """
     if forced() == "reference":
+        choose(FAMILY, q)
         return attention_chunked(q, k, v, lengths, causal, block_size, dropout_p)
-    if dropout_p == 0 and q.dtype in TRITON_DTYPES and use_triton("attention", q):
+    d = q.shape[-1]
+    unsupported = None
+    if q.dtype not in TRITON_DTYPES:
+        unsupported = f"{q.dtype} (the kernels take float16, bfloat16, float32)"
+    elif d > MAX_HEAD_DIM:
+        unsupported = f"head dim {d} is above the kernels' {MAX_HEAD_DIM}"
+    if unsupported and forced() == "triton":
+        return attention_sdpa(q, k, v, lengths, causal, dropout_p)
+    path = choose(FAMILY, q, probe=lambda: probe(q, causal, dropout_p),
+                  variant=(d, causal, dropout_p > 0), unsupported=unsupported)
+    if path == "triton":
         from lra.kernels.attention.triton import attention_triton  # imports triton: only here
 
-        return attention_triton(q, k, v, lengths, causal)
+        return attention_triton(q, k, v, lengths, causal, dropout_p)
     return attention_sdpa(q, k, v, lengths, causal, dropout_p)
+
+
+def probe(like, causal, dropout_p, L=80):
+    """Run the kernels on small inputs of `like`'s head dim, dtype and device, forward and backward,
+    against the fp32 reference (given the kernels' dropout mask); raise where they differ."""
+    from lra.kernels.attention.triton import attention_triton, dropout_keep_mask
+
+    g = torch.Generator().manual_seed(0)
+    B, H, d = 2, 2, like.shape[-1]
+    q, k, v, do = (torch.randn(B, H, L, d, generator=g).to(like.device, like.dtype)
+                   for _ in range(4))
+    lengths = torch.tensor([L, L - 29], device=like.device)
+    keep = dropout_keep_mask(7, B, H, L, dropout_p, like.device) if dropout_p > 0 else None
+    results = []
+    for run, dtype in ((lambda *a: attention_triton(*a, lengths, causal, dropout_p, seed=7),
+                        like.dtype),
+                       (lambda *a: attention_reference(*a, lengths, causal, keep, dropout_p),
+                        torch.float32)):
+        inputs = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        o = run(*inputs)
+        results.append([o, *torch.autograd.grad(o, inputs, do.to(dtype))])
+    check_probe(*results, PROBE_TOLERANCE[like.dtype], "attention (o, dq, dk, dv)")

@@ -20,10 +20,12 @@ def real_queries(n, L):
     return (torch.arange(L, device=n.device) < n[:, None])[:, None, :, None]
 
 
-def attention_reference(q, k, v, lengths=None, causal=False):
+def attention_reference(q, k, v, lengths=None, causal=False, keep=None, dropout_p=0.0):
     """Plain softmax(q k^T / sqrt(d)) v with the (B, heads, L, L) scores written out.
 
     q, k, v: (B, heads, L, d); lengths: (B,) real keys per row (padding at the end) or None.
+    keep: a (B, heads, L, L) dropout mask, True where a weight is kept; the kept weights are scaled
+    by 1 / (1 - dropout_p) (the Triton kernel's dropout, given its mask).
     """
     L, d = q.shape[2:]
     n = key_lengths(lengths, q)
@@ -35,4 +37,7 @@ def attention_reference(q, k, v, lengths=None, causal=False):
     s = (q @ k.transpose(-2, -1)) / d**0.5  # (B, h, L, L)
     s = s.masked_fill(~allowed, float("-inf"))
     s = torch.where(has_key, s, 0.0)  # an empty row softmaxes zeros, not -inf, then is zeroed
-    return (s.softmax(-1) * has_key) @ v * real_queries(n, L)  # (B, h, L, d)
+    weights = s.softmax(-1) * has_key  # (B, h, L, L)
+    if keep is not None:
+        weights = weights * keep / (1 - dropout_p)
+    return weights @ v * real_queries(n, L)  # (B, h, L, d)

@@ -1,4 +1,5 @@
-"""Attention by torch's scaled_dot_product_attention: the dispatch's path off CUDA and for dropout.
+"""Attention by torch's scaled_dot_product_attention: the dispatch's path off CUDA and wherever the
+Triton kernels cannot serve (float64, head dims above 128, a GPU they fail on).
 
 A boolean mask allows each row's first n keys (and, causal, keys j <= i); queries past n get zeros,
 as in `attention_reference`.

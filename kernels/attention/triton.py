@@ -29,9 +29,12 @@ Queries past n_b are padding: their outputs are zeros and lse = +inf, so the bac
 P = 0; query blocks wholly past n_b visit no key, and key blocks go over query blocks up to n_b
 only. Key blocks past n_b visit no query and write zero dk, dv; the padded keys of a row's last
 block write zeros too.
+Dropout multiplies the weights that meet v by Z_ij = keep_ij / (1 - p), keep_ij drawn by Philox
+from (seed, batch x head, i, j); l and lse stay undropped, so o_i = sum_j P_ij Z_ij v_j, and the
+backward regenerates Z: dv_j = sum_i P_ij Z_ij dO_i, dS_ij = P_ij (Z_ij dO_i . v_j - D_i), where
+D_i = dO_i . o_i still holds.
 Softmax statistics and accumulators are fp32; tl.dot takes the input dtype (float16, bfloat16,
-float32). Dropout is not implemented here: `lra.kernels.attention.attention` keeps its other paths
-for dropout_p > 0.
+float32; float32 dots in TF32 or IEEE as torch's matmul setting says, chosen once per call).
 
     import torch
     from lra.kernels.attention.triton import attention_triton
@@ -44,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lra.kernels.dispatch import interpreting
+from lra.kernels.dispatch import fp32_dot_precision, interpreting, is_hip
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128
@@ -78,12 +81,35 @@ def _store_tile(ptr, tile, rows, cols, n_rows, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, lo, hi, n, qk_scale,
-                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+def _dropout_scale(seed, bh, rows, keys, L, dropout_p):
+    """keep / (1 - p) for the weights (rows, keys) of batch-head bh: Philox of (seed, counter),
+    counter = (bh L + row) L + key in int64, so the backward regenerates the forward's mask."""
+    counter = (bh * L + rows.to(tl.int64)) * L + keys.to(tl.int64)
+    keep = tl.rand(seed, counter) >= dropout_p
+    return tl.where(keep, 1.0 / (1.0 - dropout_p), 0.0)
+
+
+@triton.jit(do_not_specialize=["seed"])  # a new seed each step: one compile
+def _keep_mask(KEEP, seed, dropout_p, L, BLOCK: tl.constexpr):
+    """KEEP (B*H, L, L) int8: 1 where the kernels keep weight (row, key), 0 where they drop it."""
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    keys = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    bh = tl.program_id(2).to(tl.int64)
+    scale = _dropout_scale(seed, bh, rows[:, None], keys[None, :], L, dropout_p)
+    inside = (rows[:, None] < L) & (keys[None, :] < L)
+    tl.store(KEEP + (bh * L + rows[:, None]) * L + keys[None, :], (scale > 0).to(tl.int8),
+             mask=inside)
+
+
+@triton.jit
+def _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, lo, hi, n, qk_scale, bh, L, seed,
+                dropout_p, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+                DROPOUT: tl.constexpr):
     """The online-softmax update over key blocks [lo, hi).
 
-    MASKED hides keys >= n (and, causal, keys > query).
+    MASKED hides keys >= n (and, causal, keys > query); DROPOUT scales the weights that multiply v
+    by keep / (1 - p), leaving l whole.
     """
     for start_n in range(lo, hi, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
@@ -102,6 +128,8 @@ def _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, lo, hi, n, qk_scale,
         p = tl.exp2(s - m_new[:, None])
         l = l * alpha + tl.sum(p, 1)
         v = _load_tile(V, keys, cols, svl, n, HEAD_DIM, BLOCK_D, MASKED)
+        if DROPOUT:
+            p = p * _dropout_scale(seed, bh, rows[:, None], keys[None, :], L, dropout_p)
         # (BLOCK_M, BLOCK_D)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
@@ -121,10 +149,11 @@ def _key_range(start_m, n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL:
     return full, end
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new seed each step: one compile
 def _fwd(Q, K, V, O, LSE, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, H, L, qk_scale,
-         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-         BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+         seed, dropout_p, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+         BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+         DROPOUT: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
@@ -139,10 +168,12 @@ def _fwd(Q, K, V, O, LSE, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, 
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     full, end = _key_range(start_m, n, BLOCK_M, BLOCK_N, CAUSAL)
-    m, l, acc = _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, 0, full, n, qk_scale,
-                            HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, PRECISION)
-    m, l, acc = _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, full, end, n, qk_scale,
-                            HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, PRECISION)
+    m, l, acc = _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, 0, full, n, qk_scale, bh,
+                            L, seed, dropout_p, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL,
+                            PRECISION, DROPOUT)
+    m, l, acc = _fwd_blocks(q, m, l, acc, K, V, skl, svl, rows, cols, full, end, n, qk_scale, bh,
+                            L, seed, dropout_p, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL,
+                            PRECISION, DROPOUT)
     has_key = (l > 0) & (rows < n)  # False for padding queries and when n = 0
     l = tl.where(has_key, l, 1.0)
     o = tl.where(has_key[:, None], acc / l[:, None], 0.0)
@@ -166,11 +197,13 @@ def _delta(O, DO, DELTA, sdob, sdoh, sdol, H, L,
 
 @triton.jit
 def _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols, lo, hi, L, qk_scale,
-                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+                 bh, seed, dropout_p, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                 BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                 PRECISION: tl.constexpr, DROPOUT: tl.constexpr):
     """Add query blocks [lo, hi) to one key block's dk, dv.
 
-    MASKED checks query rows < L (and, causal, j <= i).
+    MASKED checks query rows < L (and, causal, j <= i). With dropout Z = keep / (1 - p):
+    dv_j = sum_i P_ij Z_ij dO_i and dS_ij = P_ij (Z_ij dO_i . v_j - D_i).
     """
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
@@ -187,18 +220,23 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols, lo, hi,
         if MASKED:
             if CAUSAL:
                 p_t = tl.where(keys[:, None] <= rows[None, :], p_t, 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
+        if DROPOUT:
+            z_t = _dropout_scale(seed, bh, rows[None, :], keys[:, None], L, dropout_p)
+            dv += tl.dot((p_t * z_t).to(do.dtype), do, input_precision=PRECISION)
+            dp_t = dp_t * z_t
+        else:
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
         ds_t = p_t * (dp_t - delta[None, :])
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new seed each step: one compile
 def _dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
-          sdob, sdoh, sdol, H, L, qk_scale, sm_scale, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-          PRECISION: tl.constexpr):
+          sdob, sdoh, sdol, H, L, qk_scale, sm_scale, seed, dropout_p, HEAD_DIM: tl.constexpr,
+          BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+          CAUSAL: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
@@ -225,22 +263,24 @@ def _dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl
         mid = tl.cdiv(start_n + BLOCK_N - 1, BLOCK_M) * BLOCK_M
     l_full = (last // BLOCK_M) * BLOCK_M
     dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols, lo,
-                          tl.minimum(mid, last), L, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, True,
-                          CAUSAL, PRECISION)
+                          tl.minimum(mid, last), L, qk_scale, bh, seed, dropout_p, HEAD_DIM,
+                          BLOCK_D, BLOCK_M, True, CAUSAL, PRECISION, DROPOUT)
     dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols, mid, l_full, L,
-                          qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, False, CAUSAL, PRECISION)
+                          qk_scale, bh, seed, dropout_p, HEAD_DIM, BLOCK_D, BLOCK_M, False,
+                          CAUSAL, PRECISION, DROPOUT)
     dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, sql, sdol, keys, cols,
-                          tl.maximum(mid, l_full), last, L, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M,
-                          True, CAUSAL, PRECISION)
+                          tl.maximum(mid, l_full), last, L, qk_scale, bh, seed, dropout_p,
+                          HEAD_DIM, BLOCK_D, BLOCK_M, True, CAUSAL, PRECISION, DROPOUT)
     real = keys[:, None] < n  # the padded keys of the last block computed garbage rows: write zeros
     _store_tile(DK + bh * L * HEAD_DIM, tl.where(real, dk * sm_scale, 0.0), keys, cols, L, HEAD_DIM)
     _store_tile(DV + bh * L * HEAD_DIM, tl.where(real, dv, 0.0), keys, cols, L, HEAD_DIM)
 
 
 @triton.jit
-def _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, lo, hi, n, qk_scale,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-               MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+def _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, lo, hi, n, qk_scale, bh, L,
+               seed, dropout_p, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               PRECISION: tl.constexpr, DROPOUT: tl.constexpr):
     """Add key blocks [lo, hi) to one query block's dq.
 
     MASKED hides keys >= n (and, causal, keys > query).
@@ -257,16 +297,18 @@ def _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, lo, hi, n, qk_
                 allowed = allowed & (keys[None, :] <= rows[:, None])
             p = tl.where(allowed, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        if DROPOUT:
+            dp = dp * _dropout_scale(seed, bh, rows[:, None], keys[None, :], L, dropout_p)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)  # (BLOCK_M, BLOCK_D)
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new seed each step: one compile
 def _dq(Q, K, V, DO, DQ, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
-        sdob, sdoh, sdol, H, L, qk_scale, sm_scale,
+        sdob, sdoh, sdol, H, L, qk_scale, sm_scale, seed, dropout_p,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+        CAUSAL: tl.constexpr, PRECISION: tl.constexpr, DROPOUT: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
@@ -283,14 +325,16 @@ def _dq(Q, K, V, DO, DQ, LSE, DELTA, LENGTHS, sqb, sqh, sql, skb, skh, skl, svb,
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     # the same key blocks as the forward
     full, end = _key_range(start_m, n, BLOCK_M, BLOCK_N, CAUSAL)
-    dq = _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, 0, full, n, qk_scale,
-                    HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, PRECISION)
-    dq = _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, full, end, n, qk_scale,
-                    HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, PRECISION)
+    dq = _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, 0, full, n, qk_scale, bh,
+                    L, seed, dropout_p, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, PRECISION,
+                    DROPOUT)
+    dq = _dq_blocks(dq, q, do, lse, delta, K, V, skl, svl, rows, cols, full, end, n, qk_scale, bh,
+                    L, seed, dropout_p, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, PRECISION,
+                    DROPOUT)
     _store_tile(DQ + bh * L * HEAD_DIM, dq * sm_scale, rows, cols, L, HEAD_DIM)
 
 
-def _configs(d, dtype):
+def _configs(d, dtype, dropout=False):
     """Tile sizes and launch options of the forward, dk/dv and dq kernels for head dim d, dtype.
 
     Under the interpreter: small tiles, with BLOCK_M != BLOCK_N so the tests cover uneven ones. On a
@@ -308,18 +352,21 @@ def _configs(d, dtype):
         return {"fwd": dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2),
                 "dkdv": dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2),
                 "dq": dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2)}
-    warps = 8 if d > 64 else 4
-    return {"fwd": dict(BLOCK_M=128, BLOCK_N=64, num_warps=warps, num_stages=3),
+    # Philox for dropout holds more per thread: 8 warps share the forward and dq tiles then
+    warps = 8 if d > 64 or dropout else 4
+    return {"fwd": dict(BLOCK_M=128, BLOCK_N=64 if d <= 64 or not dropout else 32,
+                        num_warps=warps, num_stages=3),
             "dkdv": dict(BLOCK_M=32, BLOCK_N=128 if d <= 64 else 64, num_warps=8, num_stages=3),
             "dq": dict(BLOCK_M=128 if d <= 64 else 64, BLOCK_N=32, num_warps=warps, num_stages=3)}
 
 
 def _launch_options(q):
-    """Constexprs every kernel shares: the padded head dim and the dot precision."""
+    """Constexprs every kernel shares: the padded head dim and the dot precision (chosen here, once
+    per call, and saved for the backward)."""
     d = q.shape[-1]
-    tf32 = q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and q.is_cuda
-    return dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
-                PRECISION="tf32" if tf32 or q.dtype != torch.float32 else "ieee")
+    precision = fp32_dot_precision() if q.dtype == torch.float32 else (
+        "ieee" if is_hip() else "tf32")
+    return dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), PRECISION=precision)
 
 
 def _rows(t):
@@ -329,25 +376,26 @@ def _rows(t):
 
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, n, causal):
+    def forward(ctx, q, k, v, n, causal, dropout_p, seed):
         B, H, L, d = q.shape
-        cfg, opts = _configs(d, q.dtype), _launch_options(q)
+        cfg, opts = _configs(d, q.dtype, dropout_p > 0), _launch_options(q)
         sm_scale = 1 / math.sqrt(d)
         o = torch.empty(B, H, L, d, device=q.device, dtype=q.dtype)
         # base-2 log-sum-exp per query
         lse = torch.empty(B * H, L, device=q.device, dtype=torch.float32)
         grid = (triton.cdiv(L, cfg["fwd"]["BLOCK_M"]), B * H)
         _fwd[grid](q, k, v, o, lse, n, *_rows(q), *_rows(k), *_rows(v), H, L,
-                   sm_scale * math.log2(math.e), CAUSAL=causal, **opts, **cfg["fwd"])
+                   sm_scale * math.log2(math.e), seed, dropout_p, CAUSAL=causal,
+                   DROPOUT=dropout_p > 0, **opts, **cfg["fwd"])
         ctx.save_for_backward(q, k, v, o, lse, n)
-        ctx.causal = causal
+        ctx.causal, ctx.dropout_p, ctx.seed, ctx.opts = causal, dropout_p, seed, opts
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, n = ctx.saved_tensors
         B, H, L, d = q.shape
-        cfg, opts = _configs(d, q.dtype), _launch_options(q)
+        cfg, opts = _configs(d, q.dtype, ctx.dropout_p > 0), ctx.opts
         sm_scale = 1 / math.sqrt(d)
         if do.stride(-1) != 1:
             do = do.contiguous()
@@ -356,20 +404,39 @@ class _FlashAttention(torch.autograd.Function):
                                             BLOCK_D=opts["BLOCK_D"], BLOCK_M=64)
         dq, dk, dv = (torch.empty(B, H, L, d, device=q.device, dtype=q.dtype) for _ in range(3))
         args = (*_rows(q), *_rows(k), *_rows(v), *_rows(do), H, L, sm_scale * math.log2(math.e),
-                sm_scale)
+                sm_scale, ctx.seed, ctx.dropout_p)
+        flags = dict(CAUSAL=ctx.causal, DROPOUT=ctx.dropout_p > 0, **opts)
         grid = (triton.cdiv(L, cfg["dkdv"]["BLOCK_N"]), B * H)
-        _dkdv[grid](q, k, v, do, dk, dv, lse, delta, n, *args, CAUSAL=ctx.causal, **opts,
-                    **cfg["dkdv"])
+        _dkdv[grid](q, k, v, do, dk, dv, lse, delta, n, *args, **flags, **cfg["dkdv"])
         grid = (triton.cdiv(L, cfg["dq"]["BLOCK_M"]), B * H)
-        _dq[grid](q, k, v, do, dq, lse, delta, n, *args, CAUSAL=ctx.causal, **opts, **cfg["dq"])
-        return dq, dk, dv, None, None
+        _dq[grid](q, k, v, do, dq, lse, delta, n, *args, **flags, **cfg["dq"])
+        return dq, dk, dv, None, None, None, None
 
 
-def attention_triton(q, k, v, lengths=None, causal=False):
+def draw_seed():
+    """A dropout seed from torch's default generator, so torch.manual_seed reproduces it."""
+    return int(torch.randint(2**31 - 1, ()).item())
+
+
+def dropout_keep_mask(seed, B, H, L, dropout_p, device):
+    """(B, H, L, L) bool: True where the kernels keep attention weight (query, key) for `seed`.
+
+    The same Philox stream the forward and backward kernels draw; for tests and for the probe.
+    """
+    keep = torch.empty(B * H, L, L, device=device, dtype=torch.int8)
+    block = 32
+    grid = (triton.cdiv(L, block), triton.cdiv(L, block), B * H)
+    _keep_mask[grid](keep, seed, float(dropout_p), L, BLOCK=block)
+    return keep.view(B, H, L, L).bool()
+
+
+def attention_triton(q, k, v, lengths=None, causal=False, dropout_p=0.0, seed=None):
     """Softmax attention over each row's first `lengths` keys by the Triton kernels.
 
     q, k, v: (B, heads, L, d) -> o of the same shape. lengths: (B,) real keys per row (padding at
-    the end) or None for all L; dropout is not supported.
+    the end) or None for all L. dropout_p drops each weight with probability p and scales the rest
+    by 1 / (1 - p), from a Philox stream keyed on (seed, batch x head, query, key) that the
+    backward regenerates (no mask is stored); seed None draws one from torch's generator.
     """
     if not (q.dim() == 4 and q.shape == k.shape == v.shape):
         raise ValueError(f"q, k, v must share one (B, heads, L, d) shape, got {tuple(q.shape)}, "
@@ -381,8 +448,11 @@ def attention_triton(q, k, v, lengths=None, causal=False):
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"the Triton attention kernel takes head dims up to {MAX_HEAD_DIM}, "
                          f"got {q.shape[-1]}; use more heads or set LRA_KERNELS=reference")
+    if not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p={dropout_p} must lie in [0, 1)")
     B, _, L, _ = q.shape
     n = torch.full((B,), L, device=q.device) if lengths is None else torch.as_tensor(lengths)
     n = n.to(device=q.device, dtype=torch.int32).clamp(0, L)  # (B,) real keys per row
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    return _FlashAttention.apply(q, k, v, n, causal)
+    seed = (draw_seed() if seed is None else int(seed)) if dropout_p > 0 else 0
+    return _FlashAttention.apply(q, k, v, n, causal, float(dropout_p), seed)
