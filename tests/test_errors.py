@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, load_results
+from helpers import PUBLISHED
 
 from lra import checks
-
-PUBLISHED = Path(__file__).parents[1] / "leaderboard" / "published.csv"
 
 
 def one_paragraph(result, code):
