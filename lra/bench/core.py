@@ -214,3 +214,45 @@ def minimal_s4d(d_model, d_state):
             return self.out(nn.functional.gelu(y + u * self.D[:, None]))
 
     return MinimalS4D()
+
+
+# every recipe task's sequence length and documents per example (two for retrieval's pairs)
+RECIPE_LENGTHS = {"listops": (2000, 1), "text": (4096, 1), "retrieval": (4000, 2),
+                  "image": (1024, 1), "pathfinder": (1024, 1), "pathx": (16384, 1),
+                  "sc10": (16000, 1), "sc35": (16000, 1), "scifar": (1024, 1)}
+
+
+@dataclass
+class Recipe:
+    """One experiment's training shape: conf/experiment/<model>/<task>.yaml over the model's and
+    the task's defaults. rows = batch x documents per example; model: the backbone's options."""
+
+    name: str
+    task: str
+    rows: int
+    length: int
+    model: dict
+
+
+def recipes(model):
+    """The recipes of `model` (conf/experiment/<model>/*.yaml), in file-name order."""
+    from omegaconf import OmegaConf
+
+    import lra.conf
+
+    root = Path(lra.conf.__file__).parent
+    out = []
+    for path in sorted((root / "experiment" / model).glob("*.yaml")):
+        task = path.stem
+        spec = OmegaConf.load(path)
+        options = OmegaConf.merge(OmegaConf.load(root / "model" / f"{model}.yaml"),
+                                  spec.get("model", {}))
+        task_conf = OmegaConf.merge(OmegaConf.load(root / "task" / f"{task}.yaml"),
+                                    spec.get("task", {}))
+        length, docs = RECIPE_LENGTHS[task]
+        if "resolution" in task_conf:
+            length = task_conf.resolution ** 2
+        length = min(length, task_conf.get("max_len", length))
+        out.append(Recipe(f"{model}/{task}", task, task_conf.batch_size * docs, length,
+                          OmegaConf.to_container(options)))
+    return out
