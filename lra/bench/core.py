@@ -41,8 +41,8 @@ PEAKS = {"H200": (4.8e12, 989e12), "H100 SXM": (3.35e12, 989e12)}  # HBM bytes/s
 
 @dataclass
 class Shape:
-    """One task's shape: batch rows (documents), length, key padding, device and the
-    low-precision dtype of the kernels."""
+    """One task's shape: batch rows (documents), length, key padding, device, the low-precision
+    dtype of the kernels and the recipe's model options."""
 
     task: str
     batch: int
@@ -50,6 +50,7 @@ class Shape:
     padded: bool
     device: str
     low: object  # torch dtype: bf16 on CUDA, float32 on a CPU (bf16 is broken in the interpreter)
+    model: dict = None  # the recipe's model options (widths), where a case follows one
 
     def lengths(self):
         """Real lengths per row (B,), uniform in [L/2, L] and seeded, or None for a dense task."""
