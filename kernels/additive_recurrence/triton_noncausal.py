@@ -264,11 +264,15 @@ class _NonCausal(torch.autograd.Function):
         # float32 for the sum over what the gain broadcasts along
         dg = torch.empty_like(k, dtype=torch.float32) if store_dg else dk
         flags = dict(HAS_GAIN=gain is not None, HAS_MASK=ctx.has_mask, **blocks)
+        # two (steps, keys) accumulators: value blocks of 16 and no pipelined loads keep the
+        # registers from spilling (the compile check), as one stage does for float32 values
+        keys = dict(flags, BV=16, num_stages=1)
+        values = dict(flags, num_stages=1) if q.dtype == torch.float32 else flags
         _noncausal_bwd_keys[(1, grid[1], grid[2])](
             q, k, v, g, m, do, state, lse, dstate, c, dq, dk, dg, L, n_splits, d_k, d_v, H, *gs,
-            STORE_DG=store_dg, **flags)
+            STORE_DG=store_dg, **keys)
         _noncausal_bwd_values[(grid[0], 1, grid[2])](k, g, m, dstate, lse, dv, L, n_splits, d_k,
-                                                     d_v, H, *gs, **flags)
+                                                     d_v, H, *gs, **values)
         dgain = reduce_gain(dg, gain) if store_dg else None
         return dq, dk, dv, None, dgain
 
