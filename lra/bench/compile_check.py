@@ -106,7 +106,24 @@ def _selective_scan(dtype, sizes):
         x, dt = (torch.rand(2, 256, 50, dtype=dtype, requires_grad=True) for _ in range(2))
         B, C = (torch.randn(2, N, 50, dtype=dtype, requires_grad=True) for _ in range(2))
         A, D = -torch.rand(256, N, requires_grad=True), torch.ones(256, requires_grad=True)
-        yield f"N={N}", partial(selective_scan_triton, x, dt, A, B, C, D)
+        run = partial(selective_scan_triton, x, dt, A, B, C, D)
+        yield f"N={N}", run
+        yield f"N={N} deterministic", partial(_deterministic, run)
+
+
+def _deterministic(run):
+    """run's forward and backward with torch's deterministic algorithms on (the scan's backward
+    then sums per-block buffers); a leaf stands in for the output."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        y = run()
+        y.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    return y.detach().requires_grad_()
 
 
 def _additive_recurrence(dtype, sizes):
