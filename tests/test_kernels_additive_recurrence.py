@@ -252,3 +252,27 @@ def test_gpu_blocks_compute_the_same(triton_device, monkeypatch):
     check(causal_kernels.additive_causal_triton, chunked, args, triton_device)
     check(lambda q, k, v, g: noncausal_kernels.additive_noncausal_triton(q, k, v, mask_d, g),
           softmax_form(mask), args, triton_device)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_noncausal_backward_keeps_no_per_block_copies(triton_device):
+    """Path-X-like LightNet head (2w = 80 keys in two blocks of 64, w = 40 values in two blocks of
+    32), bf16: the backward's peak beyond what it starts with stays under 12 bytes per key element;
+    float32 shares per value block of dq, dk and dg alone were 24."""
+    from lra.kernels.additive_recurrence.triton_noncausal import additive_noncausal_triton
+
+    B, H, L = 2, 4, 16384
+    q, k = (torch.randn(B, H, L, 80, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            for _ in range(2))
+    v = torch.randn(B, H, L, 40, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    gain = torch.randn(L, 80, device="cuda", dtype=torch.bfloat16)
+    o = additive_noncausal_triton(q, k, v, None, gain)
+    do = torch.randn_like(o)
+    torch.cuda.synchronize()
+    start = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    o.backward(do)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - start < 12 * q.numel()
+    assert all(t.grad.dtype == torch.bfloat16 for t in (q, k, v))
