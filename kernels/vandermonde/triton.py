@@ -148,7 +148,7 @@ def real_view(x):
     return torch.view_as_real(x.resolve_conj().contiguous())
 
 
-def modes(dtA, L):
+def _modes(dtA, L):
     """(H, N, 3) in dtA's real dtype: Re dtA and the turns per step Im dtA / 2 pi = f_hi + f_lo,
     split in float64 so that f_hi has few enough bits for f_hi l to be exact for l < L."""
     real = dtA.real.dtype
@@ -166,7 +166,7 @@ def _vandermonde_forward(C, dtA, L):
     K = torch.empty(M, H, L, dtype=C.real.dtype, device=C.device)
     BM, BH, BL = _forward_blocks(M, H, L, K.element_size())
     grid = (triton.cdiv(L, BL), triton.cdiv(H, BH), triton.cdiv(M, BM))
-    _forward_kernel[grid](real_view(C), modes(dtA, L), K, M, H, N, L, BM=BM, BH=BH, BL=BL)
+    _forward_kernel[grid](real_view(C), _modes(dtA, L), K, M, H, N, L, BM=BM, BH=BH, BL=BL)
     return K
 
 
@@ -177,7 +177,7 @@ def _vandermonde_sums(g, dtA, M):
     S = torch.empty(2, M, H, N, 2, dtype=g.dtype, device=g.device)
     BM, BN, BL = _backward_blocks(M, N, g.element_size())
     grid = (triton.cdiv(N, BN), H, triton.cdiv(M, BM))
-    _backward_kernel[grid](g, modes(dtA, L), S, M, H, N, L, BM=BM, BN=BN, BL=BL)
+    _backward_kernel[grid](g, _modes(dtA, L), S, M, H, N, L, BM=BM, BN=BN, BL=BL)
     return torch.view_as_complex(S).unbind(0)
 
 
