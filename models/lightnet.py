@@ -135,16 +135,22 @@ class LightNetMixer(nn.Module):
         B, L, D = x.shape
         x = zero_pads(x, mask)
         qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.d_head)
-        with torch.autocast(x.device.type, enabled=False):  # the recurrence in at least float32
-            dtype = torch.promote_types(qkv.dtype, torch.float32)
+        # under mixed precision q, k, v and the gain reach the recurrence in the autocast dtype
+        # (float32 inside the kernels); otherwise in at least float32
+        mixed = torch.is_autocast_enabled(x.device.type)
+        with torch.autocast(x.device.type, enabled=False):
+            exact = torch.promote_types(qkv.dtype, torch.float32)
+            dtype = torch.get_autocast_dtype(x.device.type) if mixed else exact
             q, k, v = qkv.to(dtype).permute(2, 0, 3, 1, 4)  # (B, nh, L, hd) each
             q, gain = F.silu(q), None
             if self.lrpe:
                 shape = grid_shape(L, self.grid)
-                phi = lrpe_angles(shape, q.shape[-1], self.lrpe_base, x.device, dtype)  # (L, hd)
-                q = torch.cat([q * phi.cos(), q * phi.sin()], -1)  # (B, nh, L, 2 hd)
+                # angles to ~L rad: taken in float32 at least, only cos and sin rounded to dtype
+                phi = lrpe_angles(shape, q.shape[-1], self.lrpe_base, x.device, exact)  # (L, hd)
+                cos, sin = phi.cos().to(dtype), phi.sin().to(dtype)
+                q = torch.cat([q * cos, q * sin], -1)  # (B, nh, L, 2 hd)
                 k = torch.cat([k, k], -1)  # both halves share the key's softmax
-                gain = torch.cat([phi.cos(), phi.sin()], -1)  # (L, 2 hd)
+                gain = torch.cat([cos, sin], -1)  # (L, 2 hd)
             o = additive_recurrence(q, k, v, mask, causal=self.causal, gain=gain)  # (B, nh, L, hd)
         o = o.transpose(1, 2).reshape(B, L, D).to(x.dtype)
         return self.out(self.norm(o) * torch.sigmoid(self.gate(x)))  # (B, L, D)

@@ -85,10 +85,15 @@ class SelectiveSSM(nn.Module):
             pad = ~mask.unsqueeze(1)  # (B, 1, L)
             x, dt = x.masked_fill(pad, 0.0), dt.masked_fill(pad, 0.0)
         A = -self.A_log.exp()  # (E, N)
-        with torch.autocast(x.device.type, enabled=False):  # the scan in the parameters' precision
+        device = x.device.type
+        # under mixed precision x, B, C reach the scan in the autocast dtype (float32 inside the
+        # kernel); dt, A, D keep the parameters' precision: exp(dt A) needs dt's digits
+        mixed = torch.is_autocast_enabled(device)
+        with torch.autocast(device, enabled=False):
             f = A.dtype
-            B, C = B.transpose(1, 2).to(f), C.transpose(1, 2).to(f)  # (B, N, L) each
-            return selective_scan(x.to(f), dt.to(f), A, B, C, self.D)
+            low = torch.get_autocast_dtype(device) if mixed else f
+            B, C = B.transpose(1, 2).to(low), C.transpose(1, 2).to(low)  # (B, N, L) each
+            return selective_scan(x.to(low), dt.to(f), A, B, C, self.D)
 
     def step(self, x_t, state):
         """One time step: x_t (B, E), state = (conv window (B, E, d_conv), h (B, E, N))

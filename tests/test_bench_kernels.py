@@ -73,11 +73,16 @@ def test_bench_kernels_lists_every_case_candidate_and_anchor(lra, tmp_path, monk
     vandermonde = rows["vandermonde"]  # one kernel for every sequence
     assert vandermonde["shape"]["batch"] == 1
     assert vandermonde["tokens"] == vandermonde["shape"]["length"]
-    scan = rows["selective_scan"]
-    # x, dt (B, 512, L), B, C (B, 16, L), A (512, 16), D (512,); the output (B, 512, L)
+    scan = rows["selective_scan"]  # recipe mamba/listops: d_model 128, d_state 16
+    assert scan["shape"]["recipe"] == "mamba/listops"
+    # x, dt (B, 256, L), B, C (B, 16, L), A (256, 16), D (256,); the output (B, 256, L)
     L, B = scan["shape"]["length"], scan["shape"]["batch"]
-    inputs = 2 * B * 512 * L + 2 * B * 16 * L + 512 * 16 + 512
-    assert scan["bytes"] == 4 * (3 * inputs + 2 * B * 512 * L)
+    inputs = 2 * B * 256 * L + 2 * B * 16 * L + 256 * 16 + 256
+    assert scan["bytes"] == 4 * (3 * inputs + 2 * B * 256 * L)
+    # recipe lightnet/listops: 4 heads of 34 with LRPE, so q, k (B, 4, L, 68), v and o (B, 4, L, 34)
+    additive = rows["additive_noncausal"]
+    L, B = additive["shape"]["length"], additive["shape"]["batch"]
+    assert additive["bytes"] == 4 * (3 * B * 4 * L * (68 + 68 + 34) + 2 * B * 4 * L * 34)
     assert record["peaks"] is None and record["options"]["scale"] == 0.004
     assert "fla" in result.out and "not found" in result.out and "wrote" in result.out
 
@@ -93,7 +98,8 @@ def test_bench_kernels_interpret_times_the_triton_attention(lra, tmp_path, monke
     assert triton["status"] == "ok" and triton["lra_kernels"] == "triton"
     B, L = row["shape"]["batch"], row["shape"]["length"]
     assert (B, L) == (1, 4) and not row["shape"]["padded"]
-    assert row["flops"] == 2.5 * 4 * B * 8 * L * L * 64  # a dense task: every key is real
+    # recipe flash/image: one head of 32; a dense task: every key is real
+    assert row["flops"] == 2.5 * 4 * B * 1 * L * L * 32
     assert triton["tflop_per_s"] == pytest.approx(row["flops"] / (triton["ms"] / 1000) / 1e12)
     _check_ratios(row)
 
@@ -110,6 +116,7 @@ def test_bench_train_times_a_step_per_model_and_task(lra, tmp_path):
         shape = row["shape"]
         # n_layers: 1 on a CPU
         assert shape["d_model"] == 16 and shape["n_layers"] == 1 and shape["batch"] == 1
+        assert shape["precision"] == "32-true"  # bf16-mixed on a GPU only
         assert row["tokens"] == shape["batch"] * shape["documents"] * shape["length"]
         assert f"{model}/{task}" in row["what"]  # the S4 LRA experiment's config
         assert row["candidates"]["triton"]["status"] == "skipped"

@@ -160,6 +160,41 @@ def test_lightnet_is_the_same_on_either_path(triton_device, monkeypatch, bidirec
         assert err < 1e-4, f"d{name}: rel err {err:.1e}"
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_lightnet_under_mixed_precision_runs_the_kernels_in_the_autocast_dtype(
+        triton_device, monkeypatch, bidirectional):
+    """Under torch.autocast (float16 here: bfloat16 is broken in the interpreter) q, k, v and the
+    LRPE gain reach the kernel in float16, not upcast; the output stays within half precision of
+    the float32 layer, on either path (the PyTorch forms compute half inputs in float32)."""
+    import lra.kernels.additive_recurrence.triton_causal as causal_kernels
+    import lra.kernels.additive_recurrence.triton_noncausal as noncausal_kernels
+
+    seen = []
+
+    def spying_on(kernel):
+        def spy(q, k, v, *rest):
+            seen.append((q.dtype, k.dtype, v.dtype, rest[-1].dtype))  # the gain is last
+            return kernel(q, k, v, *rest)
+        return spy
+    for module, name in ((causal_kernels, "additive_causal_triton"),
+                         (noncausal_kernels, "additive_noncausal_triton")):
+        monkeypatch.setattr(module, name, spying_on(getattr(module, name)))
+    torch.manual_seed(0)
+    model = LightNet(d_model=16, n_layers=1, n_heads=2, positions="both",
+                     bidirectional=bidirectional).to(triton_device)
+    x = torch.randn(3, 37, 16, device=triton_device)
+    mask = (torch.arange(37) < torch.tensor([[37], [20], [1]])).to(triton_device)
+    want = model(x, mask)  # float32
+    seen.clear()
+    for path in ("triton", "reference"):
+        monkeypatch.setenv("LRA_KERNELS", path)
+        with torch.autocast(triton_device.type, dtype=torch.float16):
+            y = model(x, mask)
+        y.float().sum().backward()
+        assert rel_err(y[mask], want[mask]) < 1e-2, path
+    assert seen == [(torch.float16,) * 4]  # the Triton path only, not upcast
+
+
 needs_cuda = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -217,3 +252,27 @@ def test_gpu_blocks_compute_the_same(triton_device, monkeypatch):
     check(causal_kernels.additive_causal_triton, chunked, args, triton_device)
     check(lambda q, k, v, g: noncausal_kernels.additive_noncausal_triton(q, k, v, mask_d, g),
           softmax_form(mask), args, triton_device)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_noncausal_backward_keeps_no_per_block_copies(triton_device):
+    """Path-X-like LightNet head (2w = 80 keys in two blocks of 64, w = 40 values in two blocks of
+    32), bf16: the backward's peak beyond what it starts with stays under 12 bytes per key element;
+    float32 shares per value block of dq, dk and dg alone were 24."""
+    from lra.kernels.additive_recurrence.triton_noncausal import additive_noncausal_triton
+
+    B, H, L = 2, 4, 16384
+    q, k = (torch.randn(B, H, L, 80, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            for _ in range(2))
+    v = torch.randn(B, H, L, 40, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    gain = torch.randn(L, 80, device="cuda", dtype=torch.bfloat16)
+    o = additive_noncausal_triton(q, k, v, None, gain)
+    do = torch.randn_like(o)
+    torch.cuda.synchronize()
+    start = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    o.backward(do)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - start < 12 * q.numel()
+    assert all(t.grad.dtype == torch.bfloat16 for t in (q, k, v))

@@ -9,7 +9,15 @@ import sys
 
 import pytest
 
-from lra.bench.compile_check import FAMILIES, Compiled, compile_all, over_shared_memory, spilled
+from lra.bench.compile_check import (
+    FAMILIES,
+    Compiled,
+    Programs,
+    compile_all,
+    over_shared_memory,
+    spilled,
+    too_few_programs,
+)
 
 pytestmark = pytest.mark.kernels
 
@@ -20,7 +28,7 @@ KERNELS = {"attention": {"_fwd", "_delta", "_dkdv", "_dq"},
            "additive_recurrence": {"_causal_states", "_causal_out", "_causal_dq",
                                    "_causal_states_back", "_causal_dv", "_causal_dk",
                                    "_noncausal_stats", "_noncausal_out", "_noncausal_dstate",
-                                   "_noncausal_bwd"},
+                                   "_noncausal_bwd_keys", "_noncausal_bwd_values"},
            "vandermonde": {"_forward_kernel", "_backward_kernel"},
            "cauchy": {"_forward_kernel", "_backward_kernel"}}
 
@@ -44,6 +52,39 @@ def test_every_kernel_compiles_for_sm90_within_its_limits():
     assert over_shared_memory(results, 90) == []
     assert {(r.family, r.kernel) for r in spilled(results)} <= KNOWN_SPILLS, [
         dataclasses.astuple(r) for r in spilled(results)]
+
+
+def test_programs_per_launch_at_the_recipe_shapes_fill_an_h100():
+    """Every launch of every family, forward and backward, counted at each recipe's training
+    shape (meta tensors): two programs per SM or more, but for the launches that say why."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = ("import dataclasses, json; from lra.bench.compile_check import count_programs; "
+              "print(json.dumps([dataclasses.asdict(c) for c in count_programs()]))")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    counts = [Programs(**c) for c in json.loads(run.stdout.splitlines()[-1])]
+    for family, kernels in KERNELS.items():
+        prefix = {"attention": "flash/", "selective_scan": "mamba/", "vandermonde": "s4d/",
+                  "cauchy": "s4/", "additive_recurrence": "lightnet/"}[family]
+        recipes = {c.recipe for c in counts if c.family == family}
+        assert len(recipes) == 9 and all(r.startswith(prefix) for r in recipes), recipes
+        # LightNet's recipes are bidirectional: the non-causal kernels only
+        expected = {k for k in kernels if "causal_" not in k or "noncausal" in k}
+        assert {c.kernel for c in counts if c.family == family} == expected
+    by_launch = {(c.recipe, c.kernel): c.programs for c in counts}
+    # Path-X Mamba: 2 x 168 channels in blocks of 8, times the batch of 16
+    assert by_launch["mamba/pathx", "_scan_bwd"] == 336 // 8 * 16
+    assert too_few_programs(counts, 90) == []
+
+
+def test_too_few_programs_flags_a_launch_that_does_not_say_why():
+    full = Programs("selective_scan", "mamba/sc10", "_scan_bwd", 264)
+    few = dataclasses.replace(full, programs=263)
+    explained = Programs("vandermonde", "s4d/sc10", "_backward_kernel", 128)
+    assert too_few_programs([full, few, explained], 90) == [few]
+    assert too_few_programs([few], 80) == []  # 216 on an A100's 108 SMs
+    assert too_few_programs([few], 75) == []  # an architecture of unknown SM count
 
 
 def test_the_compile_check_refuses_to_run_interpreted(monkeypatch):

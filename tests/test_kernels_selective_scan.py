@@ -36,8 +36,9 @@ def leaves(tensors, dtype):
     return [t.detach().to(dtype).requires_grad_() for t in tensors]
 
 
-def compare(inputs, dtype, chunk=None):
-    """Relative errors of the kernel in dtype against the float64 reference: y, then dx .. dD."""
+def compare(inputs, dtype, chunk=None, return_grads=False):
+    """Relative errors of the kernel in dtype against the float64 reference: y, then dx .. dD
+    (and the kernel's gradients with return_grads)."""
     from lra.kernels.selective_scan.triton import selective_scan_triton
     ref = leaves(inputs, torch.float64)
     want = selective_scan_reference(*ref)
@@ -51,7 +52,7 @@ def compare(inputs, dtype, chunk=None):
     errors = dict(y=rel_err(got, want), **{f"d{k}": rel_err(a, w)
                                            for k, a, w in zip(NAMES, got_grads, want_grads)})
     print(", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
-    return errors
+    return (errors, got_grads) if return_grads else errors
 
 
 @pytest.mark.parametrize("b, d, n, L, chunk", [
@@ -89,6 +90,60 @@ def test_bfloat16_on_cuda(triton_device):
     inputs = [t.bfloat16().double() for t in scan_inputs(2, 64, 16, 300, triton_device)]
     errors = compare(inputs, torch.bfloat16)
     assert max(errors.values()) < 2e-2, errors
+
+
+@pytest.fixture
+def deterministic_algorithms():
+    """torch's deterministic algorithms on (what `trainer.deterministic=true` sets), restored
+    after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def test_deterministic_backward_sums_block_partials_and_repeats_bit_for_bit(
+        triton_device, monkeypatch, deterministic_algorithms):
+    """11 channels in blocks of 8 (the second 3/8 full), odd L and batch 3: each block stores its
+    share of dB, dC (no atomics), summed afterwards; two backward passes agree to the bit and with
+    the float64 reference."""
+    import lra.kernels.selective_scan.triton as module
+    launches = []
+    kernel = module._scan_bwd
+
+    class Recorded:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append(kwargs["DETERMINISTIC"])
+                return kernel[grid](*args, **kwargs)
+            return launch
+    monkeypatch.setattr(module, "_scan_bwd", Recorded())
+    inputs = scan_inputs(3, 11, 16, 37, triton_device, seed=1)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)  # the same output gradient
+        runs.append(compare(inputs, torch.float32, chunk=8, return_grads=True))
+    first, second = runs
+    assert launches == [True, True]
+    assert max(first[0].values()) < 2e-5, first[0]
+    for name, a, b in zip(NAMES, first[1], second[1]):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a compiled kernel needs CUDA")
+def test_deterministic_backward_repeats_bit_for_bit_at_a_training_shape(
+        triton_device, deterministic_algorithms):
+    """A Path-X-like scan (336 channels in 42 blocks, L = 4096, bfloat16): with atomics the block
+    order varies run to run; with deterministic algorithms on, two backward passes agree to the
+    bit."""
+    from lra.kernels.selective_scan.triton import selective_scan_triton
+    inputs = leaves(scan_inputs(2, 336, 16, 4096, triton_device), torch.bfloat16)
+    g = torch.randn(2, 336, 4096, device=triton_device, dtype=torch.bfloat16)
+    first, second = (torch.autograd.grad((selective_scan_triton(*inputs) * g).sum(), inputs)
+                     for _ in range(2))
+    for name, a, b in zip(NAMES, first, second):
+        assert torch.equal(a, b), name
 
 
 def test_no_grad_forward_equals_the_forward_that_saves_states(triton_device):
@@ -150,3 +205,31 @@ def test_bidirectional_mamba_with_padding_computes_the_same_with_either_kernel(
     assert rel_err(y_eval, y_eval_ref) < 1e-5 and rel_err(y[mask], y_ref[mask]) < 1e-5
     for (name, _), got, want in zip(model.named_parameters(), grads, grads_ref):
         assert rel_err(got, want) < 1e-4, name
+
+
+def test_mamba_under_mixed_precision_feeds_the_scan_half_inputs(triton_device, monkeypatch):
+    """Under torch.autocast (float16 here: bfloat16 is broken in the interpreter) x, B, C reach the
+    scan in float16 and dt, A, D in float32, not all upcast; the output stays within half precision
+    of the float32 model, on either path (the PyTorch scan computes mixed inputs in float32)."""
+    import lra.kernels.selective_scan.triton as module
+    seen = []
+    kernel = module.selective_scan_triton
+
+    def spy(*args):
+        seen.append(tuple(t.dtype for t in args))
+        return kernel(*args)
+    monkeypatch.setattr(module, "selective_scan_triton", spy)
+    torch.manual_seed(0)
+    model = Mamba(d_model=4, n_layers=1, d_state=4).to(triton_device)
+    x = torch.randn(2, 12, 4, device=triton_device)
+    mask = torch.arange(12, device=triton_device) < torch.tensor([[12], [7]], device=triton_device)
+    want = model(x, mask)  # float32
+    seen.clear()
+    for choice in ("triton", "reference"):
+        monkeypatch.setenv("LRA_KERNELS", choice)
+        with torch.autocast(triton_device.type, dtype=torch.float16):
+            y = model(x, mask)
+        y.float().sum().backward()
+        assert rel_err(y[mask], want[mask]) < 1e-2, choice
+    half, single = torch.float16, torch.float32
+    assert seen == [(half, single, single, half, half, single)] * 2  # both directions, Triton only

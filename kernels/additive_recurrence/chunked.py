@@ -59,8 +59,12 @@ def additive_causal_chunked(q, k, v, chunk=64, gain=None):
     factors are all <= 1. If some chunk rises so much that exp(R / 2) would leave the
     dtype's accurate range, the chunk is halved (a chunk of one step has R = 0), so the
     result stays exact for keys of any size. L need not be a multiple of `chunk`: the tail
-    is padded with keys of weight 0 and cut off again.
+    is padded with keys of weight 0 and cut off again. float16 and bfloat16 inputs are computed in
+    float32, the output in q's dtype.
     """
+    if q.dtype in (torch.float16, torch.bfloat16):
+        up = [t if t is None else t.float() for t in (q, k, v, gain)]
+        return additive_causal_chunked(*up[:3], chunk, up[3]).to(q.dtype)
     B, H, L, dk = k.shape
     dv = v.shape[-1]
     C = min(chunk, L)

@@ -56,7 +56,11 @@ def additive_noncausal_reference(q, k, v, mask=None, gain=None):
     """o_t = q_t^T (softmax_s(k)^T V): one softmax over the real positions per key channel.
 
     Pads (mask False) get key weight 0 and output 0; a sequence with no real position gives o = 0.
+    float16 and bfloat16 inputs are computed in float32, the output in q's dtype.
     """
+    if q.dtype in (torch.float16, torch.bfloat16):
+        up = [t if t is None else t.float() for t in (q, k, v, gain)]
+        return additive_noncausal_reference(*up[:3], mask, up[3]).to(q.dtype)
     if mask is not None:
         m = mask[:, None, :, None]  # (B, 1, L, 1)
         k = k.masked_fill(~m, torch.finfo(k.dtype).min)

@@ -11,7 +11,9 @@ keeps a split's masked online-softmax statistics (max, sum) and S's tile; torch 
 (rescaling each by exp(m_split - m)); _noncausal_out writes each split's o = q S, zero at pads:
 no kernel reads a pad's query, key, value or output gradient. Its backward: dS = sum_t q_t do_t^T
 over real t by splits, then per position dv = (w g) dS, dg = w (v dS^T), dk = w (g (v dS^T) - c)
-with c_j = sum_v dS_jv S_jv and w the softmax weights.
+with c_j = sum_v dS_jv S_jv and w the softmax weights: one kernel per key block walks the value
+blocks for dq, dk, dg, another per value block walks the key blocks for dv, so each gradient is
+written once, in the inputs' dtype (no per-block float32 copies of size B H L d).
 
     from lra.kernels.additive_recurrence.triton_noncausal import additive_noncausal_triton
     o = additive_noncausal_triton(q, k, v, mask, gain=g)   # mask (B, L) bool, True at real tokens
@@ -127,44 +129,72 @@ def _noncausal_dstate(q, mask, do, ds_part, L, NS, DK, DV, H, LS: tl.constexpr, 
 
 
 @triton.jit
-def _noncausal_bwd(q, k, v, g, mask, do, state, lse, dstate, dq, dk, dv, dg, L, NS, DK, DV, H, sgb,
-                   sgh, sgt, sgc, LS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, HAS_GAIN: tl.constexpr, HAS_MASK: tl.constexpr,
-                   STORE_DG: tl.constexpr, PRECISION: tl.constexpr):
-    """One split, one (value block, key block): its shares of dq, dk, dg (over value blocks) and dv
-    (over key blocks)."""
-    iv, ik = tl.program_id(0), tl.program_id(1)
+def _noncausal_bwd_keys(q, k, v, g, mask, do, state, lse, dstate, c, dq, dk, dg, L, NS, DK, DV, H,
+                        sgb, sgh, sgt, sgc, LS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                        BV: tl.constexpr, HAS_GAIN: tl.constexpr, HAS_MASK: tl.constexpr,
+                        STORE_DG: tl.constexpr, PRECISION: tl.constexpr):
+    """One split, one key block, every value block in turn: dq = do S^T, dw = v dS^T summed over
+    the value blocks, then dk = w (g dw - c) and dg = w dw, stored once in the inputs' dtype."""
+    ik = tl.program_id(1)
     bh, first = _split(NS, LS)
-    BH = tl.num_programs(2) // NS
-    steps, ck, cv = tl.arange(0, BT), ik * BK + tl.arange(0, BK), iv * BV + tl.arange(0, BV)
-    q, k = q + bh * L * DK, k + bh * L * DK
-    share = (iv * BH + bh) * L * DK
-    dq, dk, dg = dq + share, dk + share, dg + share
-    v, do, dv = v + bh * L * DV, do + bh * L * DV, dv + (ik * BH + bh) * L * DV
+    steps, ck, cv0 = tl.arange(0, BT), ik * BK + tl.arange(0, BK), tl.arange(0, BV)
+    rows_k = bh * L * DK  # this sequence's (L, d_k) matrices
+    q, k, dq, dk, dg = q + rows_k, k + rows_k, dq + rows_k, dk + rows_k, dg + rows_k
+    v, do = v + bh * L * DV, do + bh * L * DV
+    state, dstate = state + bh * DK * DV, dstate + bh * DK * DV
     g += (bh // H) * sgb + (bh % H) * sgh
-    S = load_tile(state + bh * DK * DV, ck, cv, DK, DV)
-    dS = load_tile(dstate + bh * DK * DV, ck, cv, DK, DV)
     lse_k = tl.load(lse + bh * DK + ck, mask=ck < DK, other=0.0)
-    c = tl.sum(dS * S, 1)  # (BK,): this value block's share of sum_v dS S
+    c_k = tl.load(c + bh * DK + ck, mask=ck < DK, other=0.0)  # sum_v dS S
     for start in range(first, first + LS, BT):
         rows = start + steps
         mk = (rows[:, None] < L) & (ck[None, :] < DK)
-        mv = (rows[:, None] < L) & (cv[None, :] < DV)
         real_rows = _real_rows(mask, bh // H, rows, L, HAS_MASK)
         real = real_rows[:, None] & (ck[None, :] < DK)
-        pk, pv = rows[:, None] * DK + ck[None, :], rows[:, None] * DV + cv[None, :]
+        pk = rows[:, None] * DK + ck[None, :]
         kc = tl.load(k + pk, mask=real, other=0.0).to(tl.float32)
-        # pads: w = 0, o = 0
-        vc, doc = _load_real(v, rows, cv, real_rows, DV), _load_real(do, rows, cv, real_rows, DV)
         gc = load_gain(g, rows, ck, real, sgt, sgc, HAS_GAIN)
-        # softmax weights
+        # softmax weights; pads: w = 0, o = 0
         w = tl.where(real, tl.exp(tl.where(real, kc, lse_k[None, :]) - lse_k[None, :]), 0.0)
-        dw = tl.dot(vc, tl.trans(dS), input_precision=PRECISION)  # (BT, BK)
-        tl.store(dq + pk, tl.dot(doc, tl.trans(S), input_precision=PRECISION), mask=mk)
-        tl.store(dv + pv, tl.dot(w * gc, dS, input_precision=PRECISION), mask=mv)
-        tl.store(dk + pk, w * (gc * dw - c[None, :]), mask=mk)
+        dw = tl.zeros((BT, BK), tl.float32)
+        dqc = tl.zeros((BT, BK), tl.float32)
+        for iv in range(0, tl.cdiv(DV, BV)):
+            cv = iv * BV + cv0
+            S, dS = load_tile(state, ck, cv, DK, DV), load_tile(dstate, ck, cv, DK, DV)
+            vc = _load_real(v, rows, cv, real_rows, DV)
+            doc = _load_real(do, rows, cv, real_rows, DV)
+            dw += tl.dot(vc, tl.trans(dS), input_precision=PRECISION)  # (BT, BK)
+            dqc += tl.dot(doc, tl.trans(S), input_precision=PRECISION)
+        tl.store(dq + pk, dqc, mask=mk)
+        tl.store(dk + pk, w * (gc * dw - c_k[None, :]), mask=mk)
         if STORE_DG:
             tl.store(dg + pk, w * dw, mask=mk)
+
+
+@triton.jit
+def _noncausal_bwd_values(k, g, mask, dstate, lse, dv, L, NS, DK, DV, H, sgb, sgh, sgt, sgc,
+                          LS: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                          HAS_GAIN: tl.constexpr, HAS_MASK: tl.constexpr,
+                          PRECISION: tl.constexpr):
+    """One split, one value block, every key block in turn: dv = (w g) dS, stored once."""
+    iv = tl.program_id(0)
+    bh, first = _split(NS, LS)
+    steps, ck0, cv = tl.arange(0, BT), tl.arange(0, BK), iv * BV + tl.arange(0, BV)
+    k, dv, dstate = k + bh * L * DK, dv + bh * L * DV, dstate + bh * DK * DV
+    g += (bh // H) * sgb + (bh % H) * sgh
+    for start in range(first, first + LS, BT):
+        rows = start + steps
+        real_rows = _real_rows(mask, bh // H, rows, L, HAS_MASK)
+        dvc = tl.zeros((BT, BV), tl.float32)
+        for ik in range(0, tl.cdiv(DK, BK)):
+            ck = ik * BK + ck0
+            real = real_rows[:, None] & (ck[None, :] < DK)
+            kc = tl.load(k + rows[:, None] * DK + ck[None, :], mask=real, other=0.0).to(tl.float32)
+            gc = load_gain(g, rows, ck, real, sgt, sgc, HAS_GAIN)
+            lse_k = tl.load(lse + bh * DK + ck, mask=ck < DK, other=0.0)
+            w = tl.where(real, tl.exp(tl.where(real, kc, lse_k[None, :]) - lse_k[None, :]), 0.0)
+            dvc += tl.dot(w * gc, load_tile(dstate, ck, cv, DK, DV), input_precision=PRECISION)
+        tl.store(dv + rows[:, None] * DV + cv[None, :], dvc,
+                 mask=(rows[:, None] < L) & (cv[None, :] < DV))
 
 
 def _noncausal_blocks(dk, dv):
@@ -226,14 +256,25 @@ class _NonCausal(torch.autograd.Function):
         _noncausal_dstate[grid](q, m, do, parts, L, n_splits, d_k, d_v, H, HAS_MASK=ctx.has_mask,
                                 **blocks)
         g, gs = gain_args(gain, k)
+        dstate = parts.sum(2)
+        c = (dstate * state).sum(-1)  # (B, H, d_k): sum_v dS S
         store_dg = gain is not None and ctx.needs_input_grad[4]
-        dq, dk, dv = _shares(grid[0], q), _shares(grid[0], q), _shares(grid[1], v)
-        dg = _shares(grid[0], q) if store_dg else dk
-        _noncausal_bwd[grid](q, k, v, g, m, do, state, lse, parts.sum(2), dq, dk, dv, dg, L,
-                             n_splits, d_k, d_v, H, *gs, HAS_GAIN=gain is not None,
-                             HAS_MASK=ctx.has_mask, STORE_DG=store_dg, **blocks)
-        dgain = reduce_gain(dg.sum(0), gain) if store_dg else None
-        return dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.sum(0).to(v.dtype), None, dgain
+        # written once each, in the inputs' dtype: no per-block copies
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        # float32 for the sum over what the gain broadcasts along
+        dg = torch.empty_like(k, dtype=torch.float32) if store_dg else dk
+        flags = dict(HAS_GAIN=gain is not None, HAS_MASK=ctx.has_mask, **blocks)
+        # two (steps, keys) accumulators: value blocks of 16 and no pipelined loads keep the
+        # registers from spilling (the compile check), as one stage does for float32 values
+        keys = dict(flags, BV=16, num_stages=1)
+        values = dict(flags, num_stages=1) if q.dtype == torch.float32 else flags
+        _noncausal_bwd_keys[(1, grid[1], grid[2])](
+            q, k, v, g, m, do, state, lse, dstate, c, dq, dk, dg, L, n_splits, d_k, d_v, H, *gs,
+            STORE_DG=store_dg, **keys)
+        _noncausal_bwd_values[(grid[0], 1, grid[2])](k, g, m, dstate, lse, dv, L, n_splits, d_k,
+                                                     d_v, H, *gs, **values)
+        dgain = reduce_gain(dg, gain) if store_dg else None
+        return dq, dk, dv, None, dgain
 
 
 def _shares(n, like):

@@ -86,5 +86,16 @@ def selective_scan_chunked(x, dt, A, B, C, D, chunk=32):
 
     The backward keeps the state at every `chunk`-th step and recomputes the states inside a
     chunk from it; any chunk >= 1 gives the same result (it trades memory for cache traffic).
+    Inputs of several dtypes (bfloat16 x, B, C under mixed precision) are computed in their common
+    dtype, at least float32; y comes back in x's dtype.
     """
-    return _ChunkedScan.apply(x, dt, A, B, C, D, chunk)
+    inputs = (x, dt, A, B, C, D)
+    dtype = torch.promote_types(_common_dtype(inputs), torch.float32)
+    return _ChunkedScan.apply(*(t.to(dtype) for t in inputs), chunk).to(x.dtype)
+
+
+def _common_dtype(tensors):
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype

@@ -23,8 +23,11 @@ shifted by one step) and carry a_s G_s, s the chunk's first step, to the chunk b
     dL/d(dt_t x_t) = B_t . G_t,  dL/dB_t = sum_d G_t dt_t x_t,  dL/dC_t = sum_d dy_t h_t,
     dL/dD = sum dy x
 
-dB and dC sum over the channel blocks with atomic adds; dA and dD per batch go to a buffer summed
-here.
+dB and dC sum over the channel blocks: by atomic adds, or, when torch's deterministic algorithms are
+on (`trainer.deterministic=true`), each block stores its share in a buffer (channel blocks, b, N, L)
+summed afterwards in a fixed order, so two backward passes give bit-identical gradients (the buffer
+costs D / BLOCK_D times the size of B and C in float32, twice; freed after the sum). dA and dD per
+batch go to a buffer summed here.
 Inputs may be float32, float16 or bfloat16 (computed in float32) or float64 (computed in float64);
 outputs and gradients take their input's dtype.
 
@@ -85,8 +88,13 @@ def _scan_fwd(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, states_ptr, n_ch
 @triton.jit
 def _scan_bwd(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, states_ptr,
               dx_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, n_channels, L, N, n_chunks,
-              BLOCK_D: tl.constexpr, T: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+              BLOCK_D: tl.constexpr, T: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
+              DETERMINISTIC: tl.constexpr):
     pid_d, b = tl.program_id(0), tl.program_id(1)
+    if DETERMINISTIC:  # this channel block's own slice of the (blocks, b, N, L) buffers
+        part = pid_d.to(tl.int64) * tl.num_programs(1) * N * L
+        dB_ptr += part
+        dC_ptr += part
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
     n = tl.arange(0, BLOCK_N)
     t = tl.arange(0, T)
@@ -132,8 +140,12 @@ def _scan_bwd(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, states_ptr,
         dD += tl.sum(dy * x, axis=0)
         dBt = tl.sum(G * dtx[:, :, None], axis=1)  # this block's share of dL/dB_t, (T, BN)
         dCt = tl.sum(H * dy[:, :, None], axis=1)
-        tl.atomic_add(dB_ptr + bc_rows + tc, dBt, mask=tn_ok)
-        tl.atomic_add(dC_ptr + bc_rows + tc, dCt, mask=tn_ok)
+        if DETERMINISTIC:
+            tl.store(dB_ptr + bc_rows + tc, dBt, mask=tn_ok)
+            tl.store(dC_ptr + bc_rows + tc, dCt, mask=tn_ok)
+        else:
+            tl.atomic_add(dB_ptr + bc_rows + tc, dBt, mask=tn_ok)
+            tl.atomic_add(dC_ptr + bc_rows + tc, dCt, mask=tn_ok)
         carry = tl.sum(tl.where(t[:, None, None] == 0, decay * G, 0.0), axis=0)  # a_s G_s
     tl.store(dA_ptr + (b * n_channels + d)[:, None] * N + n[None, :], dA, mask=dn_ok)
     tl.store(dD_ptr + b * n_channels + d, dD, mask=d_ok)
@@ -203,14 +215,20 @@ class _SelectiveScan(torch.autograd.Function):
         block_n, block_d, chunk, warps = _config(N, channels, ctx.chunk)
         acc = states.dtype
         dx, ddt = torch.empty_like(x), torch.empty_like(dt)
-        # atomic sums over the channel blocks
-        dB, dC = (x.new_zeros(B.shape, dtype=acc) for _ in range(2))
+        blocks = triton.cdiv(channels, block_d)
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        if deterministic:  # one slice per channel block, summed below
+            dB, dC = x.new_empty((2, blocks, *B.shape), dtype=acc)
+        else:  # atomic sums over the channel blocks
+            dB, dC = x.new_zeros((2, *B.shape), dtype=acc)
         dA = x.new_empty((b, channels, N), dtype=acc)  # per batch, summed below
         dD = x.new_empty((b, channels), dtype=acc)
-        _scan_bwd[(triton.cdiv(channels, block_d), b)](
+        _scan_bwd[(blocks, b)](
             x, dt, A, B, C, D, dy.contiguous(), states, dx, ddt, dA, dB, dC, dD, channels, L, N,
             states.shape[2], BLOCK_D=block_d, T=chunk, BLOCK_N=block_n, ACC=_TL[acc],
-            num_warps=warps)
+            DETERMINISTIC=deterministic, num_warps=warps)
+        if deterministic:
+            dB, dC = dB.sum(0), dC.sum(0)
         return (dx, ddt, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.sum(0).to(D.dtype), None, None)
 

@@ -5,10 +5,16 @@ NeurIPS 2022 (arXiv:2206.11893):
 
     K[m, h, l] = 2 Re sum_n C~[m, h, n] E[h, n, l],    E[h, n, l] = exp(dtA[h, n] l),   l < L
 
-Triton has no complex type: C~ and dtA travel as their real views (..., 2) and the complex
-arithmetic is written out. Every E is taken afresh as exp(Re dtA l) (cos(Im dtA l) + i sin(Im dtA
-l)), never as a running power, so its error does not grow with l. m runs over the leading
-dimensions of C~ (the two directions of a bidirectional layer), which share E.
+Triton has no complex type: C~ travels as its real view (..., 2) and the complex arithmetic is
+written out. Every E is taken afresh as exp(Re dtA l) (cos(2 pi phi) + i sin(2 pi phi)), never as a
+running power, so its error does not grow with l. m runs over the leading dimensions of C~ (the two
+directions of a bidirectional layer), which share E.
+
+The phase, reduced before sin and cos: Im dtA l reaches 2e6 rad at L = 16384 (LegS frequencies),
+where a float32 product is off by 0.1 rad and libdevice takes its slow path. So the host splits the
+turns per step f = Im dtA / 2 pi (in float64) as f = f_hi + f_lo with f_hi short enough that
+f_hi l is exact for every l < L, and the kernel takes phi = frac(f_hi l) + frac(f_lo l), brought to
+[-1/2, 1/2): the only rounding left is f_lo l's, |f| l 2^-48 turns in float32.
 
 Forward: one program per (block of m, block of h, block of l) loops over n with a (BM, BH, BL) tile
 of K in registers; nothing of size (H, N, L) is ever formed.
@@ -25,15 +31,29 @@ registers; the sum over m is left to torch. complex64 runs in float32, complex12
     from lra.kernels.vandermonde.triton import vandermonde_triton
     K = vandermonde_triton(C_tilde, dtA, L)   # (..., H, N), (H, N) complex -> (..., H, L) real
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
 
 
 @triton.jit
+def _unit_phasor(f_hi, f_lo, lf):
+    """cos and sin of 2 pi (f_hi + f_lo) l, reduced to [-pi, pi) first; f_hi l is exact."""
+    p = f_hi * lf
+    q = f_lo * lf
+    turns = (p - tl.floor(p)) + (q - tl.floor(q))  # in [0, 2)
+    turns -= tl.floor(turns + 0.5)
+    angle = 6.283185307179586 * turns
+    return tl.cos(angle), tl.sin(angle)
+
+
+@triton.jit
 def _forward_kernel(c_ptr, a_ptr, k_ptr, M, H, N, L, BM: tl.constexpr, BH: tl.constexpr,
                     BL: tl.constexpr):
-    """c (M, H, N, 2) and a (H, N, 2): real views of C~ and dtA; k (M, H, L) real, written."""
+    """c (M, H, N, 2): C~'s real view; a (H, N, 3): Re dtA, f_hi, f_lo; k (M, H, L) real,
+    written."""
     l = tl.program_id(0) * BL + tl.arange(0, BL)  # (BL,)
     h = tl.program_id(1) * BH + tl.arange(0, BH)  # (BH,)
     m = tl.program_id(2) * BM + tl.arange(0, BM)  # (BM,)
@@ -43,11 +63,13 @@ def _forward_kernel(c_ptr, a_ptr, k_ptr, M, H, N, L, BM: tl.constexpr, BH: tl.co
     lf = l.to(k_ptr.dtype.element_ty)[None, :]  # (1, BL)
     acc = tl.zeros((BM, BH, BL), dtype=k_ptr.dtype.element_ty)
     for n in range(N):
-        a_at = a_ptr + (h * N + n) * 2  # (BH,)
+        a_at = a_ptr + (h * N + n) * 3  # (BH,)
         ar = tl.load(a_at, mask=h_ok, other=0.0)[:, None]  # (BH, 1)
-        ai = tl.load(a_at + 1, mask=h_ok, other=0.0)[:, None]
+        f_hi = tl.load(a_at + 1, mask=h_ok, other=0.0)[:, None]
+        f_lo = tl.load(a_at + 2, mask=h_ok, other=0.0)[:, None]
         mag = tl.exp(ar * lf)  # (BH, BL)
-        er, ei = mag * tl.cos(ai * lf), mag * tl.sin(ai * lf)
+        cos, sin = _unit_phasor(f_hi, f_lo, lf)
+        er, ei = mag * cos, mag * sin
         c_at = c_ptr + (rows * N + n) * 2  # (BM, BH)
         cr = tl.load(c_at, mask=mh_ok, other=0.0)[:, :, None]  # (BM, BH, 1)
         ci = tl.load(c_at + 1, mask=mh_ok, other=0.0)[:, :, None]
@@ -59,14 +81,16 @@ def _forward_kernel(c_ptr, a_ptr, k_ptr, M, H, N, L, BM: tl.constexpr, BH: tl.co
 @triton.jit
 def _backward_kernel(g_ptr, a_ptr, s_ptr, M, H, N, L, BM: tl.constexpr, BN: tl.constexpr,
                      BL: tl.constexpr):
-    """g (M, H, L) real, a (H, N, 2); s (2, M, H, N, 2) written: the real views of S0 and S1."""
+    """g (M, H, L) real, a (H, N, 3) as in the forward; s (2, M, H, N, 2) written: the real views
+    of S0 and S1."""
     n = tl.program_id(0) * BN + tl.arange(0, BN)  # (BN,)
     h = tl.program_id(1)
     m = tl.program_id(2) * BM + tl.arange(0, BM)  # (BM,)
     n_ok, m_ok = n < N, m < M
-    a_at = a_ptr + (h * N + n) * 2
+    a_at = a_ptr + (h * N + n) * 3
     ar = tl.load(a_at, mask=n_ok, other=0.0)[:, None]  # (BN, 1)
-    ai = tl.load(a_at + 1, mask=n_ok, other=0.0)[:, None]
+    f_hi = tl.load(a_at + 1, mask=n_ok, other=0.0)[:, None]
+    f_lo = tl.load(a_at + 2, mask=n_ok, other=0.0)[:, None]
     g_rows = (m * H + h).to(tl.int64)[:, None] * L  # (BM, 1)
     dtype = s_ptr.dtype.element_ty
     s0r = tl.zeros((BM, BN), dtype=dtype)
@@ -80,8 +104,9 @@ def _backward_kernel(g_ptr, a_ptr, s_ptr, M, H, N, L, BM: tl.constexpr, BN: tl.c
         # (BM, BL)
         g = tl.load(g_ptr + g_rows + l[None, :], mask=m_ok[:, None] & l_ok[None, :], other=0.0)
         mag = tl.exp(ar * lf)  # (BN, BL)
-        er = (mag * tl.cos(ai * lf))[None, :, :]  # (1, BN, BL)
-        ei = (mag * tl.sin(ai * lf))[None, :, :]
+        cos, sin = _unit_phasor(f_hi, f_lo, lf)
+        er = (mag * cos)[None, :, :]  # (1, BN, BL)
+        ei = (mag * sin)[None, :, :]
         g0 = g[:, None, :]  # (BM, 1, BL)
         g1 = g0 * lf[None, :, :]
         s0r += tl.sum(g0 * er, 2)  # (BM, BN)
@@ -98,11 +123,14 @@ def _backward_kernel(g_ptr, a_ptr, s_ptr, M, H, N, L, BM: tl.constexpr, BN: tl.c
 
 
 def _forward_blocks(M, H, L, itemsize):
-    """(BM, BH, BL): a tile of about 2048 float32 (1024 float64) outputs, l fastest."""
+    """(BM, BH, BL): a tile of about 2048 float32 (1024 float64) outputs, l fastest, with fewer
+    channels per tile while that leaves under 512 programs (four per SM of an H100)."""
     tile = 8192 // itemsize
     BM = min(triton.next_power_of_2(M), 4)
     BL = min(triton.next_power_of_2(L), 128)
     BH = min(triton.next_power_of_2(H), max(1, tile // (BM * BL)))
+    while BH > 1 and triton.cdiv(L, BL) * triton.cdiv(H, BH) * triton.cdiv(M, BM) < 512:
+        BH //= 2
     return BM, BH, BL
 
 
@@ -120,13 +148,25 @@ def real_view(x):
     return torch.view_as_real(x.resolve_conj().contiguous())
 
 
+def _modes(dtA, L):
+    """(H, N, 3) in dtA's real dtype: Re dtA and the turns per step Im dtA / 2 pi = f_hi + f_lo,
+    split in float64 so that f_hi has few enough bits for f_hi l to be exact for l < L."""
+    real = dtA.real.dtype
+    bits = {torch.float32: 24, torch.float64: 53}[real]  # significand bits
+    keep = max(1, bits - (L - 1).bit_length())  # of f_hi, so that f_hi l < 2^bits
+    f = dtA.imag.double() / (2 * math.pi)
+    mantissa, exponent = torch.frexp(f)  # f = mantissa 2^exponent, |mantissa| in [1/2, 1)
+    f_hi = torch.ldexp(torch.round(mantissa * 2.0**keep), exponent - keep)  # keep bits of f
+    return torch.stack([dtA.real, f_hi.to(real), (f - f_hi).to(real)], -1).contiguous()
+
+
 def _vandermonde_forward(C, dtA, L):
     """C (M, H, N), dtA (H, N) complex of one dtype -> K (M, H, L) real."""
     M, H, N = C.shape
     K = torch.empty(M, H, L, dtype=C.real.dtype, device=C.device)
     BM, BH, BL = _forward_blocks(M, H, L, K.element_size())
     grid = (triton.cdiv(L, BL), triton.cdiv(H, BH), triton.cdiv(M, BM))
-    _forward_kernel[grid](real_view(C), real_view(dtA), K, M, H, N, L, BM=BM, BH=BH, BL=BL)
+    _forward_kernel[grid](real_view(C), _modes(dtA, L), K, M, H, N, L, BM=BM, BH=BH, BL=BL)
     return K
 
 
@@ -137,7 +177,7 @@ def _vandermonde_sums(g, dtA, M):
     S = torch.empty(2, M, H, N, 2, dtype=g.dtype, device=g.device)
     BM, BN, BL = _backward_blocks(M, N, g.element_size())
     grid = (triton.cdiv(N, BN), H, triton.cdiv(M, BM))
-    _backward_kernel[grid](g, real_view(dtA), S, M, H, N, L, BM=BM, BN=BN, BL=BL)
+    _backward_kernel[grid](g, _modes(dtA, L), S, M, H, N, L, BM=BM, BN=BN, BL=BL)
     return torch.view_as_complex(S).unbind(0)
 
 

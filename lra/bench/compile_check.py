@@ -7,7 +7,9 @@ instead of running it. It catches, before any GPU time is spent, what the interp
 the compiler rejects (dot shapes, dtypes), tiles needing more shared memory than the GPU has, and
 register spills (a stack frame: with 255 registers full, the rest lives in slow local memory). It
 also says how many blocks of each fit on an SM at once, by registers and shared memory (occupancy:
-what hides latency).
+what hides latency). Then it counts the programs of every launch at each recipe's training shape
+(conf/experiment: batch, length, widths; meta tensors, nothing computed) and flags a launch with
+fewer than two programs per SM (264 on an H100's 132 SMs), unless WHY_FEW_PROGRAMS says why.
 
     python -m lra.bench.compile_check                  # H100/H200 (sm_90), every family
     python -m lra.bench.compile_check --arch 80 --families attention
@@ -27,6 +29,13 @@ from pathlib import Path
 
 # bytes of shared memory a block may opt into
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+# streaming multiprocessors of the GPU each architecture stands for (A100, H100 SXM)
+SMS = {80: 108, 90: 132}
+# launches that may have fewer than two programs per SM, and why
+_PARAMETER_KERNEL = ("the parameters' gradient, once a step whatever the batch: (H, N/2) work "
+                     "walking the length, small next to the batch's FFT convolution")
+WHY_FEW_PROGRAMS = {("vandermonde", "_backward_kernel"): _PARAMETER_KERNEL,
+                    ("cauchy", "_backward_kernel"): _PARAMETER_KERNEL}
 # per SM: (shared memory bytes, warps, blocks); every one of these has 65,536 registers and
 # reserves 1 KB per block
 SM = {80: (167936, 64, 32), 86: (102400, 48, 16), 89: (102400, 48, 24), 90: (233472, 64, 32)}
@@ -97,7 +106,24 @@ def _selective_scan(dtype, sizes):
         x, dt = (torch.rand(2, 256, 50, dtype=dtype, requires_grad=True) for _ in range(2))
         B, C = (torch.randn(2, N, 50, dtype=dtype, requires_grad=True) for _ in range(2))
         A, D = -torch.rand(256, N, requires_grad=True), torch.ones(256, requires_grad=True)
-        yield f"N={N}", partial(selective_scan_triton, x, dt, A, B, C, D)
+        run = partial(selective_scan_triton, x, dt, A, B, C, D)
+        yield f"N={N}", run
+        yield f"N={N} deterministic", partial(_deterministic, run)
+
+
+def _deterministic(run):
+    """run's forward and backward with torch's deterministic algorithms on (the scan's backward
+    then sums per-block buffers); a leaf stands in for the output."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        y = run()
+        y.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    return y.detach().requires_grad_()
 
 
 def _additive_recurrence(dtype, sizes):
@@ -156,12 +182,112 @@ FAMILIES = {
 }
 
 
-def compile_all(arch=90, families=tuple(FAMILIES), quick=False):
-    """Compile each family's kernels for sm_`arch`, forward and backward; yields a Compiled per
-    launch."""
+def _refuse_interpreter():
     if os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0"):
         raise RuntimeError("TRITON_INTERPRET is set: the kernels are interpreted, not compiled; "
                            "run the compile check in a process without it")
+
+
+def _recipe_launches(family):
+    """(recipe, a call of the family's launcher at its training shape) on meta tensors."""
+    import torch
+
+    from lra.bench.core import recipes
+
+    meta = dict(device="meta", requires_grad=True)
+    low = torch.bfloat16  # what the recipes train in (bf16-mixed)
+    if family == "attention":
+        from lra.kernels.attention.triton import attention_triton
+        for r in recipes("flash"):
+            heads = r.model["n_heads"]
+            q, k, v = (torch.empty(r.rows, heads, r.length, r.model["d_model"] // heads,
+                                   dtype=low, **meta) for _ in range(3))
+            yield r.name, partial(attention_triton, q, k, v, None, not r.model["bidirectional"])
+    elif family == "selective_scan":
+        from lra.kernels.selective_scan.triton import selective_scan_triton
+        for r in recipes("mamba"):
+            E, N = 2 * r.model["d_model"], r.model["d_state"]
+            x, dt = (torch.empty(r.rows, E, r.length, dtype=low, **meta) for _ in range(2))
+            B, C = (torch.empty(r.rows, N, r.length, dtype=low, **meta) for _ in range(2))
+            A, D = torch.empty(E, N, **meta), torch.empty(E, **meta)
+            yield r.name, partial(selective_scan_triton, x, dt, A, B, C, D)
+    elif family == "additive_recurrence":
+        from lra.kernels.additive_recurrence.triton_causal import additive_causal_triton
+        from lra.kernels.additive_recurrence.triton_noncausal import additive_noncausal_triton
+        for r in recipes("lightnet"):
+            heads = r.model["n_heads"]
+            w = r.model["d_model"] // heads
+            dk = 2 * w if r.model["positions"] in ("lrpe", "both") else w
+            q, k = (torch.empty(r.rows, heads, r.length, dk, dtype=low, **meta) for _ in range(2))
+            v = torch.empty(r.rows, heads, r.length, w, dtype=low, **meta)
+            if r.model["bidirectional"]:
+                yield r.name, partial(additive_noncausal_triton, q, k, v)
+            else:
+                yield r.name, partial(additive_causal_triton, q, k, v)
+    elif family == "vandermonde":
+        from lra.kernels.vandermonde.triton import vandermonde_triton
+        for r in recipes("s4d"):
+            c, H, modes = 1 + r.model["bidirectional"], r.model["d_model"], r.model["d_state"] // 2
+            C = torch.empty(c, H, modes, dtype=torch.complex64, **meta)
+            dtA = torch.empty(H, modes, dtype=torch.complex64, **meta)
+            yield r.name, partial(vandermonde_triton, C, dtA, r.length)
+    elif family == "cauchy":
+        from lra.kernels.cauchy.triton import cauchy_triton
+        for r in recipes("s4"):
+            c, H, modes = 1 + r.model["bidirectional"], r.model["d_model"], r.model["d_state"] // 2
+            v = torch.empty(2 * c + 2, H, modes, dtype=torch.complex64, **meta)
+            w = torch.empty(H, modes, dtype=torch.complex64, **meta)
+            z = torch.empty((r.length | 1) // 2 + 1, dtype=torch.complex64, device="meta")
+            yield r.name, partial(cauchy_triton, v, z, w, True)
+
+
+@dataclass
+class Programs:
+    family: str
+    recipe: str
+    kernel: str
+    programs: int
+
+
+def count_programs(families=tuple(FAMILIES)):
+    """The programs of each launch, forward and backward, at every recipe's training shape:
+    yields a Programs per launch. Nothing is compiled or run (meta tensors)."""
+    import math
+
+    _refuse_interpreter()
+
+    from triton.runtime.jit import JITFunction
+
+    launches, launch = [], JITFunction.run
+
+    def count_instead(self, *args, grid, warmup, **kwargs):
+        size = grid(kwargs) if callable(grid) else grid
+        launches.append((self.fn.__name__, math.prod(size)))
+
+    JITFunction.run = count_instead
+    try:
+        for family in families:
+            for recipe, run in _recipe_launches(family):
+                launches.clear()
+                run().real.sum().backward()
+                for name, programs in launches:
+                    yield Programs(family, recipe, name, programs)
+    finally:
+        JITFunction.run = launch
+
+
+def too_few_programs(counts, arch):
+    """The launches with fewer than two programs per SM of sm_`arch` that WHY_FEW_PROGRAMS does not
+    explain."""
+    sms = SMS.get(arch)
+    return [c for c in counts if sms is not None and c.programs < 2 * sms
+            and (c.family, c.kernel) not in WHY_FEW_PROGRAMS]
+
+
+def compile_all(arch=90, families=tuple(FAMILIES), quick=False):
+    """Compile each family's kernels for sm_`arch`, forward and backward; yields a Compiled per
+    launch."""
+    _refuse_interpreter()
     import torch
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
@@ -227,8 +353,9 @@ def main(argv=None):
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--quick", action="store_true",
                         help="one or two sizes per family instead of all")
-    parser.add_argument("--strict", action="store_true", help="fail on spilled registers too, not "
-                        "only on launches over the shared memory limit")
+    parser.add_argument("--strict", action="store_true", help="fail on spilled registers and on "
+                        "launches with under two programs per SM too, not only on launches over "
+                        "the shared memory limit")
     args = parser.parse_args(argv)
     results = []
     print(f"{'family':<20} {'case':<28} {'kernel':<20} "
@@ -241,13 +368,26 @@ def main(argv=None):
               flush=True)
     too_big, spills = over_shared_memory(results, args.arch), spilled(results)
     print(f"\n{len(results)} launches compiled for sm_{args.arch}")
+    sms = SMS.get(args.arch)
+    print(f"\nprograms per launch at the recipes' training shapes (sm_{args.arch}: "
+          f"{sms or '?'} SMs)\n{'family':<20} {'recipe':<20} {'kernel':<22} programs  per SM")
+    counts = list(count_programs(args.families))
+    for c in counts:
+        why = WHY_FEW_PROGRAMS.get((c.family, c.kernel), "")
+        per_sm = f"{c.programs / sms:7.1f}" if sms else "      -"
+        print(f"{c.family:<20} {c.recipe:<20} {c.kernel:<22} {c.programs:>8} {per_sm}"
+              f"{'  (few: ' + why + ')' if why and sms and c.programs < 2 * sms else ''}")
+    few = too_few_programs(counts, args.arch)
     for r in too_big:
         print(f"  too big: {r.family} {r.case} {r.kernel} needs {r.shared} B of shared memory, "
               f"sm_{args.arch} has {SHARED_LIMIT[args.arch]}")
     for r in spills:
         print(f"  spills: {r.family} {r.case} {r.kernel}: {r.registers} registers and {r.stack} B "
               "of stack a thread")
-    return 1 if too_big or (args.strict and spills) else 0
+    for c in few:
+        print(f"  few programs: {c.family} {c.recipe} {c.kernel}: {c.programs}, under two per SM "
+              f"({2 * sms})")
+    return 1 if too_big or (args.strict and (spills or few)) else 0
 
 if __name__ == "__main__":
     sys.exit(main())

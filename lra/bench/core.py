@@ -41,8 +41,8 @@ PEAKS = {"H200": (4.8e12, 989e12), "H100 SXM": (3.35e12, 989e12)}  # HBM bytes/s
 
 @dataclass
 class Shape:
-    """One task's shape: batch rows (documents), length, key padding, device and the
-    low-precision dtype of the kernels."""
+    """One task's shape: batch rows (documents), length, key padding, device, the low-precision
+    dtype of the kernels and the recipe's model options."""
 
     task: str
     batch: int
@@ -50,6 +50,7 @@ class Shape:
     padded: bool
     device: str
     low: object  # torch dtype: bf16 on CUDA, float32 on a CPU (bf16 is broken in the interpreter)
+    model: dict = None  # the recipe's model options (widths), where a case follows one
 
     def lengths(self):
         """Real lengths per row (B,), uniform in [L/2, L] and seeded, or None for a dense task."""
@@ -214,3 +215,45 @@ def minimal_s4d(d_model, d_state):
             return self.out(nn.functional.gelu(y + u * self.D[:, None]))
 
     return MinimalS4D()
+
+
+# every recipe task's sequence length and documents per example (two for retrieval's pairs)
+RECIPE_LENGTHS = {"listops": (2000, 1), "text": (4096, 1), "retrieval": (4000, 2),
+                  "image": (1024, 1), "pathfinder": (1024, 1), "pathx": (16384, 1),
+                  "sc10": (16000, 1), "sc35": (16000, 1), "scifar": (1024, 1)}
+
+
+@dataclass
+class Recipe:
+    """One experiment's training shape: conf/experiment/<model>/<task>.yaml over the model's and
+    the task's defaults. rows = batch x documents per example; model: the backbone's options."""
+
+    name: str
+    task: str
+    rows: int
+    length: int
+    model: dict
+
+
+def recipes(model):
+    """The recipes of `model` (conf/experiment/<model>/*.yaml), in file-name order."""
+    from omegaconf import OmegaConf
+
+    import lra.conf
+
+    root = Path(lra.conf.__file__).parent
+    out = []
+    for path in sorted((root / "experiment" / model).glob("*.yaml")):
+        task = path.stem
+        spec = OmegaConf.load(path)
+        options = OmegaConf.merge(OmegaConf.load(root / "model" / f"{model}.yaml"),
+                                  spec.get("model", {}))
+        task_conf = OmegaConf.merge(OmegaConf.load(root / "task" / f"{task}.yaml"),
+                                    spec.get("task", {}))
+        length, docs = RECIPE_LENGTHS[task]
+        if "resolution" in task_conf:
+            length = task_conf.resolution ** 2
+        length = min(length, task_conf.get("max_len", length))
+        out.append(Recipe(f"{model}/{task}", task, task_conf.batch_size * docs, length,
+                          OmegaConf.to_container(options)))
+    return out

@@ -7,10 +7,13 @@
 
 Task shapes (lra.bench.core.TASKS): ListOps 2000, Text 4096, Retrieval 2 x 4000 (two documents
 per example), Image 1024 (32 x 32), Pathfinder 1024 (32 x 32), Path-X 16384 (128 x 128); ListOps,
-Text and Retrieval batches are padded, each row's real length drawn uniformly from [L/2, L]. A
-case holds a fixed number of tokens per call, 32K for attention (the anchors' 32 x 1K, 8 x 4K,
-2 x 16K) and 64K for the others (B16 L4096, B64 L1024, B4 L16384). `--scale s` multiplies batch
-and length by s (an image's side by sqrt s) and keeps every width.
+Text and Retrieval batches are padded, each row's real length drawn uniformly from [L/2, L]. Each
+case runs at the recipe's shape for its model and task (conf/experiment/<model>/<task>.yaml,
+lra.bench.core.recipes): its batch, its widths (attention heads and head width; Mamba's 2 d_model
+channels and state; LightNet's heads with 2w keys and the LRPE gain; S4D's and S4's channels and
+modes) and, on a GPU, the dtypes bf16-mixed training gives the kernels (bf16 q, k, v and gains; bf16
+x, B, C with float32 dt, A, D; the S4 kernels in complex64; the layer cases under bf16 autocast).
+`--scale s` multiplies batch and length by s (an image's side by sqrt s) and keeps every width.
 
 Candidates, timed in one process (forward + backward, median of --repeats after a warm-up):
     triton      our dispatch with LRA_KERNELS=triton (CUDA; on a CPU only with --interpret)
@@ -58,6 +61,7 @@ from lra.bench.core import (
     error_text,
     minimal_s4d,
     prepare_device,
+    recipes,
     resolve_device,
     scaled_length,
     write_record,
@@ -78,14 +82,15 @@ class Setup:
     flops: float = None
 
 
-def task_shape(task, budget, scale, device):
-    """The batch (rows: documents) and length of `task` for a case of `budget` tokens per call."""
+def task_shape(model, task, scale, device):
+    """The recipe `model`/`task`'s batch (rows: documents), length and model options, scaled."""
     import torch
 
-    length, _, padded, docs = TASKS[task]
-    examples = max(1, int(budget * scale / (docs * length) + 1e-6))  # whole examples
+    length, _, padded, _ = TASKS[task]
+    [recipe] = [r for r in recipes(model) if r.task == task]
     low = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return Shape(task, examples * docs, scaled_length(task, length, scale), padded, device, low)
+    return Shape(task, max(1, round(recipe.rows * scale)), scaled_length(task, length, scale),
+                 padded, device, low, recipe.model)
 
 
 def _optional(module, hint):
@@ -114,7 +119,8 @@ def attention_case(shape, interpret):
 
     from lra.kernels.attention import attention, attention_sdpa
 
-    B, L, heads, d = shape.batch, shape.length, 8, 64
+    B, L, heads = shape.batch, shape.length, shape.model["n_heads"]
+    d = shape.model["d_model"] // heads
     q, k, v = (torch.randn(B, heads, L, d, device=shape.device, dtype=shape.low,
                            requires_grad=True) for _ in range(3))
     n = shape.lengths()
@@ -157,39 +163,52 @@ def _flex_candidate(q, k, v, n, shape, queries=False):
 
 
 def selective_scan_case(shape, interpret):
-    """Mamba's scan at d_model 256, expand 2 (D = 512 channels), state 16, float32."""
+    """Mamba's scan at the recipe's 2 d_model channels and state N: x, B, C in the training's
+    low dtype (what Mamba passes under bf16-mixed), dt, A, D in float32."""
     import torch
     import torch.nn.functional as F
 
     from lra.kernels.selective_scan import selective_scan
 
-    B, L, D, N, dev = shape.batch, shape.length, 512, 16, shape.device
-    x = torch.randn(B, D, L, device=dev, requires_grad=True)
+    B, L, dev = shape.batch, shape.length, shape.device
+    D, N = 2 * shape.model["d_model"], shape.model["d_state"]
+    x = torch.randn(B, D, L, device=dev, dtype=shape.low, requires_grad=True)
     dt = _leaf(F.softplus(torch.randn(B, D, L, device=dev) - 4))
     A = _leaf(-torch.arange(1, N + 1, device=dev, dtype=torch.float32).repeat(D, 1))
-    Bm, C = (torch.randn(B, N, L, device=dev, requires_grad=True) for _ in range(2))
+    Bm, C = (torch.randn(B, N, L, device=dev, dtype=shape.low, requires_grad=True)
+             for _ in range(2))
     Dp = torch.ones(D, device=dev, requires_grad=True)
     ours = partial(selective_scan, x, dt, A, Bm, C, Dp)
     return Setup([x, dt, A, Bm, C, Dp], B * L, _ours(ours, dev, interpret))
 
 
 def _additive_case(shape, interpret, causal):
-    """LightNet's recurrence at 4 heads of 64 (d_model 256), bf16 on CUDA as fla's anchor runs."""
+    """LightNet's recurrence at the recipe's heads of width w: with LRPE 2w keys and queries, w
+    values and a gain (L, 2w) of cos and sin, as the model passes them; bf16 on CUDA."""
     import torch
 
     from lra.kernels.additive_recurrence import additive_recurrence
 
-    B, L, heads, d, dev = shape.batch, shape.length, 4, 64, shape.device
-    q, k, v = (torch.randn(B, heads, L, d, device=dev, dtype=shape.low, requires_grad=True)
-               for _ in range(3))
-    candidates = _ours(partial(additive_recurrence, q, k, v, shape.mask(), causal), dev, interpret)
+    B, L, heads, dev = shape.batch, shape.length, shape.model["n_heads"], shape.device
+    w = shape.model["d_model"] // heads
+    lrpe = shape.model["positions"] in ("lrpe", "both")
+    dk = 2 * w if lrpe else w
+    q, k = (torch.randn(B, heads, L, dk, device=dev, dtype=shape.low, requires_grad=True)
+            for _ in range(2))
+    v = torch.randn(B, heads, L, w, device=dev, dtype=shape.low, requires_grad=True)
+    gain = None
+    if lrpe:
+        phi = torch.arange(L, device=dev)[:, None] * 1e4 ** (-torch.arange(w, device=dev) / w)
+        gain = torch.cat([phi.cos(), phi.sin()], -1).to(shape.low)  # (L, 2w)
+    run = partial(additive_recurrence, q, k, v, shape.mask(), causal, gain)
+    candidates = _ours(run, dev, interpret)
     if causal:
         candidates["fla"] = _fla_candidate(q, k, v, shape)
     return Setup([q, k, v], B * L, candidates)
 
 
 def _fla_candidate(q, k, v, shape):
-    """fla-core's chunk_lightnet (causal only, no padding mask: it runs every position) on
+    """fla-core's chunk_lightnet (causal only, no padding mask, no gain: it runs every position) on
     (B, T, H, K) copies."""
     lightnet, missing = _optional("fla.ops.lightnet", "pip install fla-core (chunk_lightnet)")
     if missing:
@@ -204,13 +223,13 @@ def _fla_candidate(q, k, v, shape):
 
 
 def vandermonde_case(shape, interpret):
-    """The S4D kernel of a bidirectional layer: H 256, N 64 (32 complex modes), one (2, H, L)
-    kernel per call."""
+    """The S4D kernel of a bidirectional layer at the recipe's H and N (N/2 complex modes), one
+    (2, H, L) kernel per call."""
     import torch
 
     from lra.kernels.vandermonde import vandermonde
 
-    H, N2, dev = 256, 32, shape.device
+    H, N2, dev = shape.model["d_model"], shape.model["d_state"] // 2, shape.device
     log_dt = torch.rand(H, 1, device=dev) * math.log(100) + math.log(1e-3)
     dt = torch.exp(log_dt)  # log-uniform in [1e-3, 1e-1]
     A = torch.complex(torch.full((H, N2), -0.5, device=dev),
@@ -222,13 +241,13 @@ def vandermonde_case(shape, interpret):
 
 
 def cauchy_case(shape, interpret):
-    """The S4 Cauchy products of a bidirectional layer: 6 rows, H 256, N 64 (32 modes),
+    """The S4 Cauchy products of a bidirectional layer at the recipe's H and N: 6 rows, N/2 modes,
     (L | 1) // 2 + 1 points."""
     import torch
 
     from lra.kernels.cauchy import cauchy
 
-    H, N2, dev = 256, 32, shape.device
+    H, N2, dev = shape.model["d_model"], shape.model["d_state"] // 2, shape.device
     Lo = shape.length | 1
     points = torch.arange(Lo // 2 + 1, device=dev, dtype=torch.float32)
     z = 1j * torch.tan(math.pi / Lo * points)  # (K,)
@@ -240,15 +259,21 @@ def cauchy_case(shape, interpret):
 
 
 def _layer_case(name, options, shape, interpret):
-    """One residual block of a registered model at d_model 256, float32: ours under each
-    LRA_KERNELS."""
+    """One residual block of a registered model at the recipe's d_model, under bf16 autocast on
+    CUDA (as bf16-mixed trains), float32 on a CPU: ours under each LRA_KERNELS."""
     import torch
 
     from lra import registry
 
-    model = registry.model(name)(d_model=256, n_layers=1, **options).to(shape.device)
-    x = torch.randn(shape.batch, shape.length, 256, device=shape.device, requires_grad=True)
-    ours = partial(model, x, shape.mask())
+    width = shape.model["d_model"]
+    model = registry.model(name)(d_model=width, n_layers=1, **options).to(shape.device)
+    x = torch.randn(shape.batch, shape.length, width, device=shape.device, requires_grad=True)
+    mask, cuda = shape.mask(), shape.device.startswith("cuda")
+
+    def ours():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            return model(x, mask).float()
+
     candidates = {"triton": triton_candidate(ours, shape.device, interpret),
                   "default": Candidate("ours", ours),
                   "reference": Candidate("reference", ours, "reference")}
@@ -256,8 +281,9 @@ def _layer_case(name, options, shape, interpret):
 
 
 def s4d_case(shape, interpret):
-    setup = _layer_case("s4d", {"d_state": 64, "bidirectional": True}, shape, interpret)
-    minimal = minimal_s4d(256, 64).to(shape.device)
+    state = shape.model["d_state"]
+    setup = _layer_case("s4d", {"d_state": state, "bidirectional": True}, shape, interpret)
+    minimal = minimal_s4d(shape.model["d_model"], state).to(shape.device)
     x = setup.inputs[0]
     setup.candidates["s4d-minimal"] = Candidate("anchor", lambda: minimal(x.transpose(1, 2)),
                                                 leaves=list(minimal.parameters()))
@@ -265,18 +291,20 @@ def s4d_case(shape, interpret):
 
 
 def s4_case(shape, interpret):
-    return _layer_case("s4", {"d_state": 64, "bidirectional": True}, shape, interpret)
+    return _layer_case("s4", {"d_state": shape.model["d_state"], "bidirectional": True}, shape,
+                       interpret)
 
 
 def mamba_case(shape, interpret):
-    """Our causal Mamba block (the mambapy layer is causal) against mambapy's, d_model 256,
-    state 16."""
-    setup = _layer_case("mamba", {"d_state": 16, "bidirectional": False}, shape, interpret)
+    """Our causal Mamba block (the mambapy layer is causal) against mambapy's, at the recipe's
+    d_model and state."""
+    width, state = shape.model["d_model"], shape.model["d_state"]
+    setup = _layer_case("mamba", {"d_state": state, "bidirectional": False}, shape, interpret)
     mambapy, missing = _optional("mambapy.mamba", "pip install mambapy")
     if missing:
         setup.candidates["mambapy"] = missing
         return setup
-    config = mambapy.MambaConfig(d_model=256, n_layers=1, d_state=16)
+    config = mambapy.MambaConfig(d_model=width, n_layers=1, d_state=state)
     theirs = mambapy.Mamba(config).to(shape.device)
     x = setup.inputs[0]
     setup.candidates["mambapy"] = Candidate("anchor", lambda: theirs(x)[0],
@@ -284,24 +312,24 @@ def mamba_case(shape, interpret):
     return setup
 
 
-# case: (what it times, tokens per call at full scale, builder, anchor order for the ratio)
+# case: (what it times, the model whose recipes give its shapes, builder, anchor order for the
+# ratio)
 CASES = {
-    "attention": ("FlashAttention with key padding, 8 heads x 64, bf16 on a GPU", 32768,
-                  attention_case, ("flex", "sdpa-cudnn", "sdpa-flash", "sdpa-efficient",
-                                   "sdpa-math")),
-    "selective_scan": ("Mamba's selective scan, D 512, N 16, fp32", 65536, selective_scan_case,
-                       ()),
-    "additive_causal": ("LightNet's causal additive recurrence, 4 heads x 64, bf16 on a GPU",
-                        65536, partial(_additive_case, causal=True), ("fla",)),
-    "additive_noncausal": ("LightNet's non-causal additive recurrence, 4 heads x 64, bf16 on a "
-                           "GPU", 65536, partial(_additive_case, causal=False), ()),
-    "vandermonde": ("S4D Vandermonde kernel, bidirectional, H 256, N 64, fp32", 65536,
-                    vandermonde_case, ()),
-    "cauchy": ("S4 Cauchy products, bidirectional, H 256, N 64, fp32", 65536, cauchy_case, ()),
-    "s4d": ("S4D block, bidirectional, d_model 256, N 64, fp32", 65536, s4d_case,
-            ("s4d-minimal",)),
-    "s4": ("S4 block, bidirectional, d_model 256, N 64, fp32", 65536, s4_case, ()),
-    "mamba": ("Mamba block, causal, d_model 256, N 16, fp32", 65536, mamba_case, ("mambapy",)),
+    "attention": ("FlashAttention with key padding, the flash recipe's heads, bf16 on a GPU",
+                  "flash", attention_case, ("flex", "sdpa-cudnn", "sdpa-flash", "sdpa-efficient",
+                                            "sdpa-math")),
+    "selective_scan": ("Mamba's selective scan, 2 d_model channels, bf16 x, B, C on a GPU",
+                       "mamba", selective_scan_case, ()),
+    "additive_causal": ("LightNet's causal additive recurrence, 2w keys and the LRPE gain, bf16 "
+                        "on a GPU", "lightnet", partial(_additive_case, causal=True), ("fla",)),
+    "additive_noncausal": ("LightNet's non-causal additive recurrence, 2w keys and the LRPE gain, "
+                           "bf16 on a GPU", "lightnet", partial(_additive_case, causal=False), ()),
+    "vandermonde": ("S4D Vandermonde kernel, bidirectional, complex64", "s4d", vandermonde_case,
+                    ()),
+    "cauchy": ("S4 Cauchy products, bidirectional, complex64", "s4", cauchy_case, ()),
+    "s4d": ("S4D block, bidirectional, bf16 autocast on a GPU", "s4d", s4d_case, ("s4d-minimal",)),
+    "s4": ("S4 block, bidirectional, bf16 autocast on a GPU", "s4", s4_case, ()),
+    "mamba": ("Mamba block, causal, bf16 autocast on a GPU", "mamba", mamba_case, ("mambapy",)),
 }
 UNBATCHED = ("vandermonde", "cauchy")  # one kernel serves every sequence: batch 1, tokens = L
 
@@ -339,8 +367,8 @@ def bench_case(name, task, scale, device, repeats, interpret, peaks):
     """One case at one task's shape: every candidate timed; the row of the JSON."""
     import torch
 
-    what, budget, build, anchors = CASES[name]
-    shape = task_shape(task, budget, scale, device)
+    what, model, build, anchors = CASES[name]
+    shape = task_shape(model, task, scale, device)
     if name in UNBATCHED:
         shape.batch = 1
     torch.manual_seed(0)
@@ -356,7 +384,8 @@ def bench_case(name, task, scale, device, repeats, interpret, peaks):
         add_throughput(c, setup.tokens, work, peaks)
     row = {"case": name, "what": what, "task": task,
            "shape": {"batch": shape.batch, "length": shape.length, "padded": shape.padded,
-                     "dtype": str(setup.inputs[0].dtype).removeprefix("torch.")},
+                     "dtype": str(setup.inputs[0].dtype).removeprefix("torch."),
+                     "recipe": f"{model}/{task}"},
            "tokens": setup.tokens, "bytes": nbytes, "flops": setup.flops,
            "candidates": candidates}
     add_ratios(row, anchors)

@@ -6,7 +6,8 @@ task shape.
 
 Each step runs with our kernels (LRA_KERNELS unset, and forced Triton) and with the PyTorch
 references (LRA_KERNELS=reference), on random inputs of the task's kind and length, at the batch
-of conf/experiment/<model>/<task>.yaml. Shapes, scaling and timing are lra.bench.core's, the
+of conf/experiment/<model>/<task>.yaml and, on a GPU, in its trainer's precision (bf16-mixed:
+under bf16 autocast, as Lightning runs it). Shapes, scaling and timing are lra.bench.core's, the
 candidates, table and JSON those of `lra bench kernels` (lra.bench.candidates).
 """
 import math
@@ -95,9 +96,13 @@ def bench_model_task(model, task, scale, device, repeats, interpret, d_model=Non
     groups = param_groups(classifier, cfg["optim"]["weight_decay"])
     optimizer = torch.optim.AdamW(groups, lr=cfg["optim"]["lr"])
     examples = random_batch(data, rows, length, TASKS[task][2], device)
+    cuda = device.startswith("cuda")
+    precision = str(cfg["trainer"]["precision"]) if cuda else "32-true"
+    mixed = precision.startswith("bf16")
 
     def step():
-        loss = F.cross_entropy(classifier(examples), examples["target"])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mixed):
+            loss = F.cross_entropy(classifier(examples), examples["target"])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -105,7 +110,6 @@ def bench_model_task(model, task, scale, device, repeats, interpret, d_model=Non
     candidates = {"triton": triton_candidate(step, device, interpret),
                   "default": Candidate("ours", step),
                   "reference": Candidate("reference", step, "reference")}
-    cuda = device.startswith("cuda")
     timed = {label: measure(c, step, repeats, cuda) for label, c in candidates.items()}
     docs = 2 if data.dual else 1
     for c in timed.values():
@@ -113,7 +117,7 @@ def bench_model_task(model, task, scale, device, repeats, interpret, d_model=Non
     row = {"case": model, "what": f"training step, recipe {cfg['recipe']}", "task": task,
            "shape": {"batch": rows, "documents": docs, "length": length,
                      "d_model": cfg["model"]["d_model"], "n_layers": cfg["model"]["n_layers"],
-                     "padded": TASKS[task][2]},
+                     "padded": TASKS[task][2], "precision": precision},
            "params": sum(p.numel() for p in classifier.parameters()),
            "tokens": rows * length * docs, "candidates": timed}
     add_ratios(row, ())
