@@ -8,6 +8,8 @@
 #   bash benchmarks/gpu.sh train    # full ListOps generated, then S4D's recipe for 9 minutes
 #   bash benchmarks/gpu.sh flash    # attention/dispatch/flash tests on CUDA, lra doctor --kernels,
 #                                   # then flash/listops (dropout 0.1) for 5 minutes on our kernel
+#   bash benchmarks/gpu.sh recipes  # two identical deterministic scan backwards, the scan, S4D/S4,
+#                                   # LightNet kernel tests, the bench at listops and pathx shapes
 #
 # The machine has torch, triton, lightning, pandas, pyarrow and pytest but no network: the rest
 # comes from wheels/ (git-ignored; carry it), fetched beforehand on a machine with pip access by
@@ -16,7 +18,7 @@
 # to $OUT, which the device tool brings back; commit it from there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:?"which stage: check, tests, bench, train or flash"}
+stage=${1:?"which stage: check, tests, bench, train, flash or recipes"}
 export WANDB_MODE=disabled TRITON_INTERPRET=0
 
 python benchmarks/install_wheels.py wheels
@@ -69,8 +71,14 @@ print(path, record["status"], record["metrics"].get("test_acc"), record.get("ker
 assert record["kernels"]["attention"]["path"] == "triton", "flash/listops did not train on our kernel"
 PY
     ;;
+  recipes)
+    python -m pytest -q -p no:cacheprovider tests/test_kernels_selective_scan.py -k deterministic
+    python -m pytest -q -p no:cacheprovider -m "kernels or gpu" tests/test_kernels_ssm.py \
+        tests/test_kernels_additive_recurrence.py tests/test_kernels_compile.py
+    python -m lra bench kernels --device cuda --tasks listops pathx --repeats 5
+    ;;
   *)
-    echo "unknown stage $stage: check, tests, bench, train or flash" >&2
+    echo "unknown stage $stage: check, tests, bench, train, flash or recipes" >&2
     exit 2
     ;;
 esac
