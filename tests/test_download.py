@@ -563,6 +563,11 @@ def test_hf_source_gives_sc10_the_archives_examples(tmp_path):
     again = []
     download_hf(["sc10"], tmp_path / "hf", manifest, say=again.append)
     assert again == [f"speech: already in {placed['speech']}, nothing to do"]
+    # The archive placed beside it is the copy the loader reads (the one SC35 needs).
+    dl.download(["sc35"], tmp_path / "hf", manifest=manifest, archive_file=archive,
+                progress=False, say=lines.append)
+    both = loaded(SC10, tmp_path / "hf", read_threads=2)
+    assert both.protocol["root"] == str(tmp_path / "hf/speech_commands")
 
 
 def test_hf_speech_refuses_clips_the_loader_cannot_read(tmp_path):
