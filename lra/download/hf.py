@@ -1,4 +1,4 @@
-"""`lra data download --source hf`: Text and Image from the Hugging Face hub through `datasets`,
+"""`lra data download --source hf`: Text, Image and SC10 from the Hugging Face hub via `datasets`,
 written in the layouts the loaders read and placed as the archives' folders are (built beside
 their place, split sizes checked, a marker written, renamed whole).
 
