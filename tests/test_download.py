@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from writers import (
+    speech_clip,
     write_aan_pairs,
     write_aclimdb,
     write_cifar_release,
@@ -22,11 +23,13 @@ from writers import (
     write_listops_release,
     write_pathfinder_release,
     write_speech_release,
+    write_wav,
 )
 
 from lra import download as dl
 from lra.cli import main
 from lra.errors import UserError
+from lra.tasks.speech import WORDS10
 
 
 def tar_of(folder, gz=True):
@@ -436,8 +439,9 @@ def test_hf_source_checks_sizes_and_refuses_other_tasks(tmp_path):
     with pytest.raises(UserError, match="train 20 rows, expected 25,000"):
         download_hf(["text"], tmp_path / "data", manifest)
     assert [p.name for p in (tmp_path / "data").iterdir()] == [".downloads"]  # the hub's cache
-    with pytest.raises(UserError, match="no copy of sc10.*image, scifar, text"):
-        download_hf(["text", "sc10"], tmp_path / "data", manifest)
+    with pytest.raises(UserError, match="no copy of sc35; it has image, sc10, scifar, text. "
+                                        "sc35: the hub's test split is .* test set"):
+        download_hf(["text", "sc35"], tmp_path / "data", manifest)
 
 
 def test_the_command_takes_the_hub_source(tmp_path, monkeypatch, capsys):
@@ -448,6 +452,148 @@ def test_the_command_takes_the_hub_source(tmp_path, monkeypatch, capsys):
     main(["data", "download", "text", "--source", "hf", "--data-dir", str(tmp_path / "data")])
     out = capsys.readouterr().out
     assert "text: placed in" in out and "text: prepared cache" in out and "source parquet" in out
+
+
+# Speech Commands on the hub (google/speech_commands, v0.02): train and validation are the
+# release's clips outside testing_list.txt (the _background_noise_ files as _silence_ rows); test
+# is the separate 12-class test set: the ten words' testing_list.txt clips, other words' clips
+# renamed into _unknown_ (label the word, is_unknown true) and one-second _silence_ cuts.
+HUB_SPEECH_LABELS = [*"yes no up down left right on off stop go".split(), "backward",
+                     "_unknown_", "_silence_"]
+
+
+def hub_speech(tmp_path, words, swap=None):
+    """write_speech_release's miniature (`words`) in the hub's layout, v0.02/<split>-*.parquet
+    with the hub's columns, the clips named in `swap` holding its bytes instead; returns the hub
+    folder and the release folder."""
+    import datasets
+
+    release = tmp_path / "release"
+    write_speech_release(release, words=words)
+    folder = release / "speech_commands"
+    tests = set((folder / "testing_list.txt").read_text().split())
+    valid = set((folder / "validation_list.txt").read_text().split())
+    rows = {split: [] for split in ("train", "validation", "test")}
+    for path in sorted(folder.glob("*/*.wav")):
+        name = str(path.relative_to(folder))
+        word, file = name.split("/")
+        if word == "_background_noise_":
+            rows["train"].append((path, name, "_silence_", None, 0))
+            continue
+        speaker, _, utterance = file[:-len(".wav")].split("_")
+        split = "test" if name in tests else "validation" if name in valid else "train"
+        rows[split].append((path, name, word, speaker, int(utterance)))
+    cut = tmp_path / "cut.wav"  # a test-set _silence_ cut: no release file, so not written
+    write_wav(cut, np.zeros(16000))
+    rows["test"].append((cut, "_silence_/0.wav", "_silence_", None, 0))
+    cell = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
+    features = datasets.Features({  # audio as stored (encoding it would need torchcodec)
+        "audio": cell, "label": datasets.ClassLabel(names=HUB_SPEECH_LABELS),
+        "is_unknown": datasets.Value("bool"), "speaker_id": datasets.Value("string"),
+        "utterance_id": datasets.Value("int8")})
+    hub = tmp_path / "hub" / "speech_commands"
+    known = WORDS10 + ("_silence_",)
+    for split, split_rows in rows.items():
+        columns = {"audio": [{"bytes": (swap or {}).get(n) or p.read_bytes(), "path": n}
+                             for p, n, *_ in split_rows],
+                   "label": [w for _, _, w, _, _ in split_rows],
+                   "is_unknown": [w not in known for _, _, w, _, _ in split_rows],
+                   "speaker_id": [s for *_, s, _ in split_rows],
+                   "utterance_id": [u for *_, u in split_rows]}
+        table = datasets.Dataset.from_dict(columns, features=features)
+        table.cast_column("audio", datasets.Audio(sampling_rate=16000)).to_parquet(
+            str(hub / "v0.02" / f"{split}-00000-of-00001.parquet"))
+    return hub, release
+
+
+def speech_manifest(hub, archive):
+    """The shipped manifest with the hub's speech_commands a local folder and the speech archive
+    the bytes `archive`, with the miniature's sizes and counts."""
+    manifest = dl.load_manifest()
+    manifest["hf"]["speech"].update(repo=str(hub), config=None,
+                                    rows={"train": 12, "validation": 11, "test": 12})
+    manifest["archives"]["speech_commands"].update(
+        size=len(archive), sha256=hashlib.sha256(archive).hexdigest(), md5=None)
+    manifest["parts"]["speech_commands"].update(
+        unpacked_size=1000, expect={"testing_list.txt": 1, "[!_]*/*.wav": 33})
+    return manifest
+
+
+def test_hf_source_gives_sc10_the_archives_examples(tmp_path):
+    from helpers import loaded
+
+    from lra.download.hf import download_hf
+    from lra.tasks.speech import SC10
+
+    hub, release = hub_speech(tmp_path, WORDS10 + ("backward",))
+    archive = tmp_path / "speech_commands_v0.02.tar.gz"
+    archive.write_bytes(tar_of(release / "speech_commands"))
+    manifest = speech_manifest(hub, archive.read_bytes())
+    lines = []
+    placed = download_hf(["sc10"], tmp_path / "hf", manifest, say=lines.append)
+    assert placed == {"speech": tmp_path / "hf/speech_commands_hf"}
+    assert dl.marker(placed["speech"])["origin"] == f"hf:{hub}"
+    dl.download(["sc10"], tmp_path / "tar", manifest=manifest, archive_file=archive,
+                progress=False, say=lines.append)
+    from_tar = tmp_path / "tar/speech_commands"
+    hub_words = sorted(p.name for p in placed["speech"].iterdir() if p.is_dir())
+    assert hub_words == ["_background_noise_", *WORDS10]  # backward and the test _silence_: no
+    for path in placed["speech"].glob("*/*.wav"):  # the release's bytes, noise included
+        assert path.read_bytes() == (from_tar / path.relative_to(placed["speech"])).read_bytes()
+
+    hf_sc10 = loaded(SC10, tmp_path / "hf", batch_size=4, read_threads=2)
+    tar_sc10 = loaded(SC10, tmp_path / "tar", batch_size=4, read_threads=2)
+    for split in ("train", "val", "test"):
+        a, b = hf_sc10.splits[split], tar_sc10.splits[split]
+        assert len(a) == len(b) == 10
+        for i in range(len(a)):
+            assert a[i]["target"] == b[i]["target"]
+            np.testing.assert_array_equal(a[i]["inputs"], b[i]["inputs"])
+    short = WORDS10.index("yes")  # each word's training clip has 8000 samples, then zeros
+    assert not hf_sc10.splits["train"][short]["inputs"][8000:].any()
+    assert hf_sc10.splits["train"][short]["inputs"][:8000].any()
+    assert hf_sc10.protocol["sizes"] == tar_sc10.protocol["sizes"]
+    # The clips hash alike; the lists do not: the release's also name backward's clips.
+    assert hf_sc10.fingerprint != tar_sc10.fingerprint
+    for name in ("validation_list.txt", "testing_list.txt"):
+        kept = [n for n in (from_tar / name).read_text().split() if n.split("/")[0] in WORDS10]
+        (from_tar / name).write_text("".join(f"{n}\n" for n in sorted(kept)))
+    assert loaded(SC10, tmp_path / "tar", read_threads=2).fingerprint == hf_sc10.fingerprint
+
+    again = []
+    download_hf(["sc10"], tmp_path / "hf", manifest, say=again.append)
+    assert again == [f"speech: already in {placed['speech']}, nothing to do"]
+    # The archive placed beside it is the copy the loader reads (the one SC35 needs).
+    dl.download(["sc35"], tmp_path / "hf", manifest=manifest, archive_file=archive,
+                progress=False, say=lines.append)
+    both = loaded(SC10, tmp_path / "hf", read_threads=2)
+    assert both.protocol["root"] == str(tmp_path / "hf/speech_commands")
+
+
+def test_hf_speech_refuses_clips_the_loader_cannot_read(tmp_path):
+    from lra.download.hf import download_hf
+
+    stereo = tmp_path / "stereo.wav"
+    write_wav(stereo, np.zeros(200), channels=2)
+    hub, _ = hub_speech(tmp_path, WORDS10, swap={speech_clip("up", 1): stereo.read_bytes()})
+    manifest = speech_manifest(hub, b"")
+    manifest["hf"]["speech"]["rows"] = {"train": 11, "validation": 10, "test": 11}
+    with pytest.raises(UserError, match=r"validation row 8 \(up/1b4c9b89_nohash_1.wav\): "
+                                        "expected mono 16-bit PCM at 16000 Hz, found 2 chan"):
+        download_hf(["sc10"], tmp_path / "data", manifest)
+    assert [p.name for p in (tmp_path / "data").iterdir()] == [".downloads"]  # nothing placed
+
+
+def test_the_command_takes_the_hub_speech_source(tmp_path, monkeypatch, capsys):
+    hub, _ = hub_speech(tmp_path, WORDS10)
+    manifest = speech_manifest(hub, b"")
+    manifest["hf"]["speech"]["rows"] = {"train": 11, "validation": 10, "test": 11}
+    (tmp_path / "sources.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("LRA_SOURCES", str(tmp_path / "sources.json"))
+    monkeypatch.setenv("LRA_CACHE", str(tmp_path / "cache"))
+    main(["data", "download", "sc10", "--source", "hf", "--data-dir", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert "speech: placed in" in out and "sc10: prepared cache" in out
 
 
 def test_ctrl_c_in_the_command_says_how_to_continue(tmp_path, monkeypatch, capsys):
