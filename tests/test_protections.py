@@ -5,8 +5,10 @@ protection is removed, which tests/mutants/catalogue.yaml checks by removing it 
 2. S4D is discretised by zero-order hold, dB = (exp(dt A) - 1) / A, not by Euler (dB = dt);
 3. the training order depends on the epoch (a new shuffle every epoch, the same one on resume);
 4. a run that evaluated part of its test set stays off the leaderboard's averages;
-5. a resume is refused when the optimiser options changed, not only the model's.
+5. a resume is refused when the optimiser options changed, not only the model's;
+and resume=auto refuses a job another process is still running.
 """
+import os
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,12 @@ from helpers import run_record as record
 from helpers import write_run_file as write
 from omegaconf import OmegaConf
 
+from lra import results
+from lra.errors import UserError
 from lra.leaderboard import build
 from lra.lit import Classifier
 from lra.models.s4d import S4DLayer
+from lra.resume import last_attempt
 from lra.tasks.base import EpochShuffle
 from lra.tasks.listops import ListOpsMini
 
@@ -130,3 +135,17 @@ def test_resume_refuses_a_checkpoint_made_with_other_optimiser_options(lra, tmp_
     result = lra("train", f"resume={run['run_dir']}")
     assert result.code == 2
     assert "other optim options" in result.err and f"{key}=" in result.err
+
+
+def test_resume_auto_refuses_a_job_that_is_still_running(tmp_path):
+    """A record of this job marked running by a live process (this one): resume=auto refuses
+    it, naming the pid; once the process is gone the attempt is returned to be continued."""
+    config = {"task": {"name": "listops_mini"}, "model": {"name": "s4d"}, "seed": 0,
+              "resume": "auto", "results_dir": str(tmp_path / "runs")}
+    record = {**results.new_record("r1", config, {}, "cpu", None), "run_dir": str(tmp_path)}
+    results.write_json_atomic(results.result_path(tmp_path / "runs", record), record)
+    with pytest.raises(UserError, match=f"running right now \\(pid {os.getpid()}"):
+        last_attempt(OmegaConf.create(config), "train")
+    record["pid"] = 2**22 + 1  # above Linux's pid_max default: no such process
+    results.write_json_atomic(results.result_path(tmp_path / "runs", record), record)
+    assert last_attempt(OmegaConf.create(config), "train")["run_id"] == "r1"
