@@ -6,7 +6,8 @@ protection is removed, which tests/mutants/catalogue.yaml checks by removing it 
 3. the training order depends on the epoch (a new shuffle every epoch, the same one on resume);
 4. a run that evaluated part of its test set stays off the leaderboard's averages;
 5. a resume is refused when the optimiser options changed, not only the model's;
-and resume=auto refuses a job another process is still running.
+and resume=auto refuses a job another process is still running; a data fingerprint reads every
+byte of the data.
 """
 import os
 from pathlib import Path
@@ -14,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, load_results
+from helpers import loaded
 from helpers import run_record as record
 from helpers import write_run_file as write
 from omegaconf import OmegaConf
+from writers import write_aclimdb
 
 from lra import results
 from lra.errors import UserError
@@ -26,6 +29,7 @@ from lra.models.s4d import S4DLayer
 from lra.resume import last_attempt
 from lra.tasks.base import EpochShuffle
 from lra.tasks.listops import ListOpsMini
+from lra.tasks.text import Text
 
 
 def test_the_test_split_is_evaluated_on_the_best_validation_checkpoint(lra, tmp_path,
@@ -149,3 +153,14 @@ def test_resume_auto_refuses_a_job_that_is_still_running(tmp_path):
     record["pid"] = 2**22 + 1  # above Linux's pid_max default: no such process
     results.write_json_atomic(results.result_path(tmp_path / "runs", record), record)
     assert last_attempt(OmegaConf.create(config), "train")["run_id"] == "r1"
+
+
+def test_the_text_fingerprint_reads_every_byte_of_every_review(tmp_path):
+    """An edit that keeps a review's length and label still makes other data: another
+    fingerprint, so its runs get their own leaderboard cell."""
+    folder = write_aclimdb(tmp_path)
+    before = loaded(Text, tmp_path).fingerprint
+    review = next((folder / "test" / "pos").iterdir())
+    body = review.read_bytes()
+    review.write_bytes(bytes([body[0] ^ 1]) + body[1:])  # one bit of one byte
+    assert loaded(Text, tmp_path).fingerprint != before
