@@ -21,7 +21,7 @@ from helpers import write_run_file as write
 from omegaconf import OmegaConf
 from writers import write_aclimdb
 
-from lra import results
+from lra import results, train
 from lra.errors import UserError
 from lra.leaderboard import build
 from lra.lit import Classifier
@@ -164,3 +164,22 @@ def test_the_text_fingerprint_reads_every_byte_of_every_review(tmp_path):
     body = review.read_bytes()
     review.write_bytes(bytes([body[0] ^ 1]) + body[1:])  # one bit of one byte
     assert loaded(Text, tmp_path).fingerprint != before
+
+
+def test_runs_with_other_seeds_start_from_other_weights(lra, tmp_path, monkeypatch):
+    """The run's seed reaches the weights' initialisation (not only the training order): two
+    seeds build two different classifiers (test_cli checks that one seed repeats)."""
+    built = []
+
+    def build_classifier(config, data):
+        classifier = build(config, data)
+        built.append({k: v.detach().clone() for k, v in classifier.state_dict().items()})
+        return classifier
+
+    build = train.build_classifier
+    monkeypatch.setattr(train, "build_classifier", build_classifier)
+    for seed in (1, 2, 1):
+        assert lra("train", *TINY, f"seed={seed}").code == 0
+    one, two, again = built
+    assert all(torch.equal(one[k], again[k]) for k in one)
+    assert any(not torch.equal(one[k], two[k]) for k in one)

@@ -33,6 +33,8 @@ CATALOGUE = HERE / "catalogue.yaml"
 FIELDS = {"name", "file", "find", "replace", "breaks", "tests"}
 OPTIONAL = {"fast"}
 CAUGHT = {1: "", 2: " (collection error)"}  # pytest's exit status: tests failed, errors
+SKIPPED = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "data", "runs",
+           "outputs", "multirun", "lightning_logs"}
 IMPORTED = ("lra", "lra.models.s4d", "lra.kernels.fftconv", "lra.conf")
 
 
@@ -71,9 +73,16 @@ def stale(mutant):
 
 
 def project_files():
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, check=True).stdout.decode()
-    return [name for name in listed.split("\0") if name and (ROOT / name).is_file()]
+    """The repository's files, as git lists them (tracked, and untracked but not ignored); in a
+    tree without git, every file outside the folders that are never source (SKIPPED)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                                 "--exclude-standard"], cwd=ROOT, capture_output=True,
+                                check=True).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        listed = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
+                  if not SKIPPED & set(p.relative_to(ROOT).parts)]
+    return [name for name in listed if name and (ROOT / name).is_file()]
 
 
 def scratch_copy(folder, files, mutant=None):
@@ -173,7 +182,7 @@ def main(argv=None):
     mutants = select(load(), args.only, args.fast)
     if args.list:
         for m in mutants:
-            print(f"{m['name']:<34} {'fast' if m.get('fast') else '    '}  {m['file']:<34} "
+            print(f"{m['name']:<40} {'fast' if m.get('fast') else '    '}  {m['file']:<36} "
                   f"{m['breaks']}")
         return 0
     broken = [(m["name"], why) for m in mutants if (why := stale(m))]
@@ -196,7 +205,8 @@ def main(argv=None):
                 print(f"the tests fail on the unedited code ({seconds:.0f} s): {first}",
                       file=sys.stderr)
                 return 1
-            print(f"baseline: {len(tests)} test files or ids pass unedited ({seconds:.0f} s)")
+            print(f"baseline: {len(tests)} test files or ids pass unedited ({seconds:.0f} s)",
+                  flush=True)
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             futures = [pool.submit(run_one, m, scratch, files, args.timeout, args.keep)
                        for m in mutants]
