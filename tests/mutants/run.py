@@ -12,7 +12,8 @@ and only its tests run in the copy with this interpreter, `lra` imported from th
 sitecustomize.py beside this file). First the tests of every selected mutant run once on the
 unedited copy: a test that fails already catches nothing. A mutant is caught when its tests fail
 (or cannot be collected, or time out); one that survives, or whose `find` text no longer occurs
-exactly once, fails the command. docs/mutants.md says how to add one.
+exactly once, fails the command (every entry is checked for that, whatever is selected; with
+--only, only a selected one fails it). docs/mutants.md says how to add one.
 """
 import argparse
 import os
@@ -179,18 +180,20 @@ def main(argv=None):
     parser.add_argument("--list", action="store_true", help="print the catalogue and stop")
     args = parser.parse_args(argv)
 
-    mutants = select(load(), args.only, args.fast)
+    catalogue = load()
+    mutants = select(catalogue, args.only, args.fast)
     if args.list:
         for m in mutants:
             print(f"{m['name']:<40} {'fast' if m.get('fast') else '    '}  {m['file']:<36} "
                   f"{m['breaks']}")
         return 0
-    broken = [(m["name"], why) for m in mutants if (why := stale(m))]
-    if broken:
+    broken = [(m["name"], why) for m in catalogue if (why := stale(m))]
+    if broken:  # checked over the whole catalogue, so CI's --fast run notices any stale entry
         print("\n".join(f"{name}: {why}" for name, why in broken), file=sys.stderr)
         print("catalogue.yaml is out of date with the code: update each `find` (docs/mutants.md)",
               file=sys.stderr)
-        return 1
+        if not args.only or any(name in args.only for name, _ in broken):
+            return 1
 
     started = time.perf_counter()
     files = project_files()
