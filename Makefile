@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test leaderboard data bench kernels-check lint clean
+.PHONY: help install train test leaderboard data bench kernels-check lint clean mutants
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,10 @@ bench: install  ## one block of each model (B8 L1024 D128 N64, 1 thread) -> benc
 
 kernels-check: install  ## compile every Triton kernel for an H100 (sm_90) without a GPU: shared memory, registers, spills
 	env -u TRITON_INTERPRET OMP_NUM_THREADS=1 $(BIN)/python -m lra.bench.compile_check $(ARGS)
+
+# tests/mutants/catalogue.yaml; docs/mutants.md. ARGS=--fast: CI's subset; ARGS="--only NAME"
+mutants: install  ## remove each protection in turn (tests/mutants/) and check its tests fail; before each release
+	OMP_NUM_THREADS=1 WANDB_MODE=disabled $(BIN)/python tests/mutants/run.py $(ARGS)
 
 lint: install  ## check style with ruff (CI runs it after the tests)
 	$(BIN)/ruff check .
