@@ -156,9 +156,13 @@ def _chunks(spec, seed, workers):
     with multiprocessing.get_context("spawn").Pool(workers, signal.signal,
                                                    (signal.SIGINT, signal.SIG_IGN)) as pool:
         ahead = deque(pool.apply_async(_chunk, (spec, seed, i)) for i in range(2 * workers))
-        for index in itertools.count(2 * workers):
-            yield ahead.popleft().get()
-            ahead.append(pool.apply_async(_chunk, (spec, seed, index)))
+        try:
+            for index in itertools.count(2 * workers):
+                yield ahead.popleft().get()
+                ahead.append(pool.apply_async(_chunk, (spec, seed, index)))
+        finally:  # the chunks in flight are handed over before the pool stops: a worker still
+            for chunk in ahead:  # writing one when it terminates blocks Pool.terminate for ever
+                chunk.wait()
 
 
 def samples(spec, seed, workers=1):
