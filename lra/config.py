@@ -33,9 +33,14 @@ def compose(overrides=(), hint="`lra train --cfg job` prints every key"):
                         f"({hint}); add a new key with +key=value.") from err
 
 
+# keys of a section that the harness reads itself: the registry `name`, and `pooling`, the
+# classifier's decoder (lra.lit), which the backbone never sees
+HARNESS_KEYS = ("name", "pooling")
+
+
 def options(section):
-    """A section's keyword options (`model`, `task`, ...): every key but its registry `name`."""
-    return {k: v for k, v in section.items() if k != "name"}
+    """A section's keyword options (`model`, `task`, ...): every key but HARNESS_KEYS."""
+    return {k: v for k, v in section.items() if k not in HARNESS_KEYS}
 
 
 def plain(cfg):

@@ -1,7 +1,14 @@
-"""The one classifier every backbone trains inside: encoder -> backbone -> masked mean -> head.
+"""The one classifier every backbone trains inside: encoder -> backbone -> pooling -> head.
 
-    tokens (B, L) --embedding--> (B, L, D) --backbone--> (B, L, D)
-                  --mean over real positions--> (B, D) --head--> logits
+    tokens (B, L) --embedding--> (B, L, D) --backbone--> (B, L, D) --pooling--> (B, D)
+                  --head--> logits
+
+`model.pooling` (a harness key, never passed to the backbone) picks the decoder:
+    mean: the mean over the real positions (the S4 references' default)
+    last: the output at each row's last real position (S4D's Pathfinder, `decoder.mode: last`)
+    cls:  a learned token prepended to every row, mask True there; its output is classified
+          (LRA's Transformer, `classifier_pool: CLS`)
+Padding changes none of them: each reads real positions only.
 
 Two-document tasks (Retrieval) encode both documents with the same backbone and classify
 `[u, v, u*v, u-v]`, the LRA convention. Accuracy is counted example by example over
@@ -23,6 +30,16 @@ def masked_mean(y, mask):
     """Mean over the real positions: y (B, L, D), mask (B, L) -> (B, D)."""
     weights = mask.unsqueeze(-1).to(y.dtype)  # (B, L, 1)
     return (y * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def last_real(y, mask):
+    """The output at each row's last real position: y (B, L, D), mask (B, L) -> (B, D)."""
+    positions = torch.arange(mask.shape[1], device=mask.device)  # (L,)
+    last = (positions * mask).amax(1)  # (B,) the largest real index (0 for an empty row)
+    return y[torch.arange(y.shape[0], device=y.device), last]
+
+
+POOLINGS = ("mean", "last", "cls")
 
 
 def warmup_cosine(step, total, warmup):
@@ -78,6 +95,12 @@ class Classifier(L.LightningModule):
         else:
             self.encoder = nn.Linear(task["d_input"], d_model)
         self.backbone = registry.model(model["name"])(**options)
+        self.pooling = model.get("pooling", "mean")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"model.pooling={self.pooling!r} is not known; use one of "
+                             f"{', '.join(POOLINGS)}")
+        # LRA's CLS token starts at zero; its position tells it apart
+        self.cls = nn.Parameter(torch.zeros(d_model)) if self.pooling == "cls" else None
         self.head = self.make_head(task, d_model)
         self.optim_overrides = optim_overrides(self)
         self._counts = {}
@@ -92,8 +115,14 @@ class Classifier(L.LightningModule):
                              nn.Linear(d_model, task["num_classes"]))
 
     def encode(self, inputs, mask):
+        """(B, L) inputs and mask -> the pooled features (B, D)."""
         x = self.encoder(inputs) * mask.unsqueeze(-1)  # (B, L, D), zero at padding
-        return masked_mean(self.backbone(x, mask=mask), mask)  # (B, D)
+        if self.pooling == "cls":
+            cls = self.cls.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, D)
+            x, mask = torch.cat([cls, x], 1), F.pad(mask, (1, 0), value=True)  # (B, 1 + L, .)
+            return self.backbone(x, mask=mask)[:, 0]
+        y = self.backbone(x, mask=mask)  # (B, L, D)
+        return last_real(y, mask) if self.pooling == "last" else masked_mean(y, mask)
 
     def forward(self, batch):
         u = self.encode(batch["inputs"], batch["mask"])

@@ -41,10 +41,7 @@ def harness_value(cfg, key):
     """Our side of a `harness.*` key: what the harness does where no config key says."""
     transformer_like = cfg.model.name in ("transformer", "flash")
     values = {
-        "harness.pooling": "mean",       # lra.lit: the masked mean over real positions
         "harness.schedule": "cosine",    # lra.lit.warmup_cosine
-        "harness.n_ssm": "per-channel",  # S4, S4D: every channel its own A (n_ssm = H)
-        "harness.tie_dropout": False,    # nn.Dropout: a fresh mask at every position
         "harness.attention_dropout": cfg.model.dropout if transformer_like else None,
         "harness.qkv_dim": cfg.model.d_model if transformer_like else None,
     }

@@ -64,6 +64,7 @@ Probability = Annotated[float, Range(0, 1)]
 Batches = Positive | Annotated[float, Range(0, 1, low_open=True)]  # a count, or a share of them
 Duration = Annotated[str, Pattern(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", 'a duration "DD:HH:MM:SS"')]
 Norm = Literal["layer", "batch"]
+Pooling = Literal["mean", "last", "cls"]
 
 
 @dataclass
@@ -180,6 +181,7 @@ class Model:
     n_layers: Positive
     dropout: Share
     bidirectional: bool
+    pooling: Pooling  # the classifier's decoder (lra.lit); not passed to the backbone
 
 
 @dataclass
@@ -227,6 +229,8 @@ class S4(Model):
     lr_dt: Rate | None  # null: optim.lr
     dt_min: Rate
     dt_max: Rate
+    n_ssm: Positive | None  # null: every channel its own A (n_ssm = d_model)
+    tie_dropout: bool
 
 
 @dataclass
@@ -239,6 +243,8 @@ class S4D(Model):
     lr_dt: Rate | None  # null: optim.lr
     dt_min: Rate
     dt_max: Rate
+    n_ssm: Positive | None  # null: every channel its own A (n_ssm = d_model)
+    tie_dropout: bool
 
 
 GROUPS = {"trainer": Trainer, "optim": Optim, "pretrain": Pretrain}

@@ -1,8 +1,10 @@
 """Blocks shared by the backbones, following the S4 LRA setup.
 
-    Residual(mixer, d_model=, dropout=, norm="layer", prenorm=False)
+    Residual(mixer, d_model=, dropout=, norm="layer", prenorm=False, tie_dropout=False)
         pre-norm:  x + dropout(mixer(norm(x), mask))
         post-norm: norm(x + dropout(mixer(x, mask)))
+    TiedDropout(p): dropout with one mask per example and channel, shared by every position
+        (S4's `tie_dropout`); make_dropout(p, tie) picks it or nn.Dropout.
     ResidualStack(mixers, d_model=, ...): a Residual around each mixer, [a final norm]; every
         backbone is one. RecurrentStack: one whose mixers have a recurrent view (`step`).
     GLU(d_model):  Linear(d, 2d) then a GLU, the output projection after an SSM.
@@ -80,14 +82,40 @@ def make_norm(kind, d_model):
     return NORMS[kind](d_model)
 
 
-class Residual(nn.Module):
-    """A residual block around `mixer(x, mask) -> x`, pre-norm or post-norm."""
+class TiedDropout(nn.Module):
+    """Dropout tied over the length: x (B, L, D) * m / (1 - p) with m ~ Bernoulli(1 - p) of shape
+    (B, 1, D), one draw per example and channel, the same at every position (S4's DropoutNd with
+    `tie=True`). Identity in eval mode; a (B, D) input (one position, `step`) draws (B, D)."""
 
-    def __init__(self, mixer, *, d_model, dropout=0.0, norm="layer", prenorm=False):
+    def __init__(self, p=0.0):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout={p} must lie in [0, 1)")
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        shape = (x.shape[0], *[1] * (x.ndim - 2), x.shape[-1])  # (B, 1, ..., D)
+        keep = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+def make_dropout(p, tie=False):
+    """Dropout at rate p: one mask per position (nn.Dropout), or tied over the length."""
+    return TiedDropout(p) if tie else nn.Dropout(p)
+
+
+class Residual(nn.Module):
+    """A residual block around `mixer(x, mask) -> x`, pre-norm or post-norm; `tie_dropout`
+    ties the residual branch's dropout over the length (TiedDropout)."""
+
+    def __init__(self, mixer, *, d_model, dropout=0.0, norm="layer", prenorm=False,
+                 tie_dropout=False):
         super().__init__()
         self.mixer = mixer
         self.norm = make_norm(norm, d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = make_dropout(dropout, tie_dropout)
         self.prenorm = prenorm
 
     def forward(self, x, mask=None):
@@ -111,9 +139,11 @@ class ResidualStack(nn.Module):
     its layers, each built by keyword: a Transformer's are attention, MLP, attention, MLP, ...
     """
 
-    def __init__(self, mixers, *, d_model, dropout=0.0, norm="layer", prenorm=False):
+    def __init__(self, mixers, *, d_model, dropout=0.0, norm="layer", prenorm=False,
+                 tie_dropout=False):
         super().__init__()
-        block = partial(Residual, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm)
+        block = partial(Residual, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm,
+                        tie_dropout=tie_dropout)
         self.layers = nn.ModuleList(block(mixer) for mixer in mixers)
         self.norm = make_norm(norm, d_model) if prenorm else None
 
@@ -189,6 +219,22 @@ def ssm_optim(lr):
     """The optimiser settings of a state-space parameter (`param._optim`): no weight decay, and
     its own learning rate `lr`, or the global one when lr is None (S4's `lr: {dt: null}`)."""
     return {"weight_decay": 0.0} if lr is None else {"lr": lr, "weight_decay": 0.0}
+
+
+def tied_channels(param, H):
+    """A state-space parameter of n_ssm rows (n_ssm, ...) for all H channels (H, ...): channel h
+    uses row h mod n_ssm (S4's `n_ssm`: H / n_ssm channels share each A and B)."""
+    return param if param.shape[0] == H else param.repeat(H // param.shape[0],
+                                                          *[1] * (param.ndim - 1))
+
+
+def check_n_ssm(n_ssm, d_model):
+    """n_ssm (None: d_model, every channel its own) must divide d_model; returns it."""
+    n_ssm = d_model if n_ssm is None else n_ssm
+    if n_ssm < 1 or d_model % n_ssm:
+        raise ValueError(f"n_ssm={n_ssm} must be a positive divisor of d_model={d_model}; "
+                         "set model.n_ssm to one, or null for one SSM per channel")
+    return n_ssm
 
 
 def zero_pads(x, mask):

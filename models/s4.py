@@ -49,7 +49,16 @@ import torch
 from torch import nn
 
 from lra.kernels.cauchy import cauchy
-from lra.models.blocks import GLU, LongConv, RecurrentStack, check_dt_range, ssm_optim
+from lra.models.blocks import (
+    GLU,
+    LongConv,
+    RecurrentStack,
+    check_dt_range,
+    check_n_ssm,
+    make_dropout,
+    ssm_optim,
+    tied_channels,
+)
 from lra.registry import register_model
 
 
@@ -114,25 +123,29 @@ class S4Layer(LongConv):
     (B, L, H) -> (B, L, H).
 
     Lambda, P, B and dt train without weight decay, Lambda, P, B at `lr`, dt at `lr_dt`
-    (None: the global lr, as S4's `lr: {dt: null, A: 0.001, B: 0.001}`).
+    (None: the global lr, as S4's `lr: {dt: null, A: 0.001, B: 0.001}`). n_ssm: how many
+    (Lambda, P, B) the H channels share, channel h using row h mod n_ssm (None: one per channel);
+    dt, C and D stay per channel. tie_dropout: one dropout mask per channel for every position.
     """
 
     def __init__(self, d_model, d_state=64, dropout=0.0, bidirectional=True, lr=1e-3,
-                 lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1):
+                 lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1, n_ssm=None, tie_dropout=False):
         super().__init__()
         if d_state % 2:
             raise ValueError(f"d_state={d_state} must be even: S4 keeps d_state/2 conjugate pairs")
         check_dt_range(dt_min, dt_max)
         H = d_model
+        n_ssm = check_n_ssm(n_ssm, H)
         self.bidirectional = bidirectional
         lam, p, b, _ = legs_nplr(d_state)
         log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = nn.Parameter(log_dt)  # (H,)
-        # (H, N2), Re Lambda = -exp(log_A_real)
-        self.log_A_real = nn.Parameter((-lam.real).log().float().repeat(H, 1))
-        self.A_imag = nn.Parameter(lam.imag.float().repeat(H, 1))  # (H, N2)
-        self.P = nn.Parameter(torch.view_as_real(p.to(torch.cfloat).repeat(H, 1)))  # (H, N2, 2)
-        self.B = nn.Parameter(torch.view_as_real(b.to(torch.cfloat).repeat(H, 1)))  # (H, N2, 2)
+        # (n_ssm, N2), Re Lambda = -exp(log_A_real)
+        self.log_A_real = nn.Parameter((-lam.real).log().float().repeat(n_ssm, 1))
+        self.A_imag = nn.Parameter(lam.imag.float().repeat(n_ssm, 1))  # (n_ssm, N2)
+        # (n_ssm, N2, 2) each
+        self.P = nn.Parameter(torch.view_as_real(p.to(torch.cfloat).repeat(n_ssm, 1)))
+        self.B = nn.Parameter(torch.view_as_real(b.to(torch.cfloat).repeat(n_ssm, 1)))
         channels = 2 if bidirectional else 1
         C = torch.randn(channels, H, d_state // 2, dtype=torch.cfloat)
         self.C = nn.Parameter(torch.view_as_real(C))  # (c, H, N2, 2)
@@ -140,17 +153,18 @@ class S4Layer(LongConv):
         self.log_dt._optim = ssm_optim(lr_dt)
         for param in (self.log_A_real, self.A_imag, self.P, self.B):
             param._optim = ssm_optim(lr)
-        self.drop = nn.Dropout(dropout)
+        self.drop = make_dropout(dropout, tie_dropout)
         self.out = GLU(d_model)
 
     def ssm(self, dtype=None):
         """dt (H,), Lambda, P, B (H, N/2), C (c, H, N/2) from the parameters, in dtype (real;
-        complex to match)."""
+        complex to match); Lambda, P and B spread from their n_ssm rows to the H channels."""
         dtype = dtype or self.D.dtype
+        H = self.D.shape[0]
         dt = self.log_dt.to(dtype).exp()
         lam = torch.complex(-self.log_A_real.to(dtype).exp(), self.A_imag.to(dtype))
         P, B, C = (torch.view_as_complex(x.to(dtype)) for x in (self.P, self.B, self.C))
-        return dt, lam, P, B, C
+        return dt, tied_channels(lam, H), tied_channels(P, H), tied_channels(B, H), C
 
     def kernel(self, L):
         """The convolution kernels, (c, H, L): c = 2 (forward, backward) if bidirectional else 1."""
@@ -194,11 +208,16 @@ class S4(RecurrentStack):
     d_state: N, the state size per channel (N/2 complex modes). norm: "layer" | "batch"; prenorm
     adds a final norm. lr: learning rate of Lambda, P, B; lr_dt: that of dt (None: the global
     lr); none of them decays. dt_min, dt_max: the range of the initial dt (log-uniform).
+    n_ssm: how many (Lambda, P, B) the channels share (None: one each). tie_dropout: every
+    dropout (layer and residual) draws one mask per channel for all positions.
     """
 
     def __init__(self, d_model=128, n_layers=4, d_state=64, dropout=0.0, bidirectional=True,
-                 norm="layer", prenorm=False, lr=1e-3, lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1):
+                 norm="layer", prenorm=False, lr=1e-3, lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1,
+                 n_ssm=None, tie_dropout=False):
         layers = [S4Layer(d_model, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
-                          lr=lr, lr_dt=lr_dt, dt_min=dt_min, dt_max=dt_max)
+                          lr=lr, lr_dt=lr_dt, dt_min=dt_min, dt_max=dt_max, n_ssm=n_ssm,
+                          tie_dropout=tie_dropout)
                   for _ in range(n_layers)]
-        super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm)
+        super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm,
+                         tie_dropout=tie_dropout)

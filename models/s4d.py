@@ -38,7 +38,16 @@ import torch
 from torch import nn
 
 from lra.kernels.vandermonde import vandermonde
-from lra.models.blocks import GLU, LongConv, RecurrentStack, check_dt_range, ssm_optim
+from lra.models.blocks import (
+    GLU,
+    LongConv,
+    RecurrentStack,
+    check_dt_range,
+    check_n_ssm,
+    make_dropout,
+    ssm_optim,
+    tied_channels,
+)
 from lra.registry import register_model
 
 
@@ -72,20 +81,24 @@ class S4DLayer(LongConv):
     (B, L, H) -> (B, L, H).
 
     A and dt train without weight decay, A at `lr`, dt at `lr_dt` (None: the global lr).
+    n_ssm: how many A the H channels share (channel h uses A[h mod n_ssm]); None: one per
+    channel. tie_dropout: one dropout mask per channel for every position.
     """
 
     def __init__(self, d_model, d_state=64, dropout=0.0, bidirectional=True, init="legs",
-                 lr=1e-3, lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1):
+                 lr=1e-3, lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1, n_ssm=None, tie_dropout=False):
         super().__init__()
         if d_state % 2:
             raise ValueError(f"d_state={d_state} must be even: S4D keeps d_state/2 conjugate pairs")
         check_dt_range(dt_min, dt_max)
         H, N2 = d_model, d_state // 2
+        n_ssm = check_n_ssm(n_ssm, H)
         self.bidirectional = bidirectional
         log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = nn.Parameter(log_dt)  # (H,)
-        self.log_A_real = nn.Parameter(torch.full((H, N2), math.log(0.5)))  # Re A = -exp(.)
-        self.A_imag = nn.Parameter(init_imag(init, d_state).float().repeat(H, 1))  # (H, N2)
+        # (n_ssm, N2) each, Re A = -exp(log_A_real)
+        self.log_A_real = nn.Parameter(torch.full((n_ssm, N2), math.log(0.5)))
+        self.A_imag = nn.Parameter(init_imag(init, d_state).float().repeat(n_ssm, 1))
         channels = 2 if bidirectional else 1
         C = torch.randn(channels, H, N2, dtype=torch.cfloat)
         self.C = nn.Parameter(torch.view_as_real(C))  # (c, H, N2, 2)
@@ -93,13 +106,14 @@ class S4DLayer(LongConv):
         self.log_dt._optim = ssm_optim(lr_dt)
         for p in (self.log_A_real, self.A_imag):
             p._optim = ssm_optim(lr)
-        self.drop = nn.Dropout(dropout)
+        self.drop = make_dropout(dropout, tie_dropout)
         self.out = GLU(d_model)
 
     def _discrete(self):
         """ZOH from the parameters: dtA (H, N2), dB = (exp(dtA) - 1) / A (H, N2), C (c, H, N2);
         all complex."""
-        A = torch.complex(-self.log_A_real.exp(), self.A_imag)  # (H, N2)
+        H = self.D.shape[0]
+        A = tied_channels(torch.complex(-self.log_A_real.exp(), self.A_imag), H)  # (H, N2)
         dtA = self.log_dt.exp().unsqueeze(-1) * A  # (H, N2)
         return dtA, (dtA.exp() - 1) / A, torch.view_as_complex(self.C)
 
@@ -110,8 +124,8 @@ class S4DLayer(LongConv):
 
     def default_state(self, batch):
         """The zero state, (batch, H, N/2) complex."""
-        return torch.zeros(batch, *self.A_imag.shape, dtype=self.A_imag.dtype.to_complex(),
-                           device=self.A_imag.device)
+        return torch.zeros(batch, self.D.shape[0], self.A_imag.shape[1],
+                           dtype=self.A_imag.dtype.to_complex(), device=self.A_imag.device)
 
     def ssm_step(self, u_t, state):
         """The recurrence at one position, dA and dB from the current parameters:
@@ -128,13 +142,16 @@ class S4D(RecurrentStack):
     d_state: N, the state size per channel (N/2 complex modes). init: "legs" | "inv" | "lin".
     norm: "layer" | "batch"; prenorm adds a final norm. lr: learning rate of A; lr_dt: that of
     dt (None: the global lr); both without weight decay. dt_min, dt_max: the range of the
-    initial dt (log-uniform).
+    initial dt (log-uniform). n_ssm: how many A the channels share (None: one each).
+    tie_dropout: every dropout (layer and residual) draws one mask per channel for all positions.
     """
 
     def __init__(self, d_model=128, n_layers=4, d_state=64, dropout=0.0, bidirectional=True,
                  init="legs", norm="layer", prenorm=False, lr=1e-3, lr_dt=1e-3, dt_min=1e-3,
-                 dt_max=1e-1):
+                 dt_max=1e-1, n_ssm=None, tie_dropout=False):
         layers = [S4DLayer(d_model, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
-                           init=init, lr=lr, lr_dt=lr_dt, dt_min=dt_min, dt_max=dt_max)
+                           init=init, lr=lr, lr_dt=lr_dt, dt_min=dt_min, dt_max=dt_max,
+                           n_ssm=n_ssm, tie_dropout=tie_dropout)
                   for _ in range(n_layers)]
-        super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm)
+        super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm,
+                         tie_dropout=tie_dropout)

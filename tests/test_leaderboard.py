@@ -15,6 +15,7 @@ from helpers import run_record as record
 from helpers import write_run_file as write
 from hydra import compose, initialize_config_module
 
+from lra import config as lra_config
 from lra import registry
 from lra.errors import UserError
 from lra.leaderboard import REFERENCE_PARAMS, Filters, build, load_runs, render, row_for
@@ -219,7 +220,7 @@ def test_a_backbone_over_the_parameter_budget_is_flagged(tmp_path, ratio, flagge
 def test_reference_sizes_are_s4_in_its_published_recipe(task):
     with initialize_config_module("lra.conf", version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment=s4/{task}"])
-    backbone = registry.model("s4")(**{k: v for k, v in cfg.model.items() if k != "name"})
+    backbone = registry.model("s4")(**lra_config.options(cfg.model))
     assert sum(p.numel() for p in backbone.parameters()) == REFERENCE_PARAMS[task]
 
 

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from lra.lit import Classifier, masked_mean, param_groups, warmup_cosine
+from lra import config
+from lra.lit import Classifier, last_real, masked_mean, param_groups, warmup_cosine
 
 MODEL = {"name": "s4d", "d_model": 16, "n_layers": 1, "d_state": 8}
 TOKENS = {"input_kind": "tokens", "vocab_size": 16, "d_input": None, "num_classes": 3,
@@ -111,3 +112,69 @@ def test_continuous_inputs_use_a_linear_encoder():
     logits = model({"inputs": x, "mask": torch.ones(2, 11, dtype=torch.bool)})
     assert logits.shape == (2, 3)
     assert isinstance(model.encoder, torch.nn.Linear)
+
+
+def test_last_real_reads_each_rows_last_real_position():
+    y = torch.randn(3, 5, 2)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    pooled = last_real(y, mask)
+    torch.testing.assert_close(pooled, torch.stack([y[0, 2], y[1, 4], y[2, 0]]))
+
+
+TRANSFORMER = {"name": "transformer", "d_model": 16, "n_layers": 1, "n_heads": 2}
+
+
+@pytest.mark.parametrize("model_config", [{**MODEL, "pooling": "last"},
+                                          {**MODEL, "pooling": "cls"},
+                                          {**TRANSFORMER, "pooling": "cls"},
+                                          {**TRANSFORMER, "pooling": "cls",
+                                           "positions": "learned", "max_len": 16}])
+def test_last_and_cls_pooling_are_blind_to_padding(model_config):
+    torch.manual_seed(0)
+    model = Classifier(model_config, TOKENS, OPTIM).eval()
+    torch.manual_seed(1)
+    short = batch([6, 4])
+    long = {"inputs": torch.nn.functional.pad(short["inputs"], (0, 9)),
+            "mask": torch.nn.functional.pad(short["mask"], (0, 9))}
+    torch.testing.assert_close(model(short), model(long), rtol=1e-5, atol=1e-6)
+
+
+def test_last_pooling_classifies_the_last_real_output():
+    """`last` equals the backbone's output at position length - 1 under the head, and differs
+    from the masked mean."""
+    torch.manual_seed(0)
+    model = Classifier({**MODEL, "pooling": "last"}, TOKENS, OPTIM).eval()
+    data = batch([7, 3])
+    x = model.encoder(data["inputs"]) * data["mask"].unsqueeze(-1)
+    y = model.backbone(x, mask=data["mask"])
+    expected = model.head(torch.stack([y[0, 6], y[1, 2]]))
+    torch.testing.assert_close(model(data), expected)
+    assert not torch.allclose(model(data), model.head(masked_mean(y, data["mask"])))
+
+
+def test_cls_pooling_prepends_a_learned_token_and_classifies_its_output():
+    torch.manual_seed(0)
+    model = Classifier({**TRANSFORMER, "pooling": "cls"}, TOKENS, OPTIM).eval()
+    assert model.cls.shape == (16,) and not model.cls.any()  # LRA's zero init
+    data = batch([5, 5])
+    x = model.encoder(data["inputs"])
+    x = torch.cat([model.cls.expand(2, 1, 16), x], 1)
+    y = model.backbone(x, mask=torch.ones(2, 6, dtype=torch.bool))
+    torch.testing.assert_close(model(data), model.head(y[:, 0]))
+    loss = model(data).sum()
+    loss.backward()
+    assert model.cls.grad is not None and model.cls.grad.abs().sum() > 0  # it trains
+    assert Classifier(TRANSFORMER, TOKENS, OPTIM).cls is None  # mean pooling adds nothing
+
+
+def test_cls_pooling_on_two_documents():
+    task = {**TOKENS, "dual": True}
+    model = Classifier({**TRANSFORMER, "pooling": "cls"}, task, OPTIM).eval()
+    data = {**batch([6, 3]), **batch([4, 5], prefix="2")}
+    assert model(data).shape == (2, 3)
+
+
+def test_pooling_is_the_harness_key_the_backbone_never_sees():
+    assert "pooling" not in config.options({**MODEL, "pooling": "last"})
+    with pytest.raises(ValueError, match="model.pooling='max' is not known; use one of mean"):
+        Classifier({**MODEL, "pooling": "max"}, TOKENS, OPTIM)

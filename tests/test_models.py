@@ -11,6 +11,7 @@ from conftest import run_steps
 from helpers import padded_batch, rel_err
 
 from lra import registry
+from lra.models.blocks import TiedDropout
 
 NAMES = sorted(registry.entries("model"))
 D = 32
@@ -177,3 +178,41 @@ def test_batchnorm_statistics_ignore_pads(name):
     y, y_more = model(x, mask), model(x_more, torch.nn.functional.pad(mask, (0, 9)))
     err = rel_err(y_more[:, :20][mask], y[mask])
     assert err < 1e-5, f"rel err {err:.1e}"
+
+
+@pytest.mark.parametrize("name", [n for n in STEPPED if takes(n, "n_ssm")])
+def test_tied_ssms_keep_the_recurrent_view(name):
+    """With n_ssm = 2 (channel groups sharing their SSM), forward still equals `step`."""
+    torch.manual_seed(0)
+    model = registry.model(name)(d_model=8, n_layers=2, bidirectional=False,
+                                 n_ssm=2).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+        u = torch.randn(2, 30, 8, dtype=torch.float64)
+        err = rel_err(run_steps(model, u), model(u))
+    assert err < 1e-12, f"{name}: n_ssm=2, recurrent vs parallel view rel err {err:.1e}"
+
+
+def test_tied_dropout_draws_one_mask_per_example_and_channel():
+    torch.manual_seed(0)
+    drop = TiedDropout(0.5).train()
+    x = torch.randn(4, 50, 16)
+    scale = drop(x) / x  # (4, 50, 16): 0 or 1 / (1 - p)
+    assert torch.equal(scale, scale[:, :1].expand_as(scale))  # the same at every position
+    assert set(scale.unique().tolist()) == {0.0, 2.0}
+    assert not torch.equal(scale[0], scale[1])  # a mask per example
+    assert torch.equal(drop.eval()(x), x)
+    y = torch.nn.Dropout(0.5).train()(x) / x
+    assert not torch.equal(y, y[:, :1].expand_as(y))  # untied: a mask per position
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if takes(n, "tie_dropout")])
+def test_tie_dropout_ties_every_dropout_of_the_model(name):
+    """tie_dropout=True: the layer's dropout and the residual branch's, in every block, are tied
+    over the length; by default none is."""
+    model = registry.model(name)(d_model=D, n_layers=2, dropout=0.3, tie_dropout=True)
+    drops = [m for m in model.modules() if isinstance(m, (TiedDropout, torch.nn.Dropout))]
+    assert len(drops) == 4 and all(isinstance(m, TiedDropout) for m in drops)
+    untied = registry.model(name)(d_model=D, n_layers=2, dropout=0.3)
+    assert not any(isinstance(m, TiedDropout) for m in untied.modules())

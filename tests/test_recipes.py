@@ -7,9 +7,11 @@ the recipe's `provenance` block, and its status must say which (paper / deviates
 from functools import cache
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from lra import config, recipes
+from lra.lit import Classifier
 from lra.plugins import config_options
 
 NAMES = [name for name, source in config_options("experiment").items() if source == "built-in"]
@@ -70,3 +72,41 @@ def test_issue_examples_now_match_their_references():
     assert listops.model.lr_dt is None and listops.trainer.gradient_clip_val is None
     assert listops.trainer.precision == "32-true"
     assert composed("s4d/listops").model.d_state == 64
+
+
+def test_reference_decoders_dropout_and_tied_ssms_are_now_the_recipes_own():
+    """Former deviations, now traced: S4's n_ssm and tied dropout, S4D's last-position decoder
+    on Pathfinder, LRA's CLS token."""
+    image = composed("s4/image").model
+    assert image.n_ssm == 1 and image.tie_dropout is True
+    assert composed("s4d/image").model.n_ssm == 2
+    assert composed("s4d/pathfinder").model.pooling == "last"
+    for name in ("transformer/listops", "flash/text", "transformer/retrieval", "flash/image"):
+        assert composed(name).model.pooling == "cls", name
+    assert composed("s4d/listops").model.pooling == "mean"
+    assert composed("s4d/listops").model.n_ssm is None
+
+
+@pytest.mark.parametrize("name, length", [("s4/image", 16), ("s4d/image", 16),
+                                          ("s4d/pathfinder", 16), ("transformer/image", 1024),
+                                          ("flash/retrieval", 16)])
+def test_recipes_with_the_new_options_build_and_train_a_step(name, length):
+    """The classifier each recipe builds (full width) takes a training step: the CLS token fits
+    the learned positions of a 1024-pixel image, tied SSMs and tied dropout train."""
+    cfg = composed(name)
+    dual = cfg.task.name == "retrieval"
+    task = {"input_kind": "tokens", "vocab_size": 16, "d_input": None, "num_classes": 2,
+            "dual": dual}
+    torch.manual_seed(0)
+    model = Classifier(OmegaConf.to_container(cfg.model), task,
+                       OmegaConf.to_container(cfg.optim)).train()
+    mask = torch.arange(length) < torch.tensor([[length], [length - 3]])
+    data = {"inputs": torch.randint(1, 16, (2, length)) * mask, "mask": mask,
+            "target": torch.tensor([0, 1])}
+    if dual:
+        data.update(inputs2=data["inputs"].flip(0), mask2=mask.flip(0))
+    loss = torch.nn.functional.cross_entropy(model(data), data["target"])
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in model.parameters() if p.requires_grad)

@@ -179,7 +179,42 @@ def test_log_dt_init_range():
     assert layer.log_dt.min() >= math.log(1e-3) and layer.log_dt.max() <= math.log(1e-1)
 
 
-@pytest.mark.parametrize("bad", [{"d_state": 7}, {"dt_min": 0.2}, {"norm": "group"}])
+@pytest.mark.parametrize("bad", [{"d_state": 7}, {"dt_min": 0.2}, {"norm": "group"},
+                                 {"n_ssm": 3}])
 def test_bad_options_fail_clearly(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         S4(d_model=8, n_layers=1, **bad)
+
+
+SHARED = ("log_A_real", "A_imag", "P", "B")  # the parameters n_ssm ties; dt, C, D stay per channel
+
+
+def test_n_ssm_shares_lambda_p_b_across_channel_groups():
+    """n_ssm = 2 of H = 6 channels: channel h uses row h mod 2 of Lambda, P, B. The kernel is the
+    dense recurrence's, and that of a per-channel layer holding those rows; each shared row's
+    gradient is the sum of its channels'."""
+    torch.manual_seed(0)
+    tied = S4Layer(6, 8, bidirectional=False, n_ssm=2).double().eval()
+    with torch.no_grad():
+        tied.log_A_real.uniform_(math.log(0.05), math.log(1.0))
+        for p in (tied.A_imag, tied.P, tied.B):
+            p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+    assert tied.log_A_real.shape == (2, 4) and tied.B.shape == (2, 4, 2)
+    assert tied.log_dt.shape == (6,) and tied.C.shape == (1, 6, 4, 2)
+    untied = S4Layer(6, 8, bidirectional=False).double().eval()
+    untied.load_state_dict({k: v.repeat(3, *[1] * (v.ndim - 1)) if k in SHARED else v
+                            for k, v in tied.state_dict().items()})
+    k_tied, k_untied = tied.kernel(40), untied.kernel(40)
+    assert rel_err(k_tied, dense_kernel(tied, 40)) < 1e-10
+    torch.testing.assert_close(k_tied, k_untied)
+    k_tied.square().sum().backward()
+    k_untied.square().sum().backward()
+    for name in SHARED:
+        summed = getattr(untied, name).grad.reshape(3, 2, *getattr(tied, name).shape[1:]).sum(0)
+        torch.testing.assert_close(getattr(tied, name).grad, summed)
+
+
+def test_n_ssm_one_is_one_ssm_for_every_channel():
+    layer = S4Layer(8, 4, n_ssm=1)
+    assert all(getattr(layer, name).shape[0] == 1 for name in SHARED)
+    assert S4Layer(8, 4).log_A_real.shape == (8, 2)  # null: one per channel

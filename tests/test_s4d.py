@@ -119,7 +119,31 @@ def test_dt_range_reaches_the_layers():
         S4D(d_model=4, n_layers=1, d_state=4, dt_min=1e-1, dt_max=1e-3)
 
 
-@pytest.mark.parametrize("bad", [dict(d_state=7), dict(init="nope"), dict(norm="group")])
+@pytest.mark.parametrize("bad", [dict(d_state=7), dict(init="nope"), dict(norm="group"),
+                                 dict(n_ssm=3)])
 def test_bad_options_fail_clearly(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         S4D(d_model=8, n_layers=1, **bad)
+
+
+def test_n_ssm_shares_a_across_channel_groups():
+    """n_ssm = 2 of H = 6: channel h uses A[h mod 2] (dt, C, D per channel), the same kernel as a
+    per-channel layer holding those rows; a shared row's gradient sums its channels'."""
+    torch.manual_seed(0)
+    tied = S4DLayer(6, 8, bidirectional=False, n_ssm=2).double().eval()
+    with torch.no_grad():
+        tied.log_A_real.uniform_(math.log(0.05), math.log(1.0))
+        tied.A_imag.uniform_(-10, 10)
+    assert tied.A_imag.shape == (2, 4) and tied.log_dt.shape == (6,)
+    untied = S4DLayer(6, 8, bidirectional=False).double().eval()
+    shared = ("log_A_real", "A_imag")
+    untied.load_state_dict({k: v.repeat(3, 1) if k in shared else v
+                            for k, v in tied.state_dict().items()})
+    k_tied, k_untied = tied.kernel(30), untied.kernel(30)
+    torch.testing.assert_close(k_tied, k_untied)
+    k_tied.square().sum().backward()
+    k_untied.square().sum().backward()
+    for name in shared:
+        summed = getattr(untied, name).grad.reshape(3, 2, 4).sum(0)
+        torch.testing.assert_close(getattr(tied, name).grad, summed)
+    assert tied.default_state(3).shape == (3, 6, 4)

@@ -33,6 +33,10 @@ from lra.plugins import config_options
     ("stage=finetune", "stage must be one of 'train', 'pretrain', 'both' (default 'train')"),
     ("pretrain.mask_ratio=1", "pretrain.mask_ratio must be a finite number in (0, 1), or null"),
     ("optim.betas=[0.9,1.5]", "optim.betas must be a list of (a finite number in [0, 1))"),
+    ("model.pooling=max", "model.pooling must be one of 'mean', 'last', 'cls' (default 'mean'), "
+                          "got 'max'."),
+    ("model.n_ssm=0", "model.n_ssm must be a whole number >= 1, or null (default null), got 0."),
+    ("model.tie_dropout=2", "model.tie_dropout must be true or false (default false), got 2."),
 ])
 def test_a_value_outside_its_type_is_refused_naming_key_value_type_and_default(lra, override,
                                                                                expected):
