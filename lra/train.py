@@ -132,10 +132,13 @@ def build_classifier(cfg, data, cls=Classifier, **options):
         raise InputError(f"model {name!r} rejected its options: {err}. Its options and defaults "
                         f"are in conf/model/{name}.yaml (see `lra list`).") from err
     max_len = getattr(classifier.backbone, "max_len", None)
-    if max_len is not None and data.seq_len > max_len:
-        raise InputError(f"task {data.name!r} has sequences up to {data.seq_len} long but model "
-                        f"{name!r} supports {max_len} (model.max_len); raise model.max_len to at "
-                        f"least {data.seq_len}.")
+    cls_token = cfg["model"].get("pooling") == "cls"  # one more position, before the sequence
+    longest = data.seq_len + cls_token
+    if max_len is not None and longest > max_len:
+        with_cls = " with its CLS token" if cls_token else ""
+        raise InputError(f"task {data.name!r} has sequences up to {longest} long{with_cls} but "
+                        f"model {name!r} supports {max_len} (model.max_len); raise "
+                        f"model.max_len to at least {longest}.")
     return classifier
 
 

@@ -38,6 +38,8 @@ def test_list_shows_models_tasks_and_experiments(lra):
     (["resume=not_a_run"], "cannot resume 'not_a_run': it is not a run folder"),
     (["model=transformer", "model.positions=learned", "model.max_len=20"],
      "task 'listops_mini' has sequences up to 99 long but model 'transformer' supports 20"),
+    (["model=transformer", "model.positions=learned", "model.max_len=99", "model.pooling=cls"],
+     "sequences up to 100 long with its CLS token but model 'transformer' supports 99"),
     pytest.param(["trainer=gpu"], "no CUDA device is visible", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="a CUDA device is visible here")),
 ])
