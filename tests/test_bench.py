@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lra import registry
+from lra import config, registry
 from lra.bench.core import time_steps, write_record
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -39,8 +39,7 @@ def test_list_models_counts_parameters_at_a_given_width(lra):
                     .split()[2].replace(",", "")) for d, text in ((16, small), (32, large))}
     assert 0 < count[16] < count[32]
     assert "tasks:" not in small
-    options = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "s4d.yaml"))
-    del options["name"]
+    options = config.options(OmegaConf.to_container(OmegaConf.load(CONF / "model" / "s4d.yaml")))
     built = registry.model("s4d")(**{**options, "d_model": 16})
     assert count[16] == sum(p.numel() for p in built.parameters())
 
