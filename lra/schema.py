@@ -234,17 +234,8 @@ class S4(Model):
 
 
 @dataclass
-class S4D(Model):
-    d_state: Positive
+class S4D(S4):  # S4's options, and the initialisation of its diagonal A
     init: Literal["legs", "inv", "lin"]
-    norm: Norm
-    prenorm: bool
-    lr: Rate
-    lr_dt: Rate | None  # null: optim.lr
-    dt_min: Rate
-    dt_max: Rate
-    n_ssm: Positive | None  # null: every channel its own A (n_ssm = d_model)
-    tie_dropout: bool
 
 
 GROUPS = {"trainer": Trainer, "optim": Optim, "pretrain": Pretrain}
