@@ -58,9 +58,8 @@ def test_time_steps_cuts_the_repeats_to_the_budget():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_time_steps_on_cuda_go_through_do_bench():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     a = torch.randn(1024, 1024, device="cuda")
     seconds, times, peak = time_steps(lambda: a @ a, repeats=5, cuda=True, warmup=1)
     assert seconds > 0 and len(times) >= 1 and peak >= 4
