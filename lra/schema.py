@@ -236,6 +236,9 @@ class S4(Model):
 @dataclass
 class S4D(S4):  # S4's options, and the initialisation of its diagonal A
     init: Literal["legs", "inv", "lin"]
+    disc: Literal["zoh", "bilinear"]
+    B_init: Literal["ones", "legs"]
+    lr_B: Annotated[float, Range(0)] | None  # 0: B fixed at its init; null: optim.lr
 
 
 GROUPS = {"trainer": Trainer, "optim": Optim, "pretrain": Pretrain}

@@ -147,3 +147,97 @@ def test_n_ssm_shares_a_across_channel_groups():
         summed = getattr(untied, name).grad.reshape(3, 2, 4).sum(0)
         torch.testing.assert_close(getattr(tied, name).grad, summed)
     assert tied.default_state(3).shape == (3, 6, 4)
+
+
+def impulse_response(layer, L):
+    """The causal layer's SSM kernel from its recurrence: 2 Re C x_l after a unit impulse at 0."""
+    H = layer.D.shape[0]
+    state, ys = layer.default_state(1), []
+    for t in range(L):
+        u_t = torch.ones(1, H, dtype=torch.float64) if t == 0 else torch.zeros(1, H).double()
+        y, state = layer.ssm_step(u_t, state)
+        ys.append(y[0])
+    return torch.stack(ys, -1)  # (H, L)
+
+
+@pytest.mark.parametrize("disc", ["zoh", "bilinear"])
+@pytest.mark.parametrize("B_init,lr_B", [("ones", 0.0), ("legs", 0.0), ("legs", None)])
+def test_discretisations_keep_the_recurrent_view(disc, B_init, lr_B):
+    """For each disc and B (fixed or trained, moved off its init), the Vandermonde kernel is the
+    recurrence's impulse response, and the whole model's forward equals its steps."""
+    torch.manual_seed(0)
+    layer = S4DLayer(6, 8, bidirectional=False, disc=disc, B_init=B_init, lr_B=lr_B,
+                     n_ssm=2).double().eval()
+    with torch.no_grad():
+        layer.log_dt.uniform_(math.log(1e-2), math.log(0.5))
+        layer.A_imag.uniform_(-10, 10)
+        layer.B.mul_(torch.empty_like(layer.B).uniform_(0.5, 1.5))
+        assert rel_err(layer.kernel(40)[0], impulse_response(layer, 40)) < 1e-12
+    model = S4D(d_model=6, n_layers=2, d_state=8, bidirectional=False, disc=disc,
+                B_init=B_init, lr_B=lr_B).double().eval()
+    u = torch.randn(2, 25, 6, dtype=torch.float64)
+    with torch.no_grad():
+        state, ys = model.default_state(2), []
+        for t in range(25):
+            y, state = model.step(u[:, t], state)
+            ys.append(y)
+        assert rel_err(torch.stack(ys, 1), model(u)) < 1e-12
+
+
+def test_bilinear_kernel_is_the_written_out_formula():
+    """bilinear: K_l = 2 Re sum_n C_n B_n dt / (1 - dt A_n/2) ((1 + dt A_n/2) / (1 - dt A_n/2))^l,
+    and it differs from zoh's on the same parameters."""
+    layer = random_layer()
+    bil = S4DLayer(8, 16, bidirectional=False, disc="bilinear").double().eval()
+    bil.load_state_dict(layer.state_dict())
+    A = torch.complex(-bil.log_A_real.exp(), bil.A_imag)  # (H, N2)
+    dt = bil.log_dt.exp().unsqueeze(-1)  # (H, 1)
+    dA, dB = (1 + dt * A / 2) / (1 - dt * A / 2), dt / (1 - dt * A / 2)
+    l = torch.arange(30, dtype=torch.float64)
+    C = torch.view_as_complex(bil.C)[0]
+    want = 2 * (C * dB).unsqueeze(-1).mul(dA.unsqueeze(-1) ** l).sum(-2).real  # (H, L)
+    with torch.no_grad():
+        assert rel_err(bil.kernel(30)[0], want) < 1e-12
+        assert rel_err(layer.kernel(30)[0], want) > 1e-3
+
+
+def test_legs_B_is_hippo_legs_input_in_the_eigenbasis():
+    """B_init=legs: |v_n^* B| for the unit eigenvectors v_n of the dense S = A + P P^T of
+    HiPPO-LegS (B_n = sqrt(2n+1)) with Im > 0, in init_imag's order; C starts as randn * B."""
+    N = 16
+    A = np.zeros((N, N))
+    for i in range(N):
+        for j in range(i + 1):
+            A[i, j] = -(i + 1) if i == j else -np.sqrt((2 * i + 1) * (2 * j + 1))
+    P = np.sqrt(np.arange(N) + 0.5)
+    w, V = np.linalg.eig(A + np.outer(P, P))
+    keep = np.argsort(w.imag)[N // 2:]
+    B = np.sqrt(2 * np.arange(N) + 1)
+    want = np.abs(V[:, keep].conj().T @ B) / np.linalg.norm(V[:, keep], axis=0)
+    torch.manual_seed(0)
+    layer = S4DLayer(4, N, bidirectional=False, B_init="legs")
+    B_layer = torch.view_as_complex(layer.B)  # (H, N/2)
+    np.testing.assert_allclose(B_layer.real.numpy(), np.tile(want, (4, 1)), rtol=1e-5)
+    assert (B_layer.imag == 0).all()
+    torch.manual_seed(0)
+    ones = S4DLayer(4, N, bidirectional=False)  # same draws: C differs by the factor B
+    torch.testing.assert_close(torch.view_as_complex(layer.C),
+                               torch.view_as_complex(ones.C) * B_layer)
+
+
+def test_B_is_fixed_by_default_and_trains_with_its_own_settings():
+    """lr_B = 0 (default): B = 1 is a buffer outside the state dict (checkpoints as before);
+    lr_B = None: a parameter at the global lr; lr_B = 2e-3: its own lr; never weight decay."""
+    fixed = S4D(d_model=8, n_layers=1, d_state=8)
+    assert "B" not in dict(fixed.named_parameters()) and not any(
+        k.endswith(".B") for k in fixed.state_dict())
+    assert (torch.view_as_complex(fixed.layers[0].mixer.B) == 1).all()
+    for lr_B, want in [(None, {"weight_decay": 0.0}), (2e-3, {"lr": 2e-3, "weight_decay": 0.0})]:
+        model = S4D(d_model=8, n_layers=2, d_state=8, lr_B=lr_B, n_ssm=2)
+        Bs = {n: p for n, p in model.named_parameters() if n.endswith(".B")}
+        assert len(Bs) == 2 and all(p.shape == (2, 4, 2) for p in Bs.values())
+        assert all(p._optim == want for p in Bs.values())
+    with pytest.raises(ValueError, match="disc"):
+        S4D(d_model=8, n_layers=1, disc="euler")
+    with pytest.raises(ValueError, match="B_init"):
+        S4D(d_model=8, n_layers=1, B_init="rand")
