@@ -110,3 +110,40 @@ def test_recipes_with_the_new_options_build_and_train_a_step(name, length):
     assert torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all()
                for p in model.parameters() if p.requires_grad)
+
+
+S4D_PAPER = "b5dae46bf91171f8e640c5e41690820811c8a789"
+
+
+@pytest.mark.parametrize("task", LRA_TASKS + ("scifar", "sc35"))
+def test_s4d_recipes_are_traced_at_the_s4d_papers_commit(task):
+    """Every S4D reference is state-spaces/s4@b5dae46 itself and traces the layer the paper's
+    `model/layer=s4d` runs built (S4D-LegS: bilinear, trained LegS B, tied dropout) and the
+    defaults the experiment inherits; the recipe follows, and its optimiser groups give B and
+    A their lr without decay."""
+    from lra.lit import param_groups
+    entry = recipes.references()["references"][f"s4d/{task}"]
+    assert entry.get("commit", recipes.references()["sources"]["s4d_paper"]["commit"]) == S4D_PAPER
+    for key in ("model.disc", "model.B_init", "model.lr_B", "model.tie_dropout",
+                "trainer.gradient_clip_val", "trainer.precision", "model.pooling"):
+        assert key in entry["keys"], key
+    cfg = composed(f"s4d/{task}")
+    assert cfg.provenance.status == "paper" and not recipes.problems(cfg)
+    assert (cfg.model.disc, cfg.model.B_init, cfg.model.tie_dropout) == ("bilinear", "legs", True)
+    model = Classifier(OmegaConf.to_container(cfg.model),
+                       {"input_kind": "tokens", "vocab_size": 8, "d_input": None,
+                        "num_classes": 2, "dual": False}, OmegaConf.to_container(cfg.optim))
+    groups = param_groups(model, cfg.optim.weight_decay)
+    named = {id(p): n for n, p in model.named_parameters()}
+    group_of = {named[id(p)].rsplit(".", 1)[-1]: g for g in groups for p in g["params"]}
+    for name in ("B", "log_A_real", "A_imag"):
+        assert group_of[name]["lr"] == cfg.model.lr_B == cfg.model.lr, name
+        assert group_of[name]["weight_decay"] == 0.0, name
+    assert group_of["log_dt"]["weight_decay"] == 0.0
+    assert group_of["log_dt"].get("lr", cfg.optim.lr) == (cfg.model.lr_dt or cfg.optim.lr)
+
+
+def test_a_drifted_s4d_discretisation_is_caught():
+    cfg = composed("s4d/listops").copy()
+    OmegaConf.update(cfg, "model.disc", "zoh")
+    assert any("model.disc" in p for p in recipes.problems(cfg))
