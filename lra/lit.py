@@ -40,6 +40,7 @@ def last_real(y, mask):
 
 
 POOLINGS = ("mean", "last", "cls")
+SCHEDULES = ("cosine", "rsqrt")
 
 
 def warmup_cosine(step, total, warmup):
@@ -48,6 +49,31 @@ def warmup_cosine(step, total, warmup):
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def warmup_rsqrt(step, warmup):
+    """Learning-rate factor of LRA's `constant * linear_warmup * rsqrt_decay`:
+
+        factor(step) = min(1, step / warmup) / sqrt(max(step, warmup))
+
+    so lr = optim.lr * factor rises linearly to optim.lr / sqrt(warmup) at `warmup`, then decays
+    as 1 / sqrt(step). Step 0 gets 0, as in LRA (its optimiser's step count starts at 0). The
+    total does not enter: a warmup longer than the run rises until the end."""
+    return min(1.0, step / warmup) / math.sqrt(max(step, warmup))
+
+
+def schedule_factor(opt, total):
+    """The factor(step) that multiplies optim.lr: `optim.schedule` (cosine, the default, or
+    rsqrt) over `optim.warmup_steps` steps of warmup, or warmup_ratio of `total` if that is
+    null. Configs saved before these keys existed read as cosine with warmup_ratio."""
+    schedule = opt.get("schedule", "cosine")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"optim.schedule={schedule!r} is not known; use one of "
+                         f"{', '.join(SCHEDULES)}")
+    warmup = opt.get("warmup_steps") or max(1, int(opt["warmup_ratio"] * total))
+    if schedule == "rsqrt":
+        return lambda step: warmup_rsqrt(step, warmup)
+    return lambda step: warmup_cosine(step, total, warmup)
 
 
 def optim_overrides(module):
@@ -198,7 +224,5 @@ class Classifier(L.LightningModule):
         groups = param_groups(self, opt["weight_decay"], self.optim_overrides)
         optimizer = torch.optim.AdamW(groups, lr=opt["lr"], betas=tuple(opt["betas"]))
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = max(1, int(opt["warmup_ratio"] * total))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, total, warmup))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(opt, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
