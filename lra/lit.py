@@ -82,22 +82,24 @@ def optim_overrides(module):
     return {name: dict(p._optim) for name, p in module.named_parameters() if hasattr(p, "_optim")}
 
 
-def param_groups(module, weight_decay, overrides=None):
-    """AdamW groups: decay on weight matrices only; parameters carrying `_optim` (or named in
+def param_groups(module, weight_decay, overrides=None, decay="matrices"):
+    """AdamW groups: decay on weight matrices only (decay="all": on biases and norms too, as
+    LRA's Flax Adam decays every parameter); parameters carrying `_optim` (or named in
     `overrides`, see `optim_overrides`) get their own."""
     overrides = {**optim_overrides(module), **(overrides or {})}
-    decay, no_decay, special = [], [], {}
+    decay_all = {"matrices": False, "all": True}[decay]
+    decayed, no_decay, special = [], [], {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         if name in overrides:
             key = tuple(sorted(overrides[name].items()))
             special.setdefault(key, []).append(param)
-        elif param.ndim >= 2:
-            decay.append(param)
+        elif param.ndim >= 2 or decay_all:
+            decayed.append(param)
         else:
             no_decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay},
+    groups = [{"params": decayed, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     groups += [{"params": params, **dict(key)} for key, params in special.items()]
     return [g for g in groups if g["params"]]
@@ -221,8 +223,10 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self):
         opt = self.hparams.optim
-        groups = param_groups(self, opt["weight_decay"], self.optim_overrides)
-        optimizer = torch.optim.AdamW(groups, lr=opt["lr"], betas=tuple(opt["betas"]))
+        groups = param_groups(self, opt["weight_decay"], self.optim_overrides,
+                              opt.get("decay", "matrices"))
+        optimizer = torch.optim.AdamW(groups, lr=opt["lr"], betas=tuple(opt["betas"]),
+                                      eps=opt.get("eps", 1e-8))
         total = int(self.trainer.estimated_stepping_batches)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(opt, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

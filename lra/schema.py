@@ -114,6 +114,8 @@ class Optim:
     lr: Rate
     weight_decay: Annotated[float, Range(0)]
     betas: list[Share]
+    eps: Rate
+    decay: Literal["matrices", "all"]
     warmup_ratio: Share
     warmup_steps: Positive | None
     schedule: Literal["cosine", "rsqrt"]

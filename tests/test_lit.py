@@ -220,3 +220,22 @@ def test_configure_optimizers_steps_the_rsqrt_schedule():
         scheduler.step()
     want = [0.05 * min(1, s / 4) / math.sqrt(max(s, 4)) for s in range(6)]
     assert lrs == pytest.approx(want)
+
+
+def test_decay_all_and_eps_reach_adamw():
+    """optim.decay=all (LRA's Flax Adam): biases and norms decay too, tagged SSM parameters
+    keep their own group; optim.eps is AdamW's epsilon."""
+    model = Classifier({"name": "transformer", "d_model": 16, "n_layers": 1}, TOKENS, OPTIM)
+    matrices = param_groups(model, weight_decay=0.1)
+    every = param_groups(model, weight_decay=0.1, decay="all")
+    assert any(g["weight_decay"] == 0.0 for g in matrices)
+    [group] = every
+    assert group["weight_decay"] == 0.1 and len(group["params"]) == len(list(model.parameters()))
+    s4d = param_groups(Classifier(MODEL, TOKENS, OPTIM), weight_decay=0.1, decay="all")
+    assert any(g.get("lr") == 1e-3 and g["weight_decay"] == 0.0 for g in s4d)
+    module = Classifier({"name": "transformer", "d_model": 16, "n_layers": 1}, TOKENS,
+                        {**OPTIM, "eps": 1e-9, "decay": "all"})
+    module.trainer = type("T", (), {"estimated_stepping_batches": 10})()
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["eps"] == 1e-9 and len(optimizer.param_groups) == 1
+    assert config.compose([]).optim.eps == 1e-8 and config.compose([]).optim.decay == "matrices"
