@@ -40,6 +40,7 @@ def last_real(y, mask):
 
 
 POOLINGS = ("mean", "last", "cls")
+SCHEDULES = ("cosine", "rsqrt")
 
 
 def warmup_cosine(step, total, warmup):
@@ -50,28 +51,55 @@ def warmup_cosine(step, total, warmup):
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def warmup_rsqrt(step, warmup):
+    """Learning-rate factor of LRA's `constant * linear_warmup * rsqrt_decay`:
+
+        factor(step) = min(1, step / warmup) / sqrt(max(step, warmup))
+
+    so lr = optim.lr * factor rises linearly to optim.lr / sqrt(warmup) at `warmup`, then decays
+    as 1 / sqrt(step). Step 0 gets 0, as in LRA (its optimiser's step count starts at 0). The
+    total does not enter: a warmup longer than the run rises until the end."""
+    return min(1.0, step / warmup) / math.sqrt(max(step, warmup))
+
+
+def schedule_factor(opt, total):
+    """The factor(step) that multiplies optim.lr: `optim.schedule` (cosine, the default, or
+    rsqrt) over `optim.warmup_steps` steps of warmup, or warmup_ratio of `total` if that is
+    null. Configs saved before these keys existed read as cosine with warmup_ratio."""
+    schedule = opt.get("schedule", "cosine")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"optim.schedule={schedule!r} is not known; use one of "
+                         f"{', '.join(SCHEDULES)}")
+    warmup = opt.get("warmup_steps") or max(1, int(opt["warmup_ratio"] * total))
+    if schedule == "rsqrt":
+        return lambda step: warmup_rsqrt(step, warmup)
+    return lambda step: warmup_cosine(step, total, warmup)
+
+
 def optim_overrides(module):
     """{parameter name: its `_optim` settings}, to keep where the attributes would be lost: the
     processes that trainer=ddp spawns receive parameters without their Python attributes."""
     return {name: dict(p._optim) for name, p in module.named_parameters() if hasattr(p, "_optim")}
 
 
-def param_groups(module, weight_decay, overrides=None):
-    """AdamW groups: decay on weight matrices only; parameters carrying `_optim` (or named in
+def param_groups(module, weight_decay, overrides=None, decay="matrices"):
+    """AdamW groups: decay on weight matrices only (decay="all": on biases and norms too, as
+    LRA's Flax Adam decays every parameter); parameters carrying `_optim` (or named in
     `overrides`, see `optim_overrides`) get their own."""
     overrides = {**optim_overrides(module), **(overrides or {})}
-    decay, no_decay, special = [], [], {}
+    decay_all = {"matrices": False, "all": True}[decay]
+    decayed, no_decay, special = [], [], {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         if name in overrides:
             key = tuple(sorted(overrides[name].items()))
             special.setdefault(key, []).append(param)
-        elif param.ndim >= 2:
-            decay.append(param)
+        elif param.ndim >= 2 or decay_all:
+            decayed.append(param)
         else:
             no_decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay},
+    groups = [{"params": decayed, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     groups += [{"params": params, **dict(key)} for key, params in special.items()]
     return [g for g in groups if g["params"]]
@@ -195,10 +223,10 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self):
         opt = self.hparams.optim
-        groups = param_groups(self, opt["weight_decay"], self.optim_overrides)
-        optimizer = torch.optim.AdamW(groups, lr=opt["lr"], betas=tuple(opt["betas"]))
+        groups = param_groups(self, opt["weight_decay"], self.optim_overrides,
+                              opt.get("decay", "matrices"))
+        optimizer = torch.optim.AdamW(groups, lr=opt["lr"], betas=tuple(opt["betas"]),
+                                      eps=opt.get("eps", 1e-8))
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = max(1, int(opt["warmup_ratio"] * total))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, total, warmup))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(opt, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -38,12 +38,11 @@ def references():
 
 
 def harness_value(cfg, key):
-    """Our side of a `harness.*` key: what the harness does where no config key says."""
-    transformer_like = cfg.model.name in ("transformer", "flash")
+    """Our side of a `harness.*` key: what the harness does where no config key says
+    (lra.lit.Classifier.make_head and forward)."""
     values = {
-        "harness.schedule": "cosine",    # lra.lit.warmup_cosine
-        "harness.attention_dropout": cfg.model.dropout if transformer_like else None,
-        "harness.qkv_dim": cfg.model.d_model if transformer_like else None,
+        "harness.head": "d_model-gelu",  # Linear(., d_model) -> GELU -> Linear
+        "harness.dual_features": "u,v,u*v,u-v",
     }
     return values[key]
 

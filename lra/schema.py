@@ -114,7 +114,11 @@ class Optim:
     lr: Rate
     weight_decay: Annotated[float, Range(0)]
     betas: list[Share]
+    eps: Rate
+    decay: Literal["matrices", "all"]
     warmup_ratio: Share
+    warmup_steps: Positive | None
+    schedule: Literal["cosine", "rsqrt"]
     divergence_retries: Count
     divergence_lr_factor: Fraction
 
@@ -188,6 +192,8 @@ class Model:
 class Transformer(Model):
     n_heads: Positive
     d_ff: Positive | None
+    qkv_dim: Positive | None
+    attention_dropout: Share | None
     positions: Literal["sinusoidal", "learned"]
     max_len: Positive
 

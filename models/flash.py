@@ -11,7 +11,8 @@ but softmax(Q K^T / sqrt(d_head)) V goes through `lra.kernels.attention.attentio
 walks the keys in blocks of `block_size` with an online softmax (running max m, running
 sum l, o = acc / l) and stops each row's key loop at its length, read from the mask (padding
 is at the end). On CUDA that is our Triton kernel (kernels/attention/triton.py), attention dropout
-included (a Philox stream the backward regenerates), elsewhere torch's SDPA with a boolean mask;
+(attention_dropout) included (a Philox stream the backward regenerates), elsewhere torch's SDPA
+with a boolean mask;
 a GPU the kernel fails on falls back to SDPA with one warning (lra.kernels.dispatch), and
 `LRA_KERNELS=reference` runs the blockwise algorithm itself.
 A state dict moves between `flash` and `transformer` as is, and both draw the same initial
@@ -42,14 +43,16 @@ class Flash(Transformer):
     """
 
     def __init__(self, d_model=128, n_layers=4, n_heads=4, d_ff=None, dropout=0.0,
-                 positions="sinusoidal", max_len=4096, bidirectional=True, block_size=64):
+                 positions="sinusoidal", max_len=4096, bidirectional=True, block_size=64,
+                 attention_dropout=None, qkv_dim=None):
         if block_size < 1:
             raise ValueError(f"block_size={block_size} must be a positive number of keys; "
                              "set model.block_size >= 1")
         super().__init__(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff,
                          dropout=dropout, positions=positions, max_len=max_len,
                          bidirectional=bidirectional,
-                         attend=partial(attention, block_size=block_size))
+                         attend=partial(attention, block_size=block_size),
+                         attention_dropout=attention_dropout, qkv_dim=qkv_dim)
 
     def forward(self, x, mask=None):
         if mask is not None:

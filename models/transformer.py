@@ -1,13 +1,18 @@
 """Transformer encoder, pre-norm: Vaswani et al., "Attention Is All You Need", NeurIPS 2017.
 
     x = x + pos
-    x = x + dropout(Attention(LN(x), mask))      Attention = softmax(Q K^T / sqrt(d_head) + mask) V
-    x = x + dropout(MLP(LN(x)))                  MLP = Linear(d, d_ff) -> GELU -> Linear(d_ff, d)
+    x = x + dropout(Attention(LN(x), mask))
+    x = x + dropout(MLP(LN(x)))
     y = LN(x)
 
+    Attention = drop_att(softmax(Q K^T / sqrt(d_head) + mask)) V,   Q, K, V = LN(x) W_{q,k,v}
+    MLP = Linear(d, d_ff) -> GELU -> Linear(d_ff, d)
+
 The attention here is the plain PyTorch reference, written out: padded keys (and, with
-bidirectional=False, future keys) get no weight. Positions are sinusoidal or learned (up to
-max_len).
+bidirectional=False, future keys) get no weight. Q, K and V are qkv_dim wide in all (d_head =
+qkv_dim / n_heads; default d_model), projected back to d_model; drop_att is the attention
+dropout (attention_dropout; default the same rate as dropout), LRA's `attention_dropout_rate`
+beside its `dropout_rate`. Positions are sinusoidal or learned (up to max_len).
 
     import torch
     from lra.models.transformer import Transformer
@@ -43,18 +48,25 @@ class Attention(nn.Module):
     `attend`, if given, computes softmax(Q K^T / sqrt(d)) V instead of the reference lines
     below, as `attend(q, k, v, lengths, causal, dropout_p=p)` on (B, heads, L, d_head);
     `flash` passes its kernel dispatch here. Padding must then be at the end of each row.
+    qkv_dim: the width of Q, K and V over all heads (default d_model); `dropout` drops
+    attention weights.
     """
 
-    def __init__(self, d_model, n_heads, dropout=0.0, causal=False, attend=None):
+    def __init__(self, d_model, n_heads, dropout=0.0, causal=False, attend=None, qkv_dim=None):
         super().__init__()
-        self.n_heads, self.d_head = n_heads, head_dim(d_model, n_heads)
+        if qkv_dim is not None and n_heads >= 1 and qkv_dim % n_heads:
+            raise ValueError(f"qkv_dim={qkv_dim} is not divisible by n_heads={n_heads}; choose "
+                             "model.qkv_dim as a multiple of model.n_heads (or null: d_model)")
+        self.qkv_dim = qkv_dim or d_model
+        self.n_heads, self.d_head = n_heads, head_dim(self.qkv_dim, n_heads)
         self.causal, self.attend = causal, attend
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
+        self.qkv = nn.Linear(d_model, 3 * self.qkv_dim)
+        self.proj = nn.Linear(self.qkv_dim, d_model)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, mask=None):
-        B, L, D = x.shape
+        B, L, _ = x.shape
+        D = self.qkv_dim
         qkv = self.qkv(x).view(B, L, 3, self.n_heads, self.d_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, nh, L, hs) each
         if self.attend is not None:
@@ -95,13 +107,16 @@ class MLP(nn.Module):
 class Transformer(ResidualStack):
     """Pre-norm Transformer encoder, (B, L, d_model) -> (B, L, d_model).
 
-    d_ff: MLP width (default 4 d_model). positions: "sinusoidal" | "learned" (learned ones
-    cover max_len positions). bidirectional=False: each position attends only to itself and
+    d_ff: MLP width (default 4 d_model). qkv_dim: attention width over all heads (default
+    d_model). attention_dropout: the rate on attention weights (default: dropout; dropout
+    covers positions, MLP and residual branches). positions: "sinusoidal" | "learned" (learned
+    ones cover max_len positions). bidirectional=False: each position attends only to itself and
     the past. attend: an attention function for `Attention` (see there); None = reference.
     """
 
     def __init__(self, d_model=128, n_layers=4, n_heads=4, d_ff=None, dropout=0.0,
-                 positions="sinusoidal", max_len=4096, bidirectional=True, attend=None):
+                 positions="sinusoidal", max_len=4096, bidirectional=True, attend=None,
+                 attention_dropout=None, qkv_dim=None):
         if positions not in ("sinusoidal", "learned"):
             raise ValueError(
                 f"positions={positions!r} is not known; use 'sinusoidal' or 'learned'")
@@ -110,8 +125,10 @@ class Transformer(ResidualStack):
             nn.init.normal_(pos.weight, std=0.02)
         mixers = []
         for _ in range(n_layers):
-            mixers.append(Attention(d_model, n_heads=n_heads, dropout=dropout,
-                                    causal=not bidirectional, attend=attend))
+            mixers.append(Attention(
+                d_model, n_heads=n_heads,
+                dropout=dropout if attention_dropout is None else attention_dropout,
+                causal=not bidirectional, attend=attend, qkv_dim=qkv_dim))
             mixers.append(MLP(d_model, d_ff=d_ff or 4 * d_model, dropout=dropout))
         super().__init__(mixers, d_model=d_model, dropout=dropout, norm="layer", prenorm=True)
         self.d_model = d_model

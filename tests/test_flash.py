@@ -154,3 +154,63 @@ def test_flash_trains_on_the_triton_kernel_with_dropout(triton_device, monkeypat
     assert torch.equal(grads[0], grads[1])
     with torch.no_grad():
         assert rel_err(y, model.eval()(x, mask)) > 1e-2  # dropout did act
+
+
+@pytest.mark.parametrize("kernels", ["", "reference"])
+def test_flash_equals_transformer_with_a_narrow_qkv(kernels, monkeypatch):
+    """qkv_dim < d_model (LRA's Pathfinder: 32 wide, qkv 16): same outputs and gradients."""
+    monkeypatch.setenv("LRA_KERNELS", kernels)
+    opts = dict(d_model=16, n_layers=2, n_heads=2, qkv_dim=8)
+    torch.manual_seed(0)
+    transformer = Transformer(**opts).double()
+    flash = Flash(block_size=16, **opts).double()
+    flash.load_state_dict(transformer.state_dict())
+    x, mask = padded_batch([37, 32, 1], 37, 16)
+    x.requires_grad_()
+    results = []
+    for model in (transformer, flash):
+        y = model(x, mask)
+        results.append([y, *torch.autograd.grad(y[mask].square().sum(), [x])])
+    for want, got in zip(*results):
+        assert rel_err(got, want) < 1e-10  # float64
+
+
+def test_flash_sends_the_attention_dropout_rate_to_its_kernel(monkeypatch):
+    """model.attention_dropout, not model.dropout, is the dropout_p the attention receives;
+    null keeps the old behaviour (the same rate as dropout); eval sends 0."""
+    import lra.models.flash as flash_module
+
+    seen = []
+    real = flash_module.attention
+    monkeypatch.setattr(flash_module, "attention",
+                        lambda *a, dropout_p=0.0, **kw: seen.append(dropout_p)
+                        or real(*a, dropout_p=dropout_p, **kw))
+    x, mask = padded_batch([20, 9], 20, 16)
+    for attention_dropout, want in ((0.25, 0.25), (None, 0.5), (0.0, 0.0)):
+        seen.clear()
+        model = Flash(d_model=16, n_layers=2, dropout=0.5,
+                      attention_dropout=attention_dropout).train()
+        model(x.float(), mask)
+        assert seen == [want, want]
+    seen.clear()
+    model.eval()(x.float(), mask)
+    assert seen == [0.0, 0.0]
+
+
+def test_flash_trains_on_the_triton_kernel_with_attention_dropout(triton_device, monkeypatch):
+    """LRA_KERNELS=triton: attention_dropout is the kernel's dropout_p, dropout stays off it."""
+    import lra.kernels.attention.triton as kernels
+
+    seen = []
+    real = kernels.attention_triton
+    monkeypatch.setattr(kernels, "attention_triton",
+                        lambda *a, **kw: seen.append(a[5]) or real(*a, **kw))
+    x, mask = padded_batch([20, 9], 20, 16)
+    x, mask = x.float().to(triton_device), mask.to(triton_device)
+    torch.manual_seed(0)
+    model = Flash(d_model=16, n_layers=1, n_heads=2, dropout=0.0, attention_dropout=0.3,
+                  qkv_dim=8).to(triton_device).train()
+    y = model(x, mask)
+    y[mask].square().mean().backward()
+    assert seen == [0.3]
+    assert all(p.grad.isfinite().all() for p in model.parameters())

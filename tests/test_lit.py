@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lra import config
-from lra.lit import Classifier, last_real, masked_mean, param_groups, warmup_cosine
+from lra.lit import Classifier, last_real, masked_mean, param_groups, schedule_factor, warmup_cosine
 
 MODEL = {"name": "s4d", "d_model": 16, "n_layers": 1, "d_state": 8}
 TOKENS = {"input_kind": "tokens", "vocab_size": 16, "d_input": None, "num_classes": 3,
@@ -178,3 +178,64 @@ def test_pooling_is_the_harness_key_the_backbone_never_sees():
     assert "pooling" not in config.options({**MODEL, "pooling": "last"})
     with pytest.raises(ValueError, match="model.pooling='max' is not known; use one of mean"):
         Classifier({**MODEL, "pooling": "max"}, TOKENS, OPTIM)
+
+
+def test_rsqrt_schedule_is_lras_linear_warmup_times_rsqrt_decay():
+    """lr(step) = lr * min(1, step / warmup) / sqrt(max(step, warmup)), LRA's
+    `constant * linear_warmup * rsqrt_decay`, whatever the total; a warmup longer than the
+    run (Retrieval: 8000 of 5000 steps) still rises at the end."""
+    opt = {**OPTIM, "schedule": "rsqrt", "warmup_steps": 1000}
+    factor = schedule_factor(opt, total=5000)
+    assert factor(0) == 0.0
+    assert factor(500) == pytest.approx(0.5 / math.sqrt(1000))
+    assert factor(1000) == pytest.approx(1 / math.sqrt(1000))  # the peak: 0.05 -> 1.58e-3
+    assert factor(4000) == pytest.approx(1 / math.sqrt(4000))
+    assert schedule_factor(opt, total=10)(4000) == factor(4000)  # the total does not enter
+    long = schedule_factor({**opt, "warmup_steps": 8000}, total=5000)
+    assert long(4999) < long(5000) == pytest.approx(5000 / 8000 / math.sqrt(8000))
+
+
+def test_cosine_stays_the_default_and_warmup_steps_override_the_ratio():
+    total = 100
+    legacy = schedule_factor(OPTIM, total)  # a config saved before the schedule keys existed
+    assert [legacy(s) for s in range(total)] == [warmup_cosine(s, total, 10) for s in range(total)]
+    stepped = schedule_factor({**OPTIM, "schedule": "cosine", "warmup_steps": 20}, total)
+    assert [stepped(s) for s in range(total)] == [warmup_cosine(s, total, 20)
+                                                 for s in range(total)]
+    assert config.compose([]).optim.schedule == "cosine"
+    with pytest.raises(ValueError, match="optim.schedule='linear' is not known"):
+        schedule_factor({**OPTIM, "schedule": "linear"}, total)
+
+
+def test_configure_optimizers_steps_the_rsqrt_schedule():
+    optim = {**OPTIM, "lr": 0.05, "schedule": "rsqrt", "warmup_steps": 4}
+    module = Classifier({**MODEL}, TOKENS, optim)
+    module.trainer = type("T", (), {"estimated_stepping_batches": 10})()
+    conf = module.configure_optimizers()
+    optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    want = [0.05 * min(1, s / 4) / math.sqrt(max(s, 4)) for s in range(6)]
+    assert lrs == pytest.approx(want)
+
+
+def test_decay_all_and_eps_reach_adamw():
+    """optim.decay=all (LRA's Flax Adam): biases and norms decay too, tagged SSM parameters
+    keep their own group; optim.eps is AdamW's epsilon."""
+    model = Classifier({"name": "transformer", "d_model": 16, "n_layers": 1}, TOKENS, OPTIM)
+    matrices = param_groups(model, weight_decay=0.1)
+    every = param_groups(model, weight_decay=0.1, decay="all")
+    assert any(g["weight_decay"] == 0.0 for g in matrices)
+    [group] = every
+    assert group["weight_decay"] == 0.1 and len(group["params"]) == len(list(model.parameters()))
+    s4d = param_groups(Classifier(MODEL, TOKENS, OPTIM), weight_decay=0.1, decay="all")
+    assert any(g.get("lr") == 1e-3 and g["weight_decay"] == 0.0 for g in s4d)
+    module = Classifier({"name": "transformer", "d_model": 16, "n_layers": 1}, TOKENS,
+                        {**OPTIM, "eps": 1e-9, "decay": "all"})
+    module.trainer = type("T", (), {"estimated_stepping_batches": 10})()
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["eps"] == 1e-9 and len(optimizer.param_groups) == 1
+    assert config.compose([]).optim.eps == 1e-8 and config.compose([]).optim.decay == "matrices"

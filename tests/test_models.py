@@ -90,6 +90,45 @@ def test_transformer_learned_positions_bound_the_length():
         model(torch.randn(2, 9, 16))
 
 
+def test_transformer_qkv_dim_sets_the_attention_width():
+    """LRA's qkv_dim: Q, K, V qkv_dim wide over all heads, projected back to d_model; null is
+    d_model, drawing the weights the model drew before the option existed."""
+    build = registry.model("transformer")
+    torch.manual_seed(0)
+    narrow = build(d_model=16, n_layers=1, n_heads=2, qkv_dim=8)
+    shapes = {n: tuple(p.shape) for n, p in narrow.named_parameters()}
+    assert (24, 16) in shapes.values() and (16, 8) in shapes.values()
+    assert (48, 16) not in shapes.values()
+    assert narrow(torch.randn(2, 5, 16)).shape == (2, 5, 16)
+    torch.manual_seed(0)
+    default = build(d_model=16, n_layers=1, n_heads=2).state_dict()
+    torch.manual_seed(0)
+    full = build(d_model=16, n_layers=1, n_heads=2, qkv_dim=16).state_dict()
+    assert all(torch.equal(default[n], full[n]) for n in default)
+    with pytest.raises(ValueError, match="qkv_dim=10 is not divisible by n_heads=4"):
+        build(d_model=16, n_heads=4, qkv_dim=10)
+
+
+def test_transformer_attention_dropout_is_its_own_rate():
+    """attention_dropout drops attention weights only; dropout the rest; null = dropout."""
+    build = registry.model("transformer")
+    x, mask = padded_batch([9, 6], 9, 16, dtype=torch.float32)
+
+    def rates(model):
+        return sorted({m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)})
+
+    assert rates(build(d_model=16, n_layers=1, dropout=0.3)) == [0.3]
+    assert rates(build(d_model=16, n_layers=1, dropout=0.3, attention_dropout=0.1)) == [0.1, 0.3]
+    model = build(d_model=16, n_layers=1, dropout=0.0, attention_dropout=0.5).train()
+    torch.manual_seed(0)
+    y = model(x, mask)
+    with torch.no_grad():
+        assert rel_err(y, model.eval()(x, mask)) > 1e-2  # only the attention weights dropped
+    model = build(d_model=16, n_layers=1, dropout=0.0, attention_dropout=0.0).train()
+    with torch.no_grad():
+        assert torch.equal(model(x, mask), model.eval()(x, mask))
+
+
 def test_transformer_fully_masked_row_is_finite():
     model = registry.model("transformer")(d_model=16, n_layers=1).train()
     x = torch.randn(2, 5, 16, requires_grad=True)

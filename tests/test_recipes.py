@@ -87,9 +87,34 @@ def test_reference_decoders_dropout_and_tied_ssms_are_now_the_recipes_own():
     assert composed("s4d/listops").model.n_ssm is None
 
 
+def test_lra_transformer_recipes_use_the_harness_options_of_issue_15():
+    """The LRA configs' rsqrt schedule (Retrieval's 8000 warmup steps outlast its 5000), their
+    attention dropout and qkv width, Flax Adam's betas, eps and decay, fp32 and LRA's clipping
+    are real config keys now, and the image tasks follow ee6649e's transformer_base.py."""
+    for model in ("transformer", "flash"):
+        listops = composed(f"{model}/listops")
+        assert listops.optim.schedule == "rsqrt" and listops.optim.lr == 0.05
+        assert listops.optim.warmup_steps == 1000 and listops.optim.decay == "all"
+        retrieval = composed(f"{model}/retrieval")
+        assert retrieval.optim.warmup_steps == 8000 > retrieval.trainer.max_steps == 5000
+        image = composed(f"{model}/image").model
+        assert (image.d_model, image.n_heads, image.qkv_dim, image.d_ff) == (128, 8, 64, 128)
+        assert (image.dropout, image.attention_dropout) == (0.3, 0.2)
+        path = composed(f"{model}/pathfinder").model
+        assert (path.d_model, path.n_layers, path.qkv_dim, path.d_ff) == (32, 4, 16, 32)
+        for task in LRA_TASKS:
+            cfg = composed(f"{model}/{task}")
+            assert cfg.trainer.precision == "32-true" and list(cfg.optim.betas) == [0.9, 0.98]
+            assert cfg.trainer.gradient_clip_val == (1.0 if task == "pathx" else None)
+            keys = {key for key, *_ in recipes.traced(cfg)}
+            assert {"model.qkv_dim", "model.attention_dropout", "optim.schedule"} <= keys
+            assert not {"harness.schedule", "harness.qkv_dim", "harness.attention_dropout"} & keys
+
+
 @pytest.mark.parametrize("name, length", [("s4/image", 16), ("s4d/image", 16),
                                           ("s4d/pathfinder", 16), ("transformer/image", 1024),
-                                          ("flash/retrieval", 16)])
+                                          ("flash/retrieval", 16), ("transformer/pathfinder", 16),
+                                          ("flash/listops", 16)])
 def test_recipes_with_the_new_options_build_and_train_a_step(name, length):
     """The classifier each recipe builds (full width) takes a training step: the CLS token fits
     the learned positions of a 1024-pixel image, tied SSMs and tied dropout train."""
