@@ -33,9 +33,9 @@ def compose(overrides=(), hint="`lra train --cfg job` prints every key"):
                         f"({hint}); add a new key with +key=value.") from err
 
 
-# keys of a section that the harness reads itself: the registry `name`, and `pooling`, the
-# classifier's decoder (lra.lit), which the backbone never sees
-HARNESS_KEYS = ("name", "pooling")
+# keys of a section that the harness reads itself: the registry `name`, and the classifier's
+# decoder and head (lra.lit), which the backbone never sees
+HARNESS_KEYS = ("name", "pooling", "head_hidden", "head_act", "dual_features")
 
 
 def options(section):

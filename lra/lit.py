@@ -10,9 +10,16 @@
           (LRA's Transformer, `classifier_pool: CLS`)
 Padding changes none of them: each reads real positions only.
 
-Two-document tasks (Retrieval) encode both documents with the same backbone and classify
-`[u, v, u*v, u-v]`, the LRA convention. Accuracy is counted example by example over
-the whole split, so a last partial batch weighs what it holds.
+The head is a small MLP over the pooled features, set by three more harness keys:
+    head_hidden:   the hidden widths, [] for one Linear (the S4 references' decoder);
+                   null: one hidden layer d_model wide
+    head_act:      gelu | relu, after each hidden layer (LRA's heads use relu)
+    dual_features: how a two-document task (Retrieval) joins its documents' features u and v,
+                   both encoded by the same backbone: nli, [u, v, u*v, u-v] (the S4 references'
+                   `nli: true`), or concat, [u, v] (LRA's `classifier_head_dual` without
+                   `interaction`)
+Accuracy is counted example by example over the whole split, so a last partial batch weighs
+what it holds.
 """
 import math
 import time
@@ -40,6 +47,8 @@ def last_real(y, mask):
 
 
 POOLINGS = ("mean", "last", "cls")
+HEAD_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+DUAL_FEATURES = {"nli": 4, "concat": 2}  # how many D-wide pieces the joined features hold
 SCHEDULES = ("cosine", "rsqrt")
 
 
@@ -138,9 +147,20 @@ class Classifier(L.LightningModule):
     def make_head(self, task, d_model):
         """The head over the pooled features; a subclass that predicts something else replaces
         it."""
-        d_pooled = 4 * d_model if task["dual"] else d_model
-        return nn.Sequential(nn.Linear(d_pooled, d_model), nn.GELU(),
-                             nn.Linear(d_model, task["num_classes"]))
+        model = self.hparams.model
+        hidden = model.get("head_hidden")
+        hidden = [d_model] if hidden is None else list(hidden)
+        act = model.get("head_act", "gelu")
+        dual = model.get("dual_features", "nli")
+        if act not in HEAD_ACTIVATIONS or dual not in DUAL_FEATURES:
+            raise ValueError(f"model.head_act={act!r}, model.dual_features={dual!r}: use head_act "
+                             f"{' | '.join(HEAD_ACTIVATIONS)}, dual_features "
+                             f"{' | '.join(DUAL_FEATURES)}")
+        widths = [DUAL_FEATURES[dual] * d_model if task["dual"] else d_model, *hidden]
+        layers = []
+        for d_in, d_out in zip(widths, widths[1:]):
+            layers += [nn.Linear(d_in, d_out), HEAD_ACTIVATIONS[act]()]
+        return nn.Sequential(*layers, nn.Linear(widths[-1], task["num_classes"]))
 
     def encode(self, inputs, mask):
         """(B, L) inputs and mask -> the pooled features (B, D)."""
@@ -156,7 +176,8 @@ class Classifier(L.LightningModule):
         u = self.encode(batch["inputs"], batch["mask"])
         if self.hparams.task["dual"]:
             v = self.encode(batch["inputs2"], batch["mask2"])
-            u = torch.cat([u, v, u * v, u - v], dim=-1)  # (B, 4D)
+            nli = self.hparams.model.get("dual_features", "nli") == "nli"
+            u = torch.cat([u, v, u * v, u - v] if nli else [u, v], dim=-1)  # (B, 4D or 2D)
         return self.head(u)  # (B, classes)
 
     def _step(self, batch, split):

@@ -186,6 +186,9 @@ class Model:
     dropout: Share
     bidirectional: bool
     pooling: Pooling  # the classifier's decoder (lra.lit); not passed to the backbone
+    head_hidden: list[Positive] | None  # the head's hidden widths (lra.lit); null: [d_model]
+    head_act: Literal["gelu", "relu"]
+    dual_features: Literal["nli", "concat"]  # Retrieval: [u, v, u*v, u-v] or [u, v]
 
 
 @dataclass

@@ -96,6 +96,37 @@ def test_dual_documents_share_one_backbone_and_classify_u_v_uv_u_minus_v():
     assert not torch.allclose(logits, swapped)  # order matters through u - v
 
 
+def test_lra_dual_head_classifies_u_v_through_two_relu_layers():
+    """LRA's `classifier_head_dual` without `interaction`: [u, v] -> Dense(mlp) -> relu ->
+    Dense(mlp / 2) -> relu -> Dense(classes)."""
+    model_config = {**MODEL, "head_hidden": [12, 6], "head_act": "relu",
+                    "dual_features": "concat"}
+    model = Classifier(model_config, {**TOKENS, "dual": True}, OPTIM).eval()
+    widths = [(m.in_features, m.out_features) for m in model.head if isinstance(m, torch.nn.Linear)]
+    assert widths == [(2 * MODEL["d_model"], 12), (12, 6), (6, 3)]
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.head) == 2
+    pair = {**batch([7, 3]), **batch([5, 6], prefix="2")}
+    u = model.encode(pair["inputs"], pair["mask"])
+    v = model.encode(pair["inputs2"], pair["mask2"])
+    torch.testing.assert_close(model(pair), model.head(torch.cat([u, v], dim=-1)))
+
+
+def test_an_empty_head_hidden_is_one_linear_decoder_and_null_keeps_the_default_mlp():
+    linear = Classifier({**MODEL, "head_hidden": []}, TOKENS, OPTIM)
+    assert [type(m) for m in linear.head] == [torch.nn.Linear]  # the S4 references' decoder
+    assert linear.head[0].in_features == MODEL["d_model"]
+    default = Classifier(MODEL, TOKENS, OPTIM)
+    assert [type(m) for m in default.head] == [torch.nn.Linear, torch.nn.GELU, torch.nn.Linear]
+    assert default.head[0].out_features == MODEL["d_model"]
+    assert {"head_hidden", "head_act", "dual_features"}.isdisjoint(
+        config.options({**MODEL, "head_hidden": [], "head_act": "relu", "dual_features": "nli"}))
+
+
+def test_an_unknown_head_activation_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"head_act gelu \| relu"):
+        Classifier({**MODEL, "head_act": "tanh"}, TOKENS, OPTIM)
+
+
 def test_padding_does_not_change_the_logits():
     model = Classifier(MODEL, TOKENS, OPTIM).eval()
     torch.manual_seed(1)
