@@ -1,6 +1,6 @@
 """Long convolution by FFT, the shared last step of the S4 and S4D layers.
 
-    y_t = sum_{s<=t} k0[t-s] u_s  (+ sum_{s>=t} k1[s-t] u_s when bidirectional)  + D u_t
+    y_t = sum_{s<=t} k0[t-s] u_s  (+ sum_{s>t} k1[s-t-1] u_s when bidirectional)  + D u_t
 
     reference.py  fftconv_reference: torch's FFTs with zero padding to 2L
 
