@@ -44,6 +44,9 @@ def harness_value(cfg, key):
         "harness.schedule": "cosine",    # lra.lit.warmup_cosine
         "harness.attention_dropout": cfg.model.dropout if transformer_like else None,
         "harness.qkv_dim": cfg.model.d_model if transformer_like else None,
+        "harness.head": "mlp",  # lra.lit.Classifier.make_head: Linear, GELU, Linear
+        "harness.trained_C": "C" if cfg.model.name == "s4" else None,  # C~ formed per forward
+        "harness.pixel_range": "[-1, 1]",  # Pathfinder's continuous encoding, (p/255 - 0.5)/0.5
     }
     return values[key]
 
