@@ -71,8 +71,11 @@ def legs_nplr(N, b_clip=None):
     HiPPO-LegS: A_nk = -sqrt(2n+1) sqrt(2k+1) (n > k), -(n+1) (n = k), 0 (n < k); B_n = sqrt(2n+1).
     S = A + P P^T (P_n = sqrt(n+1/2)) is -1/2 I plus a skew-symmetric M; eig(M) = i mu comes from
     the Hermitian -i M. The other N/2 modes are the conjugates: V_full = [V, conj(V)] is unitary.
-    b_clip: clamp Im b to [-b_clip, b_clip] as S4 V4 does (`hippo.nplr(..., B_clip=2.0)`), in
-    V4's eigenbasis (see `clip_b_like_v4`); None: no clipping.
+    b_clip: clamp Im b to [-b_clip, b_clip], as S4 V4 does (`hippo.nplr(..., B_clip=2.0)`); None:
+    no clipping. V4 keeps the modes with mu < 0 of the same eigensolver call; ours are their
+    conjugates, and the solver's vector for +mu is +-conj of its vector for -mu, so our b is
+    +-conj of V4's B and clamping Im b clamps Im B alike (tests/test_s4.py checks it against V4's
+    steps).
     Returns Lambda (N/2,), p (N/2,), b (N/2,), V (N, N/2), all complex128.
     """
     n = torch.arange(N, dtype=torch.float64)
@@ -85,23 +88,8 @@ def legs_nplr(N, b_clip=None):
     lam = torch.complex(torch.full((N // 2,), -0.5, dtype=torch.float64), mu[N // 2:])
     b = V.mH @ r.to(V.dtype)
     if b_clip is not None:
-        b = clip_b_like_v4(b, V, U[:, :N // 2].flip(1), r, b_clip)
+        b = torch.complex(b.real, b.imag.clamp(-b_clip, b_clip))
     return lam, V.mH @ P.to(V.dtype), b, V
-
-
-def clip_b_like_v4(b, V, V_neg, r, limit):
-    """b with its imaginary part clamped to [-limit, limit] where S4 V4 clamps it.
-
-    V4 keeps the modes with mu < 0, columns V_neg of the same eigensolver call (here reordered to
-    match ours), and clamps Im(V_neg^* r). Our mode k is the conjugate of its mode k, and the
-    eigensolver's vectors agree up to a phase: V_k = c_k conj(V_neg_k), |c_k| = 1. So V4's B in
-    our modes is b4 = conj(V_neg^* r), b = conj(c) b4, and the clamp (symmetric, so it commutes
-    with conj) gives conj(c) (Re b4 + i clamp(Im b4)). The kernel sees b only through products
-    with p (rotated alike) and with the random C, so this is V4's init up to C's random phase.
-    """
-    c = (V_neg * V).sum(0)  # (N/2,) c_k = V_neg_k^T V_k
-    b4 = (V_neg.mH @ r.to(V.dtype)).conj()
-    return c.conj() * torch.complex(b4.real, b4.imag.clamp(-limit, limit))
 
 
 def dt_parameter(log_dt, transform):

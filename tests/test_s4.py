@@ -239,8 +239,8 @@ def v4_nplr_legs(N, b_clip):
 @pytest.mark.parametrize("N", [4, 64])
 def test_b_clip_clamps_im_b_in_v4s_basis(N):
     """legs_nplr(N, b_clip=2) is V4's clipped init in our modes: each mode is the conjugate of
-    one of V4's (mu -> -mu), and the phase-free quantities the kernel sees, |b| and conj(p) b,
-    are V4's clipped ones. Without b_clip they are not (Im B exceeds 2 at N = 4 and 64)."""
+    one of V4's (mu -> -mu), and |b| and conj(p) b (what the kernel sees of b, whatever the
+    eigenvectors' signs) are V4's clipped ones. Im B exceeds 2 at N = 4 and 64, so it bites."""
     lam, p, b, _ = legs_nplr(N, b_clip=2.0)
     mu_v4, p_v4, b_v4 = (x.flip(0) for x in v4_nplr_legs(N, 2.0))  # our order: mu ascending
     torch.testing.assert_close(lam.imag, -mu_v4)
