@@ -43,6 +43,8 @@ def harness_value(cfg, key):
     values = {
         "harness.head": "d_model-gelu",  # Linear(., d_model) -> GELU -> Linear
         "harness.dual_features": "u,v,u*v,u-v",
+        "harness.trained_C": "C" if cfg.model.name == "s4" else None,  # C~ formed per forward
+        "harness.pixel_range": "[-1, 1]",  # Pathfinder's continuous encoding, (p/255 - 0.5)/0.5
     }
     return values[key]
 

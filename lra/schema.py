@@ -243,6 +243,14 @@ class S4(Model):
 
 
 @dataclass
+class S4NPLR(S4):  # S4's own options (models/s4.py, S4 V4's layer), which S4D does not take
+    dt_transform: Literal["exp", "softplus"]
+    lr_C: Rate | None  # null: optim.lr, with weight decay
+    b_clip: Rate | None  # null: no clipping
+    dropout_site: Literal["post", "both"]
+
+
+@dataclass
 class S4D(S4):  # S4's options, and the initialisation of its diagonal A
     init: Literal["legs", "inv", "lin"]
     disc: Literal["zoh", "bilinear"]
@@ -252,7 +260,7 @@ class S4D(S4):  # S4's options, and the initialisation of its diagonal A
 
 GROUPS = {"trainer": Trainer, "optim": Optim, "pretrain": Pretrain}
 MODELS = {"transformer": Transformer, "flash": Flash, "lightnet": LightNet, "mamba": Mamba,
-          "s4": S4, "s4d": S4D}
+          "s4": S4NPLR, "s4d": S4D}
 TASKS = {"listops": ListOps, "listops_mini": ListOpsMini, "image": Image, "scifar": Image,
          "pathfinder": Pathfinder, "pathx": Pathfinder, "text": Text, "retrieval": ListOps,
          "sc10": Speech, "sc35": Speech}

@@ -243,7 +243,8 @@ def zero_pads(x, mask):
 
 
 class LongConv(nn.Module):
-    """The S4-family layer around a linear SSM: y = GLU(dropout(GELU(SSM(u) + D u))).
+    """The S4-family layer around a linear SSM: y = GLU(dropout(GELU(SSM(u) + D u))), where a
+    subclass's `pre_activation` may also act on SSM(u) + D u before the GELU.
 
     Subclasses define its two views, `kernel(L) -> (c, H, L)` (the convolution; c = 2 adds a
     backward kernel) and `ssm_step(u_t, state) -> (C x_t (B, H), state)` (the recurrence, from
@@ -256,10 +257,14 @@ class LongConv(nn.Module):
         with torch.autocast(u.device.type, enabled=False):
             u = zero_pads(u, mask).to(self.D.dtype).transpose(1, 2)  # (B, H, L)
             y = fftconv(u, self.kernel(L), self.D)  # (B, H, L)
-        return self.out(self.drop(F.gelu(y.transpose(1, 2))))  # (B, L, H)
+        return self.out(self.drop(F.gelu(self.pre_activation(y.transpose(1, 2)))))  # (B, L, H)
 
     def step(self, u_t, state):
         """One position of a causal layer: u_t (B, H), state -> y_t (B, H), new state."""
         require_causal(self.bidirectional)
         y, state = self.ssm_step(u_t, state)  # (B, H)
-        return self.out(self.drop(F.gelu(y + self.D * u_t))), state
+        return self.out(self.drop(F.gelu(self.pre_activation(y + self.D * u_t)))), state
+
+    def pre_activation(self, y):
+        """What the GELU receives: y itself (a subclass may drop before the activation)."""
+        return y

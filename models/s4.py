@@ -12,7 +12,9 @@ in the eigenbasis of the normal part of HiPPO-LegS: A_LegS + P P^T = V Lambda V^
 P_n = sqrt(n + 1/2), so Lambda = -1/2 + i mu, and P, B are taken into that basis. Modes
 come in conjugate pairs; N/2 of them are kept (Lambda, P, B, C of shape (H, N/2)) and every
 sum over modes counts each with its conjugate. Trained: Lambda (Re Lambda = -exp(log_A_real)
-stays negative), P, B, log_dt, with their own `lr` and no weight decay; C and D with the rest.
+stays negative), P, B, log_dt, with their own `lr` and no weight decay; C and D with the rest
+(C at `lr_C` and no weight decay when given). dt = exp(log_dt), or softplus(log_dt) with
+`dt_transform="softplus"` (S4 V4's default; log_dt then holds softplus^-1(dt)).
 
 The bilinear discretisation dA = (I - dt/2 A)^-1 (I + dt/2 A), dB = (I - dt/2 A)^-1 dt B gives
 
@@ -62,13 +64,18 @@ from lra.models.blocks import (
 from lra.registry import register_model
 
 
-def legs_nplr(N):
+def legs_nplr(N, b_clip=None):
     """HiPPO-LegS as NPLR, A = V (Lambda - p p^*) V^* and B = V b, with the conjugates appended
     to each.
 
     HiPPO-LegS: A_nk = -sqrt(2n+1) sqrt(2k+1) (n > k), -(n+1) (n = k), 0 (n < k); B_n = sqrt(2n+1).
     S = A + P P^T (P_n = sqrt(n+1/2)) is -1/2 I plus a skew-symmetric M; eig(M) = i mu comes from
     the Hermitian -i M. The other N/2 modes are the conjugates: V_full = [V, conj(V)] is unitary.
+    b_clip: clamp Im b to [-b_clip, b_clip], as S4 V4 does (`hippo.nplr(..., B_clip=2.0)`); None:
+    no clipping. V4 keeps the modes with mu < 0 of the same eigensolver call; ours are their
+    conjugates, and the solver's vector for +mu is +-conj of its vector for -mu, so our b is
+    +-conj of V4's B and clamping Im b clamps Im B alike (tests/test_s4.py checks it against V4's
+    steps).
     Returns Lambda (N/2,), p (N/2,), b (N/2,), V (N, N/2), all complex128.
     """
     n = torch.arange(N, dtype=torch.float64)
@@ -79,7 +86,28 @@ def legs_nplr(N):
     mu, U = torch.linalg.eigh(-0.5j * (S - S.T))  # -i M: (N,) ascending, (N, N)
     V = U[:, N // 2:]  # (N, N/2) the modes with mu > 0
     lam = torch.complex(torch.full((N // 2,), -0.5, dtype=torch.float64), mu[N // 2:])
-    return lam, V.mH @ P.to(V.dtype), V.mH @ r.to(V.dtype), V
+    b = V.mH @ r.to(V.dtype)
+    if b_clip is not None:
+        b = torch.complex(b.real, b.imag.clamp(-b_clip, b_clip))
+    return lam, V.mH @ P.to(V.dtype), b, V
+
+
+def dt_parameter(log_dt, transform):
+    """The trained parameter that gives the step sizes dt = exp(log_dt) (H,): log_dt itself
+    ("exp"), or softplus^-1(dt) = log(expm1(dt)) ("softplus"), dt first clamped to >= 1e-4 as
+    V4's `inv_transform` does (in float64, so that softplus gives dt back)."""
+    if transform == "exp":
+        return log_dt
+    return log_dt.double().exp().clamp(min=1e-4).expm1().log().to(log_dt.dtype)
+
+
+DT_TRANSFORMS = {"exp": torch.exp, "softplus": torch.nn.functional.softplus}
+DROPOUT_SITES = ("post", "both")  # after the GELU only | before and after it (S4 V4)
+
+
+def check_choice(option, value, choices):
+    if value not in choices:
+        raise ValueError(f"{option}={value!r} is not known; use one of {', '.join(choices)}")
 
 
 def real_form(lam, p, b, C):
@@ -120,26 +148,36 @@ def power(dA, C, L):
 
 class S4Layer(LongConv):
     """One S4 layer: SSM convolution + D skip -> GELU -> dropout -> GLU linear.
-    (B, L, H) -> (B, L, H).
+    (B, L, H) -> (B, L, H). dropout_site "both" also drops before the GELU, as S4 V4's FFTConv
+    (62a14bb `kernels/fftconv.py`: dropout, then its GELU) inside its S4Block (dropout again).
 
     Lambda, P, B and dt train without weight decay, Lambda, P, B at `lr`, dt at `lr_dt`
     (None: the global lr, as S4's `lr: {dt: null, A: 0.001, B: 0.001}`). n_ssm: how many
     (Lambda, P, B) the H channels share, channel h using row h mod n_ssm (None: one per channel);
     dt, C and D stay per channel. tie_dropout: one dropout mask per channel for every position.
+    dt_transform: "exp" | "softplus", how log_dt gives dt; the initial dt is the same. lr_C: the
+    learning rate of C, without weight decay (None: the global lr and weight decay). b_clip:
+    clamp Im B at init (V4: 2.0; None: no clipping).
     """
 
     def __init__(self, d_model, d_state=64, dropout=0.0, bidirectional=True, lr=1e-3,
-                 lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1, n_ssm=None, tie_dropout=False):
+                 lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1, n_ssm=None, tie_dropout=False,
+                 dt_transform="exp", lr_C=None, b_clip=None, dropout_site="post"):
         super().__init__()
         if d_state % 2:
             raise ValueError(f"d_state={d_state} must be even: S4 keeps d_state/2 conjugate pairs")
         check_dt_range(dt_min, dt_max)
+        check_choice("dt_transform", dt_transform, DT_TRANSFORMS)
+        check_choice("dropout_site", dropout_site, DROPOUT_SITES)
+        if b_clip is not None and not b_clip > 0:
+            raise ValueError(f"b_clip={b_clip} must be positive; set model.b_clip > 0 or null")
         H = d_model
         n_ssm = check_n_ssm(n_ssm, H)
         self.bidirectional = bidirectional
-        lam, p, b, _ = legs_nplr(d_state)
+        self.dt_transform = dt_transform
+        lam, p, b, _ = legs_nplr(d_state, b_clip)
         log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        self.log_dt = nn.Parameter(log_dt)  # (H,)
+        self.log_dt = nn.Parameter(dt_parameter(log_dt, dt_transform))  # (H,)
         # (n_ssm, N2), Re Lambda = -exp(log_A_real)
         self.log_A_real = nn.Parameter((-lam.real).log().float().repeat(n_ssm, 1))
         self.A_imag = nn.Parameter(lam.imag.float().repeat(n_ssm, 1))  # (n_ssm, N2)
@@ -151,17 +189,25 @@ class S4Layer(LongConv):
         self.C = nn.Parameter(torch.view_as_real(C))  # (c, H, N2, 2)
         self.D = nn.Parameter(torch.randn(H))
         self.log_dt._optim = ssm_optim(lr_dt)
+        if lr_C is not None:
+            self.C._optim = ssm_optim(lr_C)
         for param in (self.log_A_real, self.A_imag, self.P, self.B):
             param._optim = ssm_optim(lr)
         self.drop = make_dropout(dropout, tie_dropout)
+        self.pre_drop = (make_dropout(dropout, tie_dropout) if dropout_site == "both"
+                         else nn.Identity())
         self.out = GLU(d_model)
+
+    def pre_activation(self, y):
+        """SSM(u) + D u, dropped before the GELU when dropout_site is "both"."""
+        return self.pre_drop(y)
 
     def ssm(self, dtype=None):
         """dt (H,), Lambda, P, B (H, N/2), C (c, H, N/2) from the parameters, in dtype (real;
         complex to match); Lambda, P and B spread from their n_ssm rows to the H channels."""
         dtype = dtype or self.D.dtype
         H = self.D.shape[0]
-        dt = self.log_dt.to(dtype).exp()
+        dt = DT_TRANSFORMS[self.dt_transform](self.log_dt.to(dtype))
         lam = torch.complex(-self.log_A_real.to(dtype).exp(), self.A_imag.to(dtype))
         P, B, C = (torch.view_as_complex(x.to(dtype)) for x in (self.P, self.B, self.C))
         return dt, tied_channels(lam, H), tied_channels(P, H), tied_channels(B, H), C
@@ -210,14 +256,19 @@ class S4(RecurrentStack):
     lr); none of them decays. dt_min, dt_max: the range of the initial dt (log-uniform).
     n_ssm: how many (Lambda, P, B) the channels share (None: one each). tie_dropout: every
     dropout (layer and residual) draws one mask per channel for all positions.
+    dt_transform: "exp" | "softplus" (dt from its parameter). lr_C: C's learning rate, no weight
+    decay (None: the global lr and weight decay). b_clip: |Im B| bound at init (None: none).
+    dropout_site: "post" (after the GELU) | "both" (before and after it, as S4 V4).
     """
 
     def __init__(self, d_model=128, n_layers=4, d_state=64, dropout=0.0, bidirectional=True,
                  norm="layer", prenorm=False, lr=1e-3, lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1,
-                 n_ssm=None, tie_dropout=False):
+                 n_ssm=None, tie_dropout=False, dt_transform="exp", lr_C=None, b_clip=None,
+                 dropout_site="post"):
         layers = [S4Layer(d_model, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
                           lr=lr, lr_dt=lr_dt, dt_min=dt_min, dt_max=dt_max, n_ssm=n_ssm,
-                          tie_dropout=tie_dropout)
+                          tie_dropout=tie_dropout, dt_transform=dt_transform, lr_C=lr_C,
+                          b_clip=b_clip, dropout_site=dropout_site)
                   for _ in range(n_layers)]
         super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm,
                          tie_dropout=tie_dropout)

@@ -172,3 +172,42 @@ def test_a_drifted_s4d_discretisation_is_caught():
     cfg = composed("s4d/listops").copy()
     OmegaConf.update(cfg, "model.disc", "zoh")
     assert any("model.disc" in p for p in recipes.problems(cfg))
+
+
+S4_TRACED = ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "scifar", "sc35")
+
+
+@pytest.mark.parametrize("task", S4_TRACED)
+def test_s4_recipes_carry_v4s_layer_defaults(task):
+    """What every V4 S4 experiment inherits (configs/model/layer/s4.yaml, configs/model/s4.yaml,
+    hippo.nplr, FFTConv + S4Block) is traced and set: softplus dt, Im B clipped at 2, dropout
+    before and after the GELU, tied dropout, C at the global lr. The deviations left are the
+    harness's: the trained C (not C~), the MLP head except on Retrieval (V4's is an MLP there
+    too), Pathfinder's pixel range."""
+    cfg = composed(f"s4/{task}")
+    keys = {key: (ours, theirs) for key, ours, theirs, _ in recipes.traced(cfg)}
+    for key, value in (("model.dt_transform", "softplus"), ("model.b_clip", 2.0),
+                       ("model.dropout_site", "both"), ("model.tie_dropout", True),
+                       ("model.lr_C", None)):
+        assert keys[key] == (value, value), (task, key)
+    expected = {"harness.trained_C"} | ({"harness.head"} if task != "retrieval" else set())
+    expected |= {"harness.pixel_range"} if task in ("pathfinder", "pathx") else set()
+    assert set(cfg.provenance.deviations) == expected
+    assert cfg.provenance.status == "deviates" and cfg.provenance.reference == f"s4/{task}"
+
+
+def test_sequential_tasks_follow_v4s_cifar_and_speech_configs():
+    """sCIFAR <- configs/experiment/cifar/s4-cifar.yaml, SC35 <- sc/s4-sc.yaml (35 classes);
+    SC10 has no V4 config and stays untuned; Mamba and LightNet follow the s4-matched rule."""
+    scifar, sc35, sc10 = (composed(f"s4/{t}") for t in ("scifar", "sc35", "sc10"))
+    assert scifar.model.n_ssm == 2 and scifar.model.norm == "layer"
+    assert scifar.optim.warmup_ratio == 900 / 180000
+    assert sc35.model.d_model == 128 and sc35.model.n_ssm == 2 and sc35.model.prenorm
+    assert sc10.provenance.status == "untuned" and sc10.provenance.reference is None
+    assert OmegaConf.to_container(sc10.model) == OmegaConf.to_container(sc35.model)
+    for model in ("mamba", "lightnet"):
+        for task in ("scifar", "sc35", "sc10"):
+            prov = composed(f"{model}/{task}").provenance
+            assert prov.rule == recipes.RULE and prov.status == "untuned", (model, task)
+            assert prov.reference == (None if task == "sc10" else f"s4/{task}")
+        assert len(recipes.traced(composed(f"{model}/sc35"))) >= 7

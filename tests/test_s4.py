@@ -218,3 +218,115 @@ def test_n_ssm_one_is_one_ssm_for_every_channel():
     layer = S4Layer(8, 4, n_ssm=1)
     assert all(getattr(layer, name).shape[0] == 1 for name in SHARED)
     assert S4Layer(8, 4).log_A_real.shape == (8, 2)  # null: one per channel
+
+
+# ---- S4 V4's options (state-spaces/s4 62a14bb): softplus dt, B clipping, C's lr, dropout site
+
+
+def v4_nplr_legs(N, b_clip):
+    """V4's `hippo.nplr('legs', N, B_clip=b_clip)`, step by step: diagonalise -i (A + P P^T),
+    keep the modes with negative imaginary part (ascending), B = V^* B_legs with Im B clamped."""
+    A, B = legs(N)
+    P = torch.sqrt(torch.arange(N, dtype=torch.float64) + 0.5)
+    mu, V = torch.linalg.eigh((A + torch.outer(P, P)).to(torch.complex128) * -1j)
+    order = mu.argsort()[:N // 2]
+    V = V[:, order]
+    B_v4 = V.mH @ B.to(V.dtype)
+    B_v4 = torch.complex(B_v4.real, B_v4.imag.clamp(-b_clip, b_clip))
+    return mu[order], V.mH @ P.to(V.dtype), B_v4
+
+
+@pytest.mark.parametrize("N", [4, 64])
+def test_b_clip_clamps_im_b_in_v4s_basis(N):
+    """legs_nplr(N, b_clip=2) is V4's clipped init in our modes: each mode is the conjugate of
+    one of V4's (mu -> -mu), and |b| and conj(p) b (what the kernel sees of b, whatever the
+    eigenvectors' signs) are V4's clipped ones. Im B exceeds 2 at N = 4 and 64, so it bites."""
+    lam, p, b, _ = legs_nplr(N, b_clip=2.0)
+    mu_v4, p_v4, b_v4 = (x.flip(0) for x in v4_nplr_legs(N, 2.0))  # our order: mu ascending
+    torch.testing.assert_close(lam.imag, -mu_v4)
+    torch.testing.assert_close(b.abs(), b_v4.abs())
+    torch.testing.assert_close(p.conj() * b, (p_v4.conj() * b_v4).conj())
+    _, p0, b0, _ = legs_nplr(N)
+    torch.testing.assert_close(p, p0)
+    clipped = b_v4.imag.abs() >= 2.0
+    assert clipped.any() and not clipped.all()
+    torch.testing.assert_close(b[~clipped], b0[~clipped])  # untouched where V4 clamps nothing
+    assert (b.abs()[clipped] < b0.abs()[clipped]).all()
+    layer = S4Layer(4, N, b_clip=2.0)
+    torch.testing.assert_close(layer.ssm(torch.float64)[3][0], b, rtol=1e-6, atol=1e-6)
+
+
+def test_softplus_dt_starts_at_the_same_dt():
+    """dt = softplus(p) with p = softplus^-1(dt): the same initial dt as exp(log dt), from the
+    same draw; and V4's inv_transform clamp: no initial dt below 1e-4."""
+    torch.manual_seed(0)
+    exp = S4Layer(64, 4, dt_min=1e-4, dt_max=1e-1)
+    torch.manual_seed(0)
+    soft = S4Layer(64, 4, dt_min=1e-4, dt_max=1e-1, dt_transform="softplus")
+    dt_exp, dt_soft = exp.ssm(torch.float64)[0], soft.ssm(torch.float64)[0]
+    assert rel_err(dt_soft, dt_exp) < 1e-6
+    assert not torch.allclose(soft.log_dt, exp.log_dt)  # a different parameter, the same dt
+    torch.testing.assert_close(dt_soft, torch.nn.functional.softplus(soft.log_dt.double()))
+    low = S4Layer(256, 4, dt_min=1e-6, dt_max=1e-5, dt_transform="softplus")
+    assert low.ssm(torch.float64)[0].min() >= 1e-4 * (1 - 1e-6)
+
+
+def test_c_learning_rate():
+    """lr_C: C in its own group at that lr without decay; null: C with the global settings."""
+    from lra.lit import param_groups
+    model = S4(d_model=8, n_layers=2, d_state=4, lr_C=3e-4)
+    Cs = [layer.mixer.C for layer in model.layers]
+    assert all(C._optim == {"lr": 3e-4, "weight_decay": 0.0} for C in Cs)
+    groups = param_groups(model, weight_decay=0.05)
+    group_of_C = [g for g in groups if any(p is Cs[0] for p in g["params"])]
+    assert len(group_of_C) == 1 and group_of_C[0]["lr"] == 3e-4
+    assert group_of_C[0]["weight_decay"] == 0.0
+    default = S4(d_model=8, n_layers=1, d_state=4)
+    C = default.layers[0].mixer.C
+    assert not hasattr(C, "_optim")
+    decayed = [g for g in param_groups(default, weight_decay=0.05) if g["weight_decay"] == 0.05]
+    assert any(p is C for p in decayed[0]["params"]) and "lr" not in decayed[0]
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_dropout_site_both_also_drops_before_the_gelu(tie):
+    """dropout_site "both" drops SSM(u) + D u before the GELU (tied over the length when
+    tie_dropout); "post" leaves it; eval mode drops nothing either way."""
+    torch.manual_seed(0)
+    both = S4Layer(16, 4, dropout=0.5, dropout_site="both", tie_dropout=tie).train()
+    post = S4Layer(16, 4, dropout=0.5).train()
+    y = torch.ones(3, 50, 16)
+    dropped = both.pre_activation(y)
+    assert (dropped == 0).any() and set(dropped.unique().tolist()) <= {0.0, 2.0}
+    if tie:
+        assert (dropped == dropped[:, :1]).all()  # one mask per example and channel
+    assert torch.equal(post.pre_activation(y), y)
+    assert torch.equal(both.eval().pre_activation(y), y)
+    u = torch.randn(2, 20, 16)
+    post.load_state_dict(both.state_dict())
+    torch.testing.assert_close(both(u), post.eval()(u))
+
+
+def test_v4_options_keep_the_recurrent_view():
+    """With softplus dt, clipped B, C's own lr and both dropout sites, forward equals `step`."""
+    torch.manual_seed(0)
+    model = S4(d_model=8, n_layers=2, d_state=8, bidirectional=False, dt_transform="softplus",
+               b_clip=2.0, lr_C=1e-3, dropout=0.2, dropout_site="both", n_ssm=2,
+               tie_dropout=True).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+        u = torch.randn(2, 33, 8, dtype=torch.float64)
+        state, steps = model.default_state(2), []
+        for t in range(u.shape[1]):
+            y_t, state = model.step(u[:, t], state)
+            steps.append(y_t)
+        err = rel_err(torch.stack(steps, 1), model(u))
+    assert err < 1e-12, f"recurrent vs parallel view rel err {err:.1e}"
+
+
+@pytest.mark.parametrize("bad", [{"dt_transform": "relu"}, {"dropout_site": "pre"},
+                                 {"b_clip": 0.0}])
+def test_bad_v4_options_fail_clearly(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        S4(d_model=8, n_layers=1, **bad)

@@ -134,3 +134,23 @@ def test_check_config_raises_one_user_error_listing_every_problem():
     with pytest.raises(UserError) as raised:
         checks.check_config(config.compose(overrides), config.compose([]))
     assert "trainer.max_epochs" in str(raised.value) and "optim.lr" in str(raised.value)
+
+
+def test_s4s_v4_options_are_typed_and_s4d_does_not_declare_them():
+    """dt_transform, lr_C, b_clip and dropout_site: S4's (models/s4.py) alone; S4D's schema keeps
+    S4's shared options only."""
+    defaults = config.plain(config.compose(["model=s4"]))
+    cfg = config.plain(config.compose(["model=s4", "model.dt_transform=relu", "model.lr_C=0",
+                                       "model.b_clip=-2", "model.dropout_site=pre"]))
+    assert schema.problems(cfg, defaults) == [
+        "model.dt_transform must be one of 'exp', 'softplus' (default 'exp'), got 'relu'.",
+        "model.lr_C must be a finite number > 0, or null (default null), got 0.",
+        "model.b_clip must be a finite number > 0, or null (default null), got -2.",
+        "model.dropout_site must be one of 'post', 'both' (default 'post'), got 'pre'."]
+    good = config.plain(config.compose(["model=s4", "model.dt_transform=softplus",
+                                        "model.lr_C=1e-3", "model.b_clip=2.0",
+                                        "model.dropout_site=both"]))
+    assert schema.problems(good, defaults) == []
+    s4d = schema.hints_of(schema.MODELS["s4d"])
+    assert {"lr_dt", "n_ssm", "tie_dropout"} <= set(s4d)
+    assert not {"dt_transform", "lr_C", "b_clip", "dropout_site"} & set(s4d)
