@@ -181,16 +181,18 @@ S4_TRACED = ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "sc
 def test_s4_recipes_carry_v4s_layer_defaults(task):
     """What every V4 S4 experiment inherits (configs/model/layer/s4.yaml, configs/model/s4.yaml,
     hippo.nplr, FFTConv + S4Block) is traced and set: softplus dt, Im B clipped at 2, dropout
-    before and after the GELU, tied dropout, C at the global lr. The deviations left are the
-    harness's: the trained C (not C~), the MLP head except on Retrieval (V4's is an MLP there
-    too), Pathfinder's pixel range."""
+    before and after the GELU, tied dropout, C at the global lr, and V4's decoder: one Linear
+    (SequenceDecoder), on Retrieval the NLI head. The deviations left are the harness's: the
+    trained C (not C~), Pathfinder's pixel range."""
     cfg = composed(f"s4/{task}")
     keys = {key: (ours, theirs) for key, ours, theirs, _ in recipes.traced(cfg)}
     for key, value in (("model.dt_transform", "softplus"), ("model.b_clip", 2.0),
                        ("model.dropout_site", "both"), ("model.tie_dropout", True),
                        ("model.lr_C", None)):
         assert keys[key] == (value, value), (task, key)
-    expected = {"harness.trained_C"} | ({"harness.head"} if task != "retrieval" else set())
+    head = None if task == "retrieval" else []
+    assert keys["model.head_hidden"] == (head, head)
+    expected = {"harness.trained_C"}
     expected |= {"harness.pixel_range"} if task in ("pathfinder", "pathx") else set()
     assert set(cfg.provenance.deviations) == expected
     assert cfg.provenance.status == "deviates" and cfg.provenance.reference == f"s4/{task}"
