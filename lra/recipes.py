@@ -41,7 +41,6 @@ def harness_value(cfg, key):
     """Our side of a `harness.*` key: what the harness does where no config key says."""
     values = {
         "harness.trained_C": "C" if cfg.model.name == "s4" else None,  # C~ formed per forward
-        "harness.pixel_range": "[-1, 1]",  # Pathfinder's continuous encoding, (p/255 - 0.5)/0.5
     }
     return values[key]
 

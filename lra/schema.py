@@ -160,7 +160,7 @@ class Image(Task):
 class Pathfinder(Task):
     resolution: Positive
     difficulty: Literal["hard", "medium", "easy"]
-    encoding: Literal["tokens", "continuous"]
+    encoding: Literal["tokens", "continuous", "continuous_unit"]
     split_seed: Seed
     read_threads: Positive
 

@@ -74,6 +74,20 @@ def test_continuous_encoding_and_batches(tmp_path):
     assert batches[0]["mask"].all()
 
 
+def test_continuous_unit_encoding_keeps_pixels_in_0_1_and_names_itself(tmp_path):
+    """V4's `center: False`: p / 255, the centred encoding's (x + 1) / 2; the data fingerprint
+    and protocol tell the two apart."""
+    write_pathfinder_release(tmp_path)
+    unit = loaded(Pathfinder, tmp_path, encoding="continuous_unit")
+    centred = loaded(Pathfinder, tmp_path, encoding="continuous")
+    assert unit.input_kind == "continuous" and unit.d_input == 1
+    x, y = unit.splits["test"][0]["inputs"], centred.splits["test"][0]["inputs"]
+    np.testing.assert_allclose(x, (y + 1) / 2, atol=1e-7)
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert unit.fingerprint != centred.fingerprint
+    assert unit.protocol["tokenization"] == "pixel p -> p / 255, one channel"
+
+
 def test_pathx_reads_128px(tmp_path):
     write_pathfinder_release(tmp_path, n_batches=1, per_batch=10, resolution=128,
                              where="lra_release")

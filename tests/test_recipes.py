@@ -183,7 +183,7 @@ def test_s4_recipes_carry_v4s_layer_defaults(task):
     hippo.nplr, FFTConv + S4Block) is traced and set: softplus dt, Im B clipped at 2, dropout
     before and after the GELU, tied dropout, C at the global lr, and V4's decoder: one Linear
     (SequenceDecoder), on Retrieval the NLI head. The deviations left are the harness's: the
-    trained C (not C~), Pathfinder's pixel range."""
+    trained C (not C~)."""
     cfg = composed(f"s4/{task}")
     keys = {key: (ours, theirs) for key, ours, theirs, _ in recipes.traced(cfg)}
     for key, value in (("model.dt_transform", "softplus"), ("model.b_clip", 2.0),
@@ -193,7 +193,8 @@ def test_s4_recipes_carry_v4s_layer_defaults(task):
     head = None if task == "retrieval" else []
     assert keys["model.head_hidden"] == (head, head)
     expected = {"harness.trained_C"}
-    expected |= {"harness.pixel_range"} if task in ("pathfinder", "pathx") else set()
+    if task in ("pathfinder", "pathx"):  # V4's `center: False`
+        assert keys["task.encoding"] == ("continuous_unit", "continuous_unit")
     assert set(cfg.provenance.deviations) == expected
     assert cfg.provenance.status == "deviates" and cfg.provenance.reference == f"s4/{task}"
 

@@ -36,7 +36,9 @@ from lra.tasks.base import DataError, SequenceDataset, TaskData, progress
 DIFFICULTIES = {"hard": "curv_contour_length_14", "medium": "curv_contour_length_9",
                 "easy": "curv_baseline"}
 ENCODINGS = {"tokens": "pixel p -> token p + 1 (0 is padding), vocab 257",
-             "continuous": "pixel p -> (p / 255 - 0.5) / 0.5, one channel"}
+             "continuous": "pixel p -> (p / 255 - 0.5) / 0.5, one channel",
+             # state-spaces/s4 V4's `center: False`
+             "continuous_unit": "pixel p -> p / 255, one channel"}
 NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -111,7 +113,9 @@ class ImageDataset(SequenceDataset):
         if self.encoding == "tokens":
             x = p.astype(np.int16) + 1  # (L,)
         else:
-            x = (p.astype(np.float32)[:, None] / 255 - 0.5) / 0.5  # (L, 1)
+            x = p.astype(np.float32)[:, None] / 255  # (L, 1) in [0, 1]
+            if self.encoding == "continuous":
+                x = (x - 0.5) / 0.5  # in [-1, 1]
         return {"inputs": x, "target": self.targets[i]}
 
     def options(self):
