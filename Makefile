@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test leaderboard data bench kernels-check lint clean mutants
+.PHONY: help install train test leaderboard data bench kernels-check lint clean mutants docs
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +44,9 @@ kernels-check: install  ## compile every Triton kernel for an H100 (sm_90) witho
 # tests/mutants/catalogue.yaml; docs/mutants.md. ARGS=--fast: CI's subset; ARGS="--only NAME"
 mutants: install  ## remove each protection in turn (tests/mutants/) and check its tests fail; before each release
 	OMP_NUM_THREADS=1 WANDB_MODE=disabled $(BIN)/python tests/mutants/run.py $(ARGS)
+
+docs: install  ## rewrite docs/recipes.md's tables (recipes, deviations) from conf/experiment and conf/references.yaml
+	$(BIN)/python -m lra.recipes
 
 lint: install  ## check style with ruff (CI runs it after the tests)
 	$(BIN)/ruff check .

@@ -106,3 +106,78 @@ def problems(cfg):
     if prov.status != expected:
         found.append(f"status is {prov.status!r}, expected {expected!r}")
     return found
+
+
+# docs/recipes.md holds two tables made from the recipes; `python -m lra.recipes` rewrites them
+GENERATED = ("<!-- the tables up to the end marker are made by `python -m lra.recipes` from the "
+             "recipes and conf/references.yaml: edit those, not these -->",
+             "<!-- end of the generated tables -->")
+
+
+def built_in_recipes():
+    from lra.plugins import config_options
+    return sorted(name for name, source in config_options("experiment").items()
+                  if source == "built-in")
+
+
+def _cell(value):
+    return "null" if value is None else str(list(value) if OmegaConf.is_list(value) else value)
+
+
+def _where(cfg):
+    prov = cfg.provenance
+    if not prov.reference:
+        return "none traced"
+    entry = references()["references"][prov.reference]
+    source = references()["sources"][entry["source"]]
+    commit = entry.get("commit", source["commit"])[:7]
+    return f"`{source['repo']}@{commit}` `{'/'.join(entry['file'].split('/')[-2:])}`"
+
+
+def tables(compose):
+    """The recipe table and the deviation table of docs/recipes.md, as markdown; `compose(name)`
+    gives a recipe's composed config."""
+    recipes = ["| recipe | status | reference | traced keys |", "|---|---|---|---|"]
+    deviations = ["| recipe | key | ours | reference | why |", "|---|---|---|---|---|"]
+    for name in built_in_recipes():
+        cfg = compose(name)
+        prov, rows = cfg.provenance, traced(cfg)
+        devs = dict(prov.get("deviations") or {})
+        status = f"deviates ({len(devs)})" if prov.status == "deviates" else prov.status
+        if prov.get("rule"):
+            status += f" (rule {prov.rule})"
+        recipes.append(f"| `{name}` | {status} | {_where(cfg)} | {len(rows)} |")
+        for key, ours, theirs, _ in rows:
+            if key in devs:
+                why = " ".join(str(devs[key]).split())
+                deviations.append(f"| `{name}` | `{key}` | {_cell(ours)} | {_cell(theirs)} | "
+                                  f"{why} |")
+    return ("## The recipes\n\n" + "\n".join(recipes) + "\n\n## Every deviation\n\n"
+            + "\n".join(deviations) + "\n")
+
+
+def generated_part(text):
+    """The part of docs/recipes.md between the GENERATED markers (None if they are missing)."""
+    start, end = text.find(GENERATED[0]), text.find(GENERATED[1])
+    if start < 0 or end < start:
+        return None
+    return text[start + len(GENERATED[0]):end].strip("\n") + "\n"
+
+
+def main(path="docs/recipes.md"):
+    from pathlib import Path
+
+    from lra import config
+    doc = Path(path)
+    text = doc.read_text()
+    old = generated_part(text)
+    if old is None:
+        raise SystemExit(f"{path} has no generated part: put the two markers of "
+                         "lra.recipes.GENERATED around where the tables go")
+    new = tables(lambda name: config.compose([f"experiment={name}"]))
+    doc.write_text(text.replace(old, new, 1))
+    print(f"{path}: tables {'rewritten' if new != old else 'already up to date'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ reference traces must equal the reference's value or be declared a deviation, wi
 the recipe's `provenance` block, and its status must say which (paper / deviates / untuned).
 """
 from functools import cache
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,12 @@ LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 @cache
 def composed(name):
     return config.compose([f"experiment={name}"])
+
+
+def test_the_tables_of_docs_recipes_md_are_the_recipes_as_they_are():
+    doc = (Path(__file__).parents[1] / "docs" / "recipes.md").read_text()
+    assert recipes.generated_part(doc) == recipes.tables(composed), \
+        "docs/recipes.md's tables are stale: run `make docs` (python -m lra.recipes)"
 
 
 @pytest.mark.parametrize("name", NAMES)
