@@ -39,10 +39,11 @@ bench: install  ## one block of each model (B8 L1024 D128 N64, 1 thread) -> benc
 	OMP_NUM_THREADS=1 $(BIN)/lra bench layers
 
 # TRITON=3.6: the check under that Triton release instead of .venv's (the newest, what CI runs),
-# in its own .venv-triton3.6: the CPU torch, that Triton, the project without its other dependencies
+# in its own .venv-triton3.6: the CPU torch, that Triton, what the check imports besides (omegaconf,
+# numpy) and the project without its other dependencies
 TRITON ?=
 KERNELS_VENV := $(if $(TRITON),.venv-triton$(TRITON),$(VENV))
-kernels-check: $(if $(TRITON),$(KERNELS_VENV)/installed,install)  ## compile every Triton kernel for an H100 (sm_90) without a GPU: shared memory, registers, spills; TRITON=3.6 under Triton 3.6
+kernels-check: $(if $(TRITON),$(KERNELS_VENV)/installed,install)  ## compile every Triton kernel for an H100 (sm_90) without a GPU: shared memory, registers, spills; with .venv's Triton (the newest, as CI), TRITON=3.6: Triton 3.6 in .venv-triton3.6
 	env -u TRITON_INTERPRET OMP_NUM_THREADS=1 $(KERNELS_VENV)/bin/python -m lra.bench.compile_check $(ARGS)
 
 .venv-triton%/installed: pyproject.toml
