@@ -38,8 +38,20 @@ data: install  ## generate full ListOps (96K/2K/2K) under ./data/listops and tok
 bench: install  ## one block of each model (B8 L1024 D128 N64, 1 thread) -> benchmarks/results/
 	OMP_NUM_THREADS=1 $(BIN)/lra bench layers
 
-kernels-check: install  ## compile every Triton kernel for an H100 (sm_90) without a GPU: shared memory, registers, spills
-	env -u TRITON_INTERPRET OMP_NUM_THREADS=1 $(BIN)/python -m lra.bench.compile_check $(ARGS)
+# TRITON=3.6: the check under that Triton release instead of .venv's (the newest, what CI runs),
+# in its own .venv-triton3.6: the CPU torch, that Triton, what the check imports besides (omegaconf,
+# numpy) and the project without its other dependencies
+TRITON ?=
+KERNELS_VENV := $(if $(TRITON),.venv-triton$(TRITON),$(VENV))
+kernels-check: $(if $(TRITON),$(KERNELS_VENV)/installed,install)  ## compile every Triton kernel for an H100 (sm_90) without a GPU: shared memory, registers, spills; with .venv's Triton (the newest, as CI), TRITON=3.6: Triton 3.6 in .venv-triton3.6
+	env -u TRITON_INTERPRET OMP_NUM_THREADS=1 $(KERNELS_VENV)/bin/python -m lra.bench.compile_check $(ARGS)
+
+.venv-triton%/installed: pyproject.toml
+	test -x .venv-triton$*/bin/python || $(PYTHON) -m venv .venv-triton$*
+	.venv-triton$*/bin/python -m pip install -q --upgrade pip
+	.venv-triton$*/bin/python -m pip install -q "$(TORCH_SPEC)" "triton==$*.*" omegaconf==2.3.0 numpy
+	.venv-triton$*/bin/python -m pip install -q --no-deps -e .
+	touch $@
 
 # tests/mutants/catalogue.yaml; docs/mutants.md. ARGS=--fast: CI's subset; ARGS="--only NAME"
 mutants: install  ## remove each protection in turn (tests/mutants/) and check its tests fail; before each release

@@ -15,7 +15,8 @@ fewer than two programs per SM (264 on an H100's 132 SMs), unless WHY_FEW_PROGRA
     python -m lra.bench.compile_check --arch 80 --families attention
 
 Run it in a process where TRITON_INTERPRET is unset (the interpreter replaces the kernels at
-import).
+import). It runs unchanged under Triton 3.6 (what the CUDA builds of torch 2.11 ship) and 3.9:
+`make kernels-check TRITON=3.6` runs it in .venv-triton3.6.
 The launchers' outputs are left uninitialised: only the compiled kernels are looked at.
 """
 import argparse
@@ -91,10 +92,10 @@ def _attention(dtype, sizes):
 
     from lra.kernels.attention.triton import attention_triton
 
-    for d, causal in sizes:
+    for d, causal, dropout in sizes:
         q, k, v = (torch.randn(2, 2, 100, d, dtype=dtype, requires_grad=True) for _ in range(3))
-        case = f"d={d}{' causal' if causal else ''}"
-        yield case, partial(attention_triton, q, k, v, torch.tensor([100, 60]), causal)
+        case = f"d={d}{' causal' if causal else ''}{' dropout' if dropout else ''}"
+        yield case, partial(attention_triton, q, k, v, torch.tensor([100, 60]), causal, dropout)
 
 
 def _selective_scan(dtype, sizes):
@@ -167,11 +168,16 @@ def _cauchy(dtype, sizes):
         yield "conj" if conj else "plain", partial(cauchy_triton, v, z, w, conj)
 
 
-# head dims; the experiments use 16-64
-ATTENTION_SIZES = [(d, causal) for d in (16, 32, 64, 128) for causal in (False, True)]
+# (head dim, causal, dropout p): the experiments use 16-64 wide heads, most with dropout (its
+# Philox stream changes the forward and dq tiles)
+ATTENTION_SIZES = [(d, causal, dropout) for d in (16, 32, 64, 128) for causal in (False, True)
+                   for dropout in (0.0, 0.1)]
 # family: (cases, the dtypes its models run it in, sizes, the sizes of a --quick check)
 FAMILIES = {
-    "attention": (_attention, ("float32", "bfloat16"), ATTENTION_SIZES, [(64, True), (128, False)]),
+    # quick: the recipes' path (non-causal, dropout, d <= 64 tiles), and the d > 64 tiles with the
+    # largest block (bf16 forward at d=128) and the causal mask
+    "attention": (_attention, ("float32", "bfloat16"), ATTENTION_SIZES,
+                  [(64, False, 0.1), (128, True, 0.0)]),
     # state sizes
     "selective_scan": (_selective_scan, ("float32", "bfloat16"), (4, 16, 64), (16,)),
     # head widths
@@ -202,7 +208,8 @@ def _recipe_launches(family):
             heads = r.model["n_heads"]
             q, k, v = (torch.empty(r.rows, heads, r.length, r.model["d_model"] // heads,
                                    dtype=low, **meta) for _ in range(3))
-            yield r.name, partial(attention_triton, q, k, v, None, not r.model["bidirectional"])
+            yield r.name, partial(attention_triton, q, k, v, None, not r.model["bidirectional"],
+                                  r.model["dropout"])
     elif family == "selective_scan":
         from lra.kernels.selective_scan.triton import selective_scan_triton
         for r in recipes("mamba"):
@@ -346,6 +353,8 @@ def spilled(results):
 
 
 def main(argv=None):
+    import triton
+
     parser = argparse.ArgumentParser(prog="python -m lra.bench.compile_check",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90,
@@ -358,16 +367,16 @@ def main(argv=None):
                         "the shared memory limit")
     args = parser.parse_args(argv)
     results = []
-    print(f"{'family':<20} {'case':<28} {'kernel':<20} "
+    print(f"{'family':<20} {'case':<30} {'kernel':<20} "
           "warps stages shared_B regs stack_B blocks/SM")
     for r in compile_all(args.arch, args.families, args.quick):
         results.append(r)
         blocks = blocks_per_sm(r, args.arch)
-        print(f"{r.family:<20} {r.case:<28} {r.kernel:<20} {r.warps:>5} {r.stages:>6} "
+        print(f"{r.family:<20} {r.case:<30} {r.kernel:<20} {r.warps:>5} {r.stages:>6} "
               f"{r.shared:>8} {r.registers:>4} {r.stack:>7} {'-' if blocks is None else blocks:>9}",
               flush=True)
     too_big, spills = over_shared_memory(results, args.arch), spilled(results)
-    print(f"\n{len(results)} launches compiled for sm_{args.arch}")
+    print(f"\n{len(results)} launches compiled for sm_{args.arch} by Triton {triton.__version__}")
     sms = SMS.get(args.arch)
     print(f"\nprograms per launch at the recipes' training shapes (sm_{args.arch}: "
           f"{sms or '?'} SMs)\n{'family':<20} {'recipe':<20} {'kernel':<22} programs  per SM")
