@@ -201,19 +201,18 @@ def _recipe_launches(family):
     from lra.bench.core import recipes
 
     meta = dict(device="meta", requires_grad=True)
-    low = torch.bfloat16  # what the recipes train in (bf16-mixed)
     if family == "attention":
         from lra.kernels.attention.triton import attention_triton
         for r in recipes("flash"):
-            heads = r.model["n_heads"]
-            q, k, v = (torch.empty(r.rows, heads, r.length, r.model["d_model"] // heads,
+            heads, low = r.model["n_heads"], r.kernel_dtype()
+            q, k, v = (torch.empty(r.rows, heads, r.length, r.attention_head_dim(),
                                    dtype=low, **meta) for _ in range(3))
             yield r.name, partial(attention_triton, q, k, v, None, not r.model["bidirectional"],
-                                  r.model["dropout"])
+                                  r.attention_dropout())
     elif family == "selective_scan":
         from lra.kernels.selective_scan.triton import selective_scan_triton
         for r in recipes("mamba"):
-            E, N = 2 * r.model["d_model"], r.model["d_state"]
+            E, N, low = 2 * r.model["d_model"], r.model["d_state"], r.kernel_dtype()
             x, dt = (torch.empty(r.rows, E, r.length, dtype=low, **meta) for _ in range(2))
             B, C = (torch.empty(r.rows, N, r.length, dtype=low, **meta) for _ in range(2))
             A, D = torch.empty(E, N, **meta), torch.empty(E, **meta)
@@ -222,7 +221,7 @@ def _recipe_launches(family):
         from lra.kernels.additive_recurrence.triton_causal import additive_causal_triton
         from lra.kernels.additive_recurrence.triton_noncausal import additive_noncausal_triton
         for r in recipes("lightnet"):
-            heads = r.model["n_heads"]
+            heads, low = r.model["n_heads"], r.kernel_dtype()
             w = r.model["d_model"] // heads
             dk = 2 * w if r.model["positions"] in ("lrpe", "both") else w
             q, k = (torch.empty(r.rows, heads, r.length, dk, dtype=low, **meta) for _ in range(2))

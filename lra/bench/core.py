@@ -226,13 +226,29 @@ RECIPE_LENGTHS = {"listops": (2000, 1), "text": (4096, 1), "retrieval": (4000, 2
 @dataclass
 class Recipe:
     """One experiment's training shape: conf/experiment/<model>/<task>.yaml over the model's and
-    the task's defaults. rows = batch x documents per example; model: the backbone's options."""
+    the task's defaults. rows = batch x documents per example; model: the backbone's options;
+    precision: the trainer's (the gpu trainer's unless the recipe sets its own)."""
 
     name: str
     task: str
     rows: int
     length: int
     model: dict
+    precision: str = "bf16-mixed"
+
+    def kernel_dtype(self):
+        """The dtype the recipe's kernels see: bf16 under bf16-mixed, float32 under 32-true."""
+        import torch
+
+        return torch.bfloat16 if self.precision.startswith("bf16") else torch.float32
+
+    def attention_head_dim(self):
+        """q, k, v width per head: qkv_dim (d_model when null) over n_heads."""
+        return (self.model.get("qkv_dim") or self.model["d_model"]) // self.model["n_heads"]
+
+    def attention_dropout(self):
+        rate = self.model.get("attention_dropout")
+        return self.model["dropout"] if rate is None else rate
 
 
 def recipes(model):
@@ -254,6 +270,8 @@ def recipes(model):
         if "resolution" in task_conf:
             length = task_conf.resolution ** 2
         length = min(length, task_conf.get("max_len", length))
+        trainer = OmegaConf.merge(OmegaConf.load(root / "trainer" / "gpu.yaml"),
+                                  spec.get("trainer", {}))
         out.append(Recipe(f"{model}/{task}", task, task_conf.batch_size * docs, length,
-                          OmegaConf.to_container(options)))
+                          OmegaConf.to_container(options), str(trainer.precision)))
     return out

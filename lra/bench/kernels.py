@@ -88,7 +88,7 @@ def task_shape(model, task, scale, device):
 
     length, _, padded, _ = TASKS[task]
     [recipe] = [r for r in recipes(model) if r.task == task]
-    low = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    low = recipe.kernel_dtype() if device.startswith("cuda") else torch.float32
     return Shape(task, max(1, round(recipe.rows * scale)), scaled_length(task, length, scale),
                  padded, device, low, recipe.model)
 
@@ -120,7 +120,7 @@ def attention_case(shape, interpret):
     from lra.kernels.attention import attention, attention_sdpa
 
     B, L, heads = shape.batch, shape.length, shape.model["n_heads"]
-    d = shape.model["d_model"] // heads
+    d = (shape.model.get("qkv_dim") or shape.model["d_model"]) // heads
     q, k, v = (torch.randn(B, heads, L, d, device=shape.device, dtype=shape.low,
                            requires_grad=True) for _ in range(3))
     n = shape.lengths()
