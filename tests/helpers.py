@@ -170,3 +170,35 @@ def honoured_dot_precision():
         yield
     finally:
         builder.create_dot = plain
+
+
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+MARGIN = 10
+# Relative error allowed for a kernel's output and each gradient against float64 on the same
+# inputs, per family and float32 dot precision (or half dtype). Measured by
+# tests/test_kernels_precision.py (TF32 emulated in the interpreter; L = 70, batch 1 and padded
+# batches; the largest error of output and gradients over those shapes), times MARGIN, rounded up
+# to one digit; docs/performance.md has the measured errors. bfloat16 cannot be measured there
+# (its loads are wrong in the interpreter): its entries are the GPU tests' earlier bounds.
+TOLERANCES = {
+    "attention": {"ieee": 3e-6, "tf32x3": 4e-6, "tf32": 6e-3, "float16": 4e-3, "bfloat16": 2e-2},
+    "additive_causal": {"ieee": 3e-6, "tf32x3": 3e-6, "tf32": 6e-3, "float16": 5e-3,
+                        "bfloat16": 2e-2},
+    "additive_noncausal": {"ieee": 3e-6, "tf32x3": 3e-6, "tf32": 5e-3, "float16": 5e-3,
+                           "bfloat16": 2e-2},
+}
+
+
+def tolerance(family, dtype=torch.float32):
+    """TOLERANCES for a family's kernel on inputs in dtype; float32 at the dot precision the
+    kernel chooses now (torch's TF32 setting; IEEE on ROCm), as a GPU run would."""
+    if dtype != torch.float32:
+        return TOLERANCES[family][str(dtype).removeprefix("torch.")]
+    if family == "attention":
+        from lra.kernels.dispatch import fp32_dot_precision as choose
+    else:
+        from lra.kernels.additive_recurrence.triton_common import dot_precision
+
+        def choose():
+            return dot_precision(torch.float32)
+    return TOLERANCES[family][choose()]
