@@ -9,11 +9,13 @@ import pytest
 import torch
 from helpers import PRECISIONS, TOLERANCES, rel_err
 
-import lra.kernels.additive_recurrence.triton_causal as causal_kernels
-import lra.kernels.additive_recurrence.triton_noncausal as noncausal_kernels
-import lra.kernels.attention.triton as attention_kernels
 from lra.kernels.additive_recurrence import additive_causal_chunked, additive_noncausal_reference
 from lra.kernels.attention.reference import attention_reference
+
+pytest.importorskip("triton", reason="Triton is installed on Linux x86_64 only")
+import lra.kernels.additive_recurrence.triton_causal as causal_kernels  # noqa: E402
+import lra.kernels.additive_recurrence.triton_noncausal as noncausal_kernels  # noqa: E402
+import lra.kernels.attention.triton as attention_kernels  # noqa: E402
 
 pytestmark = pytest.mark.kernels
 
@@ -33,12 +35,13 @@ def attention_case(B=3):
     return kernel, reference, args
 
 
-def additive_args(B, dk, dv, gain=True, key_scale=3.0):
+def additive_args(B, dk, dv, key_scale=3.0):
+    """float64 q, k, v (B, 2, L, .), keys uniform in +-key_scale, and an (L, dk) gain."""
     g = torch.Generator().manual_seed(0)
     q = torch.randn(B, 2, L, dk, generator=g, dtype=torch.float64)
     k = key_scale * (2 * torch.rand(B, 2, L, dk, generator=g, dtype=torch.float64) - 1)
     v = torch.randn(B, 2, L, dv, generator=g, dtype=torch.float64)
-    return [q, k, v, torch.randn(L, dk, generator=g, dtype=torch.float64) if gain else None]
+    return [q, k, v, torch.randn(L, dk, generator=g, dtype=torch.float64)]
 
 
 def causal_case(B=2):
@@ -62,18 +65,20 @@ def noncausal_case(B=2):
 CASES = {"attention": attention_case, "additive_causal": causal_case,
          "additive_noncausal": noncausal_case}
 # where each family reads its precision (once per call, saved for its backward)
-CHOOSERS = {"attention": [(attention_kernels, "fp32_dot_precision")],
-            "additive_causal": [(causal_kernels, "dot_precision")],
-            "additive_noncausal": [(noncausal_kernels, "dot_precision")]}
+CHOOSERS = {"attention": (attention_kernels, "fp32_dot_precision"),
+            "additive_causal": (causal_kernels, "dot_precision"),
+            "additive_noncausal": (noncausal_kernels, "dot_precision")}
 
 
-def run(kernel, args, device, dtype, seed=1):
+def run(kernel, args, device, dtype, flip=None):
     """kernel's output on args (in dtype, on device) and the gradients of a fixed random
-    projection of it, in float64 on the CPU."""
-    leaves = [None if a is None else a.detach().to(device, dtype).requires_grad_() for a in args]
+    projection of it, in float64 on the CPU; flip() runs between forward and backward."""
+    leaves = [a.detach().to(device, dtype).requires_grad_() for a in args]
     out = kernel(*leaves)
-    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    grads = torch.autograd.grad((out * w.to(out)).sum(), [a for a in leaves if a is not None])
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if flip is not None:
+        flip()
+    grads = torch.autograd.grad((out * w.to(out)).sum(), leaves)
     return [t.detach().cpu().double() for t in (out, *grads)]
 
 
@@ -81,15 +86,15 @@ def errors(family, device, dtype=torch.float32, **shape):
     """Relative error of the family's output and each gradient, on inputs in dtype, against
     float64 on the same (rounded) inputs."""
     kernel, reference, args = CASES[family](**shape)
-    args = [None if a is None else a.to(dtype).double() for a in args]
+    args = [a.to(dtype).double() for a in args]
     got = run(kernel, args, device, dtype)
     want = run(reference, args, "cpu", torch.float64)
     return [rel_err(a, b) for a, b in zip(got, want)]
 
 
 def forcing(monkeypatch, family, precision):
-    for module, name in CHOOSERS[family]:
-        monkeypatch.setattr(module, name, lambda *_: precision)
+    """Make the family's kernels take `precision` for float32 dots, whatever torch allows."""
+    monkeypatch.setattr(*CHOOSERS[family], lambda *_: precision)
 
 
 SHAPES = {"batch 1": dict(B=1), "padded batch": {}}
@@ -140,17 +145,6 @@ def torch_tf32_setting():
     matmul.fp32_precision = before
 
 
-def gradients(kernel, args, device, flip=None):
-    """kernel's input gradients (float32 inputs on device); flip() runs between forward and
-    backward."""
-    leaves = [None if a is None else a.to(device, torch.float32).requires_grad_() for a in args]
-    out = kernel(*leaves)
-    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
-    if flip is not None:
-        flip()
-    return torch.autograd.grad((out * w).sum(), [a for a in leaves if a is not None])
-
-
 @pytest.mark.parametrize("api", ["fp32_precision", "allow_tf32"])
 @pytest.mark.parametrize("family", CASES)
 def test_backward_keeps_the_precision_its_forward_chose(family, api, triton_device,
@@ -159,10 +153,10 @@ def test_backward_keeps_the_precision_its_forward_chose(family, api, triton_devi
     runs = {}
     for tf32 in (False, True):
         torch_tf32_setting(api, tf32)
-        steady = gradients(kernel, args, triton_device)
-        flipped = gradients(kernel, args, triton_device,
-                            flip=lambda tf32=tf32: torch_tf32_setting(api, not tf32))
+        steady = run(kernel, args, triton_device, torch.float32)
+        flipped = run(kernel, args, triton_device, torch.float32,
+                      flip=lambda tf32=tf32: torch_tf32_setting(api, not tf32))
         assert all(torch.equal(a, b) for a, b in zip(steady, flipped)), f"forward tf32={tf32}"
         runs[tf32] = steady
-    # the setting matters, so the flip above could have shown
+    # the setting matters (output and every gradient), so the flip above could have shown
     assert not any(torch.equal(a, b) for a, b in zip(runs[False], runs[True]))
