@@ -15,6 +15,8 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from helpers import honoured_dot_precision  # noqa: E402
+
 from lra import registry  # noqa: E402
 from lra.cli import main  # noqa: E402
 
@@ -52,6 +54,14 @@ def triton_device(monkeypatch):
     pytest.importorskip("triton", reason="Triton is installed on Linux x86_64 only")
     monkeypatch.setenv("LRA_KERNELS", "triton")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture
+def emulated_dots():
+    """Triton's interpreter computing each float32 tl.dot at its input_precision (TF32 rounding
+    emulated, `helpers.honoured_dot_precision`) instead of always in float32."""
+    with honoured_dot_precision():
+        yield
 
 
 def run_steps(module, u):

@@ -1,10 +1,12 @@
 """Helpers shared by the test modules (test modules import this, never each other). Files in the
 real data releases' formats are written by writers.py."""
+import contextlib
 import json
 import math
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -115,3 +117,97 @@ def write_run_file(runs: Path, name: str, content) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     return path
+
+
+# --- fp32 dot precision in the interpreter -------------------------------------------------
+
+def round_to_tf32(x):
+    """float32 array x rounded to TF32 (8 exponent bits, 10 explicit mantissa bits), to nearest
+    with ties to even: add 0xFFF plus the kept part's lowest bit, then clear the 13 low bits.
+    inf and NaN pass through."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + np.uint32(0xFFF) + ((bits >> 13) & np.uint32(1)))
+               & np.uint32(0xFFFFE000)).view(np.float32)
+    return np.where(np.isfinite(x), rounded, x).astype(np.float32)
+
+
+def emulated_dot(a, b, acc, precision):
+    """acc + a @ b for float32 a, b as tl.dot computes it on NVIDIA tensor cores:
+    - "ieee": in float32 (the FMA units);
+    - "tf32": each operand rounded to TF32, products summed in float32;
+    - "tf32x3": a = a_hi + a_lo, b = b_hi + b_lo with every part TF32, and
+      (a_lo b_hi + a_hi b_lo) + a_hi b_hi (Triton's F32DotTC pass, which also drops a NaN that
+      only the small terms make, as when a_lo = inf - inf)."""
+    if precision == "ieee":
+        return np.matmul(a, b, dtype=np.float32) + acc
+    a_hi, b_hi = round_to_tf32(a), round_to_tf32(b)
+    if precision == "tf32":
+        return np.matmul(a_hi, b_hi, dtype=np.float32) + acc
+    a_lo, b_lo = round_to_tf32(a - a_hi), round_to_tf32(b - b_hi)
+    small = np.matmul(a_lo, b_hi, dtype=np.float32) + np.matmul(a_hi, b_lo, dtype=np.float32)
+    return np.matmul(a_hi, b_hi, dtype=np.float32) + (acc + np.where(np.isnan(small), 0, small))
+
+
+@contextlib.contextmanager
+def honoured_dot_precision():
+    """Make Triton's interpreter honour tl.dot's input_precision for float32 operands (it computes
+    every dot in float32 otherwise): `emulated_dot` replaces its create_dot while inside."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    plain = builder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        precision = input_precision.name.lower()
+        floats = a.data.dtype == b.data.dtype == d.data.dtype == np.float32
+        if not floats or precision not in ("ieee", "tf32", "tf32x3"):
+            return plain(self, a, b, d, input_precision, max_num_imprecise_acc)
+        out = emulated_dot(a.data, b.data, d.data, precision)
+        return interpreter.TensorHandle(out.astype(np.float32), d.dtype.scalar)
+
+    builder.create_dot = create_dot
+    try:
+        yield
+    finally:
+        builder.create_dot = plain
+
+
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+MARGIN = 10
+# Relative error of a kernel's output and each gradient against float64 on the same inputs, per
+# family and float32 dot precision (or half dtype), measured by tests/test_kernels_precision.py
+# with TF32 emulated in the interpreter (L = 70, batch 1 and a padded batch; the largest error of
+# the output and the gradients). docs/performance.md has the table.
+MEASURED = {
+    "attention": {"ieee": 2.2e-7, "tf32x3": 3.2e-7, "tf32": 5.3e-4, "float16": 4.0e-4},
+    "additive_causal": {"ieee": 2.5e-7, "tf32x3": 2.6e-7, "tf32": 5.2e-4, "float16": 4.8e-4},
+    "additive_noncausal": {"ieee": 2.5e-7, "tf32x3": 2.7e-7, "tf32": 4.6e-4, "float16": 4.1e-4},
+}
+
+
+def one_digit_up(x):
+    """x rounded up to one significant digit: 2.2e-6 -> 3e-6."""
+    unit = 10.0 ** math.floor(math.log10(x))
+    return math.ceil(x / unit - 1e-9) * unit
+
+
+# MARGIN times the measured error, rounded up. bfloat16 cannot be measured there (its loads are
+# wrong in the interpreter): its bound is the GPU tests' earlier one.
+TOLERANCES = {family: {**{key: one_digit_up(MARGIN * err) for key, err in errors.items()},
+                       "bfloat16": 2e-2}
+              for family, errors in MEASURED.items()}
+
+
+def tolerance(family, dtype=torch.float32):
+    """TOLERANCES for a family's kernel on inputs in dtype; float32 at the dot precision the
+    kernel chooses now (torch's TF32 setting; IEEE on ROCm), as a GPU run would."""
+    if dtype != torch.float32:
+        return TOLERANCES[family][str(dtype).removeprefix("torch.")]
+    if family == "attention":
+        from lra.kernels.dispatch import fp32_dot_precision as choose
+    else:
+        from lra.kernels.additive_recurrence.triton_common import dot_precision
+
+        def choose():
+            return dot_precision(torch.float32)
+    return TOLERANCES[family][choose()]
