@@ -78,7 +78,7 @@ def probe(like, causal, B=1, H=2, L=40, d=8):
 
     g = torch.Generator().manual_seed(0)
     inputs = [torch.randn(B, H, L, d, generator=g).to(like.device, like.dtype) for _ in range(3)]
-    tol = 1e-3 if like.dtype == torch.float32 else 3e-2
+    tol = 6e-3 if like.dtype == torch.float32 else 3e-2  # float32: TF32 may be on (torch's too)
     if causal:
         probe_pair(lambda q, k, v: additive_causal_triton(q, k, v, None),
                    lambda q, k, v: additive_causal_chunked(q, k, v), inputs, tol,

@@ -36,7 +36,9 @@ def dot_precision(dtype):
 
     float32: "tf32" where torch allows TF32 (`torch.backends.cuda.matmul.fp32_precision` when
     set, else `allow_tf32`), else TF32x3 (about float32's accuracy). ROCm: "ieee" for every dtype,
-    the only precision its backend accepts. Other dtypes: "tf32" (their dots ignore it).
+    the only precision its backend accepts. Other dtypes: "tf32": their tiles are upcast to
+    float32 on load, so these dots do run in TF32; a half input rounds to TF32 exactly, the
+    float32 intermediates fed to later dots do not (tests/test_kernels_precision.py measures it).
     """
     if is_hip():
         return "ieee"

@@ -30,7 +30,8 @@ __all__ = ["attention", "attention_chunked", "attention_reference", "attention_s
 FAMILY = "attention"
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128  # the kernels' (lra.kernels.attention.triton.MAX_HEAD_DIM)
-PROBE_TOLERANCE = {torch.float32: 2e-3, torch.float16: 1e-2, torch.bfloat16: 4e-2}
+PROBE_TOLERANCE = {torch.float32: 6e-3,  # TF32 may be on, in ours and in torch's reference
+                    torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
 
 def attention(q, k, v, lengths=None, causal=False, block_size=64, dropout_p=0.0):
