@@ -358,13 +358,13 @@ def test_c_tilde_starts_with_the_same_kernel(L):
     assert err < 1e-6, f"rel err {err:.1e}"
 
 
-@pytest.mark.parametrize("L", [41, 23])
-def test_c_tilde_parallel_view_equals_recurrent_view(L):
+@pytest.mark.parametrize("L, max_len", [(41, 41), (23, 41), (1000, 1000)])
+def test_c_tilde_parallel_view_equals_recurrent_view(L, max_len):
     """With C_tilde, `step` (C = C~ (I - dA^Lc)^-1 by a solve, from the current parameters)
     equals the convolution, also after every parameter has moved off its init."""
     torch.manual_seed(0)
     model = S4(d_model=8, n_layers=2, d_state=16, bidirectional=False, C_tilde=True,
-               max_len=41).double().eval()
+               max_len=max_len).double().eval()
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
