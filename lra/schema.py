@@ -248,6 +248,8 @@ class S4NPLR(S4):  # S4's own options (models/s4.py, S4 V4's layer), which S4D d
     lr_C: Rate | None  # null: optim.lr, with weight decay
     b_clip: Rate | None  # null: no clipping
     dropout_site: Literal["post", "both"]
+    C_tilde: bool  # train C~ = C (I - dA^max_len) in place of C (S4 V4)
+    max_len: Positive | None  # the longest input; C_tilde sets C~ for it; null: any length
 
 
 @dataclass

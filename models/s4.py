@@ -36,6 +36,15 @@ An inverse real FFT gives K. L is rounded up to odd, so no frequency sits at ome
 g is infinite. C~ is computed from C in every forward, dA^L by repeated squaring of the dense
 (H, N, N) dA in a real basis of the state (`real_form`).
 
+C_tilde=True trains C~ itself, as S4 V4 (62a14bb `kernels/ssm.py` SSMKernelDPLR `_setup_C`): the
+C parameter starts at C~ = C (I - dA^Lc) for the fixed length Lc = max_len rounded up to odd, the
+kernel skips dA^L and is the length-Lc one cut to L (its first L taps are those of any longer
+kernel), and `step` recovers C = C~ (I - dA^Lc)^-1 by a solve. V4 sets C~ for its dataset's
+l_max at the first forward and doubles Lc (C~ <- C~ (I + dA^Lc)) when a longer input comes; ours
+fixes Lc at init and rejects a longer input (a length learnt from the first batch would depend on
+the batch and the process). The initial kernel is the same; the gradients differ by the factor,
+dloss/dC = dloss/dC~ (I - dA^Lc)^T (real form).
+
 Bidirectional layers learn a second C and add its convolution run backwards over the sequence.
 
     import torch
@@ -110,6 +119,15 @@ def check_choice(option, value, choices):
         raise ValueError(f"{option}={value!r} is not known; use one of {', '.join(choices)}")
 
 
+def check_C_tilde(C_tilde, max_len):
+    if C_tilde and max_len is None:
+        raise ValueError("C_tilde=True sets C~ = C (I - dA^L) for a fixed length L and needs "
+                         "max_len, the longest sequence (S4 V4: the dataset's l_max); set "
+                         "model.max_len, or model.C_tilde=false")
+    if max_len is not None and not max_len >= 1:
+        raise ValueError(f"max_len={max_len} must be a whole number >= 1, or null")
+
+
 def real_form(lam, p, b, C):
     """The same SSM over a real state of size N, xi = (Re x, Im x) of the N/2 complex modes.
 
@@ -135,6 +153,12 @@ def bilinear(dt, A, B):
     return 2 * W - eye, (W @ (dt.unsqueeze(-1) * B).unsqueeze(-1)).squeeze(-1)
 
 
+def complex_modes(C):
+    """The inverse of real_form's C: 2 (Re c, -Im c) (c, H, N) -> c (c, H, N/2) complex."""
+    N2 = C.shape[-1] // 2
+    return torch.complex(C[..., :N2], -C[..., N2:]) / 2
+
+
 def power(dA, C, L):
     """C dA^L by repeated squaring: dA (H, N, N), C (c, H, N) -> (c, H, N)."""
     while L:
@@ -157,12 +181,14 @@ class S4Layer(LongConv):
     dt, C and D stay per channel. tie_dropout: one dropout mask per channel for every position.
     dt_transform: "exp" | "softplus", how log_dt gives dt; the initial dt is the same. lr_C: the
     learning rate of C, without weight decay (None: the global lr and weight decay). b_clip:
-    clamp Im B at init (V4: 2.0; None: no clipping).
+    clamp Im B at init (V4: 2.0; None: no clipping). C_tilde: train C~ = C (I - dA^Lc), Lc =
+    max_len rounded up to odd, as V4 (see the module docstring); longer inputs are rejected.
     """
 
     def __init__(self, d_model, d_state=64, dropout=0.0, bidirectional=True, lr=1e-3,
                  lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1, n_ssm=None, tie_dropout=False,
-                 dt_transform="exp", lr_C=None, b_clip=None, dropout_site="post"):
+                 dt_transform="exp", lr_C=None, b_clip=None, dropout_site="post",
+                 C_tilde=False, max_len=None):
         super().__init__()
         if d_state % 2:
             raise ValueError(f"d_state={d_state} must be even: S4 keeps d_state/2 conjugate pairs")
@@ -171,6 +197,7 @@ class S4Layer(LongConv):
         check_choice("dropout_site", dropout_site, DROPOUT_SITES)
         if b_clip is not None and not b_clip > 0:
             raise ValueError(f"b_clip={b_clip} must be positive; set model.b_clip > 0 or null")
+        check_C_tilde(C_tilde, max_len)
         H = d_model
         n_ssm = check_n_ssm(n_ssm, H)
         self.bidirectional = bidirectional
@@ -188,6 +215,10 @@ class S4Layer(LongConv):
         C = torch.randn(channels, H, d_state // 2, dtype=torch.cfloat)
         self.C = nn.Parameter(torch.view_as_real(C))  # (c, H, N2, 2)
         self.D = nn.Parameter(torch.randn(H))
+        self.C_length = max_len | 1 if C_tilde else None  # Lc, odd: the length C~ is set for
+        if C_tilde:
+            with torch.no_grad():
+                self.C.copy_(torch.view_as_real(self.tilde(self.C_length)))
         self.log_dt._optim = ssm_optim(lr_dt)
         if lr_C is not None:
             self.C._optim = ssm_optim(lr_C)
@@ -212,15 +243,26 @@ class S4Layer(LongConv):
         P, B, C = (torch.view_as_complex(x.to(dtype)) for x in (self.P, self.B, self.C))
         return dt, tied_channels(lam, H), tied_channels(P, H), tied_channels(B, H), C
 
-    def kernel(self, L):
-        """The convolution kernels, (c, H, L): c = 2 (forward, backward) if bidirectional else 1."""
-        Lo = L | 1  # odd: no frequency at omega = -1
-        dt, lam, P, B, C = self.ssm()
-        N2 = lam.shape[-1]
+    def tilde(self, L):
+        """C~ = C (I - dA^L) from the current parameters, in float64: (c, H, N/2) complex."""
+        dt, lam, P, B, C = self.ssm(torch.float64)
         A, B_r, C_r = real_form(lam, P, B, C)  # (H, N, N), (H, N), (c, H, N)
         dA, _ = bilinear(dt, A, B_r)
-        Ct = C_r - power(dA, C_r, Lo)  # (c, H, N) real form of C~ = C (I - dA^Lo)
-        Ct = torch.complex(Ct[..., :N2], -Ct[..., N2:]) / 2  # (c, H, N2) back to the complex modes
+        return complex_modes(C_r - power(dA, C_r, L))
+
+    def kernel(self, L):
+        """The convolution kernels, (c, H, L): c = 2 (forward, backward) if bidirectional else 1."""
+        dt, lam, P, B, C = self.ssm()
+        if self.C_length is None:
+            Lo = L | 1  # odd: no frequency at omega = -1
+            A, B_r, C_r = real_form(lam, P, B, C)  # (H, N, N), (H, N), (c, H, N)
+            dA, _ = bilinear(dt, A, B_r)
+            Ct = complex_modes(C_r - power(dA, C_r, Lo))  # (c, H, N2) C~ = C (I - dA^Lo)
+        elif L > self.C_length:
+            raise ValueError(f"sequence length {L} exceeds the length {self.C_length} C~ was set "
+                             f"for (C_tilde=True); raise model.max_len to at least {L}")
+        else:
+            Lo, Ct = self.C_length, C  # the parameter is C~ for length Lo
         k = torch.arange(Lo // 2 + 1, device=dt.device, dtype=dt.dtype)
         # (K,) (1 - omega) / (1 + omega) at omega_k = exp(-2 pi i k / Lo)
         z = 1j * torch.tan(math.pi / Lo * k)
@@ -243,6 +285,10 @@ class S4Layer(LongConv):
         dt, lam, P, B, C = self.ssm(torch.float64)
         A, B, C = real_form(lam, P, B, C)  # (H, N, N), (H, N), (c, H, N)
         dA, dB = bilinear(dt, A, B)
+        if self.C_length is not None:  # C = C~ (I - dA^Lc)^-1: (I - dA^Lc)^T C^T = C~^T
+            eye = torch.eye(dA.shape[-1], dtype=dA.dtype, device=dA.device)
+            M = eye - torch.linalg.matrix_power(dA, self.C_length)  # (H, N, N)
+            C = torch.linalg.solve(M.mT, C.unsqueeze(-1)).squeeze(-1)  # (c, H, N)
         state = torch.einsum("hnm,bhm->bhn", dA, state) + dB * u_t.unsqueeze(-1).to(dB.dtype)
         return (state * C[0]).sum(-1).to(u_t.dtype), state  # (B, H), (B, H, N)
 
@@ -259,16 +305,20 @@ class S4(RecurrentStack):
     dt_transform: "exp" | "softplus" (dt from its parameter). lr_C: C's learning rate, no weight
     decay (None: the global lr and weight decay). b_clip: |Im B| bound at init (None: none).
     dropout_site: "post" (after the GELU) | "both" (before and after it, as S4 V4).
+    C_tilde: train C~ = C (I - dA^L) for L = max_len, as S4 V4, in place of C. max_len: the
+    longest input (None: any; C_tilde needs it).
     """
 
     def __init__(self, d_model=128, n_layers=4, d_state=64, dropout=0.0, bidirectional=True,
                  norm="layer", prenorm=False, lr=1e-3, lr_dt=1e-3, dt_min=1e-3, dt_max=1e-1,
                  n_ssm=None, tie_dropout=False, dt_transform="exp", lr_C=None, b_clip=None,
-                 dropout_site="post"):
+                 dropout_site="post", C_tilde=False, max_len=None):
         layers = [S4Layer(d_model, d_state=d_state, dropout=dropout, bidirectional=bidirectional,
                           lr=lr, lr_dt=lr_dt, dt_min=dt_min, dt_max=dt_max, n_ssm=n_ssm,
                           tie_dropout=tie_dropout, dt_transform=dt_transform, lr_C=lr_C,
-                          b_clip=b_clip, dropout_site=dropout_site)
+                          b_clip=b_clip, dropout_site=dropout_site, C_tilde=C_tilde,
+                          max_len=max_len)
                   for _ in range(n_layers)]
         super().__init__(layers, d_model=d_model, dropout=dropout, norm=norm, prenorm=prenorm,
                          tie_dropout=tie_dropout)
+        self.max_len = max_len  # the longest input it supports (lra.train checks the task's)

@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
+from conftest import run_steps
 from helpers import rel_err
 
 from lra.kernels.cauchy import cauchy, cauchy_chunked, cauchy_reference
-from lra.models.s4 import S4, S4Layer, legs_nplr, real_form
+from lra.models.s4 import S4, S4Layer, bilinear, legs_nplr, real_form
 
 
 def random_layer(H=8, N=16, bidirectional=False, seed=0):
@@ -330,3 +331,93 @@ def test_v4_options_keep_the_recurrent_view():
 def test_bad_v4_options_fail_clearly(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         S4(d_model=8, n_layers=1, **bad)
+
+
+def c_tilde_pair(max_len=40, bidirectional=True, seed=0):
+    """The same-seed S4 layers without and with C_tilde, float64, in eval mode."""
+    layers = []
+    for C_tilde in (False, True):
+        torch.manual_seed(seed)
+        layers.append(S4Layer(8, 16, bidirectional=bidirectional, C_tilde=C_tilde,
+                              max_len=max_len).double().eval())
+    return layers
+
+
+@pytest.mark.parametrize("L", [40, 17])
+def test_c_tilde_starts_with_the_same_kernel(L):
+    """C_tilde: the C parameter starts at C~ = C (I - dA^Lc), Lc = max_len | 1 = 41, and the
+    kernel (the length-41 one, cut to L) is the one C gives; every other parameter is the
+    same draw."""
+    plain, tilde = c_tilde_pair()
+    assert tilde.C_length == 41 and plain.C_length is None
+    for name, p in plain.named_parameters():
+        assert torch.equal(p, dict(tilde.named_parameters())[name]) == (name != "C"), name
+    err = rel_err(tilde.kernel(L), plain.kernel(L))
+    assert err < 1e-6, f"rel err {err:.1e}"  # C~ was rounded to float32 at init
+    err = rel_err(tilde.kernel(L), dense_kernel(plain, L))
+    assert err < 1e-6, f"rel err {err:.1e}"
+
+
+@pytest.mark.parametrize("L, max_len", [(41, 41), (23, 41), (1000, 1000)])
+def test_c_tilde_parallel_view_equals_recurrent_view(L, max_len):
+    """With C_tilde, `step` (C = C~ (I - dA^Lc)^-1 by a solve, from the current parameters)
+    equals the convolution, also after every parameter has moved off its init."""
+    torch.manual_seed(0)
+    model = S4(d_model=8, n_layers=2, d_state=16, bidirectional=False, C_tilde=True,
+               max_len=max_len).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+        u = torch.randn(2, L, 8, dtype=torch.float64)
+        err = rel_err(run_steps(model, u), model(u))
+    assert err < 1e-12, f"recurrent vs parallel view rel err {err:.1e}"
+
+
+def test_c_tilde_gradient_is_cs_by_the_chain_rule():
+    """The loss reaches the C~ parameter; C's gradient (C_tilde off, same function) is C~'s
+    pulled back through C~ = C (I - dA^Lc): in the real form g_C = g_C~ (I - dA^Lc)^T, with
+    dA^Lc by torch.linalg.matrix_power."""
+    plain, tilde = c_tilde_pair(max_len=41, bidirectional=False)
+    with torch.no_grad():
+        tilde.C.copy_(torch.view_as_real(plain.tilde(41)))  # exactly C~(C) in float64
+    u = torch.randn(2, 41, 8, dtype=torch.float64)
+    grads = []
+    for layer in (plain, tilde):
+        layer(u).sin().sum().backward()
+        grads.append(torch.view_as_complex(layer.C.grad))  # (1, H, N2)
+    g_C, g_Ct = grads
+    dt, lam, P, B, C = plain.ssm(torch.float64)
+    A, B_r, _ = real_form(lam, P, B, C)
+    dA, _ = bilinear(dt, A, B_r)
+    M = torch.eye(16, dtype=torch.float64) - torch.linalg.matrix_power(dA, 41)  # (H, N, N)
+    # param -> real form is C_r = 2 (Re c, -Im c) and grad(Re) + i grad(Im) is what .grad
+    # holds, so the real-form gradient of the C~ parameter is (Re g, -Im g) / 2
+    g_Ct_r = torch.cat([g_Ct.real, -g_Ct.imag], -1) / 2  # dloss/dC~_r (1, H, N)
+    g_C_r = torch.einsum("chm,hnm->chn", g_Ct_r, M)  # dloss/dC_r = dloss/dC~_r M^T
+    expected = torch.complex(g_C_r[..., :8], -g_C_r[..., 8:]) * 2
+    assert g_Ct.abs().min() > 0
+    assert rel_err(g_C, expected) < 1e-10
+    assert rel_err(g_C, g_Ct) > 1e-2  # the factor matters
+
+
+def test_c_tilde_off_is_unchanged():
+    """C_tilde=False (the default) keeps the parameters, state (no extra entries) and outputs
+    bit for bit, whatever max_len says."""
+    outs = []
+    for options in ({}, {"C_tilde": False, "max_len": 50}):
+        torch.manual_seed(0)
+        model = S4(d_model=8, n_layers=2, d_state=8, **options)
+        outs.append((model.state_dict(), model(torch.randn(2, 50, 8))))
+    (s0, y0), (s1, y1) = outs
+    assert s0.keys() == s1.keys() and all(torch.equal(s0[k], s1[k]) for k in s0)
+    assert torch.equal(y0, y1)
+
+
+def test_c_tilde_needs_its_length_and_rejects_longer_inputs():
+    with pytest.raises(ValueError, match="max_len"):
+        S4(d_model=8, n_layers=1, C_tilde=True)
+    model = S4(d_model=8, n_layers=1, C_tilde=True, max_len=20)
+    assert model.max_len == 20  # lra.train checks the task's sequences against it
+    model(torch.randn(1, 21, 8))  # 21 = 20 | 1 is the length C~ holds
+    with pytest.raises(ValueError, match="raise model.max_len to at least 22"):
+        model(torch.randn(1, 22, 8))
