@@ -54,7 +54,7 @@ def encode(docs, max_len):
 
 
 def append_token(arrays, token):
-    """Each array with `token` appended, as int16 when the token does not fit the arrays' dtype."""
+    """Each array with `token` appended, in a wider dtype when the token does not fit theirs."""
     if not arrays:
         return arrays
     dtype = np.result_type(arrays[0].dtype, np.min_scalar_type(token))
