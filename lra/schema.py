@@ -133,6 +133,8 @@ class Task:
 @dataclass
 class ListOps(Task):
     max_len: Positive
+    append_eos: bool
+    keep_closing_brackets: bool
 
 
 @dataclass
@@ -154,6 +156,7 @@ class Image(Task):
     val_size: Positive
     split_seed: Seed
     encoding: Literal["tokens", "real"]
+    stats: Literal["train_split", "s4_constants"]
 
 
 @dataclass
@@ -171,6 +174,15 @@ class Text(Task):
     protocol: Literal["heldout", "published"]
     val_fraction: Fraction
     split_seed: Seed
+    tokens: Literal["bytes", "chars"]
+    min_char_count: Positive
+    append_eos: bool
+
+
+@dataclass
+class Retrieval(Task):
+    max_len: Positive
+    append_eos: bool
 
 
 @dataclass
@@ -264,7 +276,7 @@ GROUPS = {"trainer": Trainer, "optim": Optim, "pretrain": Pretrain}
 MODELS = {"transformer": Transformer, "flash": Flash, "lightnet": LightNet, "mamba": Mamba,
           "s4": S4NPLR, "s4d": S4D}
 TASKS = {"listops": ListOps, "listops_mini": ListOpsMini, "image": Image, "scifar": Image,
-         "pathfinder": Pathfinder, "pathx": Pathfinder, "text": Text, "retrieval": ListOps,
+         "pathfinder": Pathfinder, "pathx": Pathfinder, "text": Text, "retrieval": Retrieval,
          "sc10": Speech, "sc35": Speech}
 
 

@@ -81,7 +81,14 @@ def assert_same_items(cached, raw):
 TASKS = {  # name: (write the fixture under root, the module, its options)
     "listops": (write_listops_release, ListOps, {}),
     "text": (write_aclimdb, Text, {"val_fraction": 0.2}),
+    "text chars eos": (write_aclimdb, Text, {"tokens": "chars", "min_char_count": 3,
+                                             "append_eos": True}),
+    "listops eos": (write_listops_release, ListOps, {"append_eos": True,
+                                                     "keep_closing_brackets": False}),
     "retrieval": (write_aan_pairs, Retrieval, {"max_len": 40}),
+    "retrieval eos": (write_aan_pairs, Retrieval, {"max_len": 40, "append_eos": True}),
+    "image s4 stats": (write_cifar_release, Image, {"val_size": 10, "encoding": "real",
+                                                    "stats": "s4_constants"}),
     "image tokens": (write_cifar_release, Image, {"val_size": 10}),
     "image real": (write_cifar_release, Image, {"val_size": 10, "encoding": "real"}),
     "scifar": (write_cifar_release, SCIFAR, {"val_size": 10}),
@@ -102,6 +109,7 @@ def test_items_from_the_cache_equal_items_from_the_raw_loader(tmp_path, name):
     assert_same_items(cached, raw)
     again = prepared(tmp_path, cls, **options)  # read back from the cache, not built
     assert_same_items(again, raw)
+    assert again.vocab_size == raw.vocab_size  # Text's character vocabulary: from the manifest
 
 
 def test_second_prepare_is_a_no_op(lra, tmp_path, builds):

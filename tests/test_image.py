@@ -121,6 +121,25 @@ def test_scifar_standardises_each_channel(tmp_path):
     assert (everything.std(0) - 1).abs().max() < 1e-3
 
 
+def test_s4_constants_replace_the_train_statistics(tmp_path):
+    written = write_cifar_release(tmp_path)
+    image = cifar(Image, tmp_path, encoding="real", stats="s4_constants")
+    assert image.protocol["encoding"]["mean"] == [122.6] and \
+        image.protocol["encoding"]["std"] == [61.0]
+    raw = grayscale(written["test_batch"][0][:1].reshape(1, 3, 1024))[0]
+    np.testing.assert_allclose(image.splits["test"][0]["inputs"][:, 0], (raw - 122.6) / 61.0,
+                               rtol=1e-5, atol=1e-5)
+    scifar = cifar(SCIFAR, tmp_path, stats="s4_constants")
+    x = scifar.splits["test"][0]["inputs"]
+    rgb = written["test_batch"][0][0].reshape(3, 1024).T  # (1024, 3)
+    mean, std = np.array([0.4914, 0.4822, 0.4465]), np.array([0.247, 0.243, 0.261])
+    np.testing.assert_allclose(x, (rgb / 255 - mean) / std, rtol=1e-5, atol=1e-5)
+    assert scifar.fingerprint != cifar(SCIFAR, tmp_path).fingerprint
+    assert image.fingerprint != cifar(Image, tmp_path, encoding="real").fingerprint
+    with pytest.raises(DataError, match="stats must be 'train_split' .* or 's4_constants'"):
+        SCIFAR(stats="test")
+
+
 def test_eval_loaders_keep_every_example_in_order(tmp_path):
     write_cifar_release(tmp_path)
     data = cifar(Image, tmp_path)

@@ -11,7 +11,7 @@ from writers import write_listops_release
 
 from lra.generators.listops import TreeSpec, prepare_listops, samples
 from lra.tasks.base import DataError
-from lra.tasks.listops import VOCAB, ListOps, ListOpsMini, evaluate, tokenize
+from lra.tasks.listops import EOS, VOCAB, ListOps, ListOpsMini, evaluate, tokenize
 
 SMALL = TreeSpec(max_depth=4, min_args=2, max_args=5, min_length=10, max_length=100)
 
@@ -124,6 +124,26 @@ def test_loader_truncates_at_max_len(tmp_path):
     write_listops_release(tmp_path)
     data = loaded(ListOps, tmp_path, max_len=3)
     assert [len(x) for x in data.splits["train"].inputs] == [3, 3, 3]
+
+
+def test_eos_and_closing_brackets_follow_the_references(tmp_path):
+    write_listops_release(tmp_path)
+    plain = loaded(ListOps, tmp_path)
+    eos = loaded(ListOps, tmp_path, append_eos=True)  # state-spaces/s4: append_eos True
+    assert (plain.vocab_size, eos.vocab_size) == (16, 17)
+    assert eos.splits["train"].inputs[0].tolist() == ids("[MAX 2 9 ]") + [EOS] == \
+        [2, 8, 15, 5, 16]
+    assert all(x[-1] == EOS and EOS not in x[:-1] for x in eos.splits["test"].inputs)
+    cut = loaded(ListOps, tmp_path, append_eos=True, max_len=3)  # the EOS counts in max_len
+    assert cut.splits["train"].inputs[0].tolist() == ids("[MAX 2") + [EOS]
+    lra = loaded(ListOps, tmp_path, keep_closing_brackets=False)  # LRA's alphanumeric tokens
+    assert lra.splits["train"].inputs[1].tolist() == ids("[SM 7 8 9") and lra.vocab_size == 16
+    fingerprints = {d.fingerprint for d in (plain, eos, cut, lra)}
+    assert len(fingerprints) == 4
+    assert (eos.protocol["append_eos"], lra.protocol["keep_closing_brackets"]) == (True, False)
+    assert eos.protocol["vocab_size"] == 17
+    with pytest.raises(DataError, match="max_len=1 leaves no room"):
+        ListOps(append_eos=True, max_len=1)
 
 
 @pytest.mark.parametrize("row, why", [

@@ -1,6 +1,7 @@
 """Text (IMDb bytes) and Retrieval (AAN pairs): encodings, both IMDb layouts, splits, files,
 batches."""
 import re
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -109,6 +110,54 @@ def test_text_truncates_at_max_len(tmp_path):
     data = text(tmp_path, max_len=6)
     assert max(len(x) for x in data.splits["train"].inputs) == 6 and data.seq_len == 6
     assert sorted(len(x) for x in data.splits["test"].inputs) == [3, 6, 6, 6, 6]
+
+
+def test_eos_ends_every_document_and_counts_in_max_len(tmp_path):
+    write_aclimdb(tmp_path)
+    write_aan_pairs(tmp_path)
+    for data in (text(tmp_path, append_eos=True, max_len=6),
+                 retrieval(tmp_path, append_eos=True, max_len=6)):
+        recorded = data.protocol.get("vocabulary", data.protocol)["vocab_size"]
+        assert data.vocab_size == 258 == recorded
+        for split in ("train", "val", "test"):
+            ds = data.splits[split]
+            for x in [*ds.inputs, *(ds.inputs2 if ds.inputs2 is not None else [])]:
+                assert x[-1] == 257 and 257 not in x[:-1].tolist() and 2 <= len(x) <= 6
+    plain, eos = text(tmp_path), text(tmp_path, append_eos=True)
+    assert [x.tolist() for x in eos.splits["test"].inputs] == \
+        [x.tolist() + [257] for x in plain.splits["test"].inputs]
+    assert eos.fingerprint != plain.fingerprint
+    with pytest.raises(UserError, match="max_len=1 leaves no room"):
+        Retrieval(append_eos=True, max_len=1)
+
+
+def test_character_vocabulary_is_counted_on_train(tmp_path):
+    write_aclimdb(tmp_path)
+    data = text(tmp_path, tokens="chars", min_char_count=15, append_eos=True,
+                protocol="published")
+    counts = Counter("".join(review for review, _, _ in IMDB_TRAIN))
+    kept = sorted((c for c in counts if counts[c] >= 15), key=lambda c: (-counts[c], c))
+    vocabulary = data.protocol["vocabulary"]
+    assert vocabulary == {"vocab_size": 3 + len(kept), "first_char_id": 3, "chars": "".join(kept)}
+    assert data.vocab_size == 3 + len(kept) and "\u00e9" in kept  # 'e' acute: 20 times
+    ids = {c: 3 + i for i, c in enumerate(kept)}
+    for x, y in zip(data.splits["test"].inputs, data.splits["test"].targets):
+        review = next(r for r, label, _ in IMDB_TEST
+                      if [ids.get(c, 1) for c in r] + [2] == x.tolist() and label == y)
+        assert "\u2014" not in review or 1 in x.tolist()  # an em dash only in test: <unk>
+    assert x.dtype == np.uint8
+
+    heldout = text(tmp_path, tokens="chars", val_fraction=0.5)  # counted on the half trained on
+    seen = set(heldout.protocol["vocabulary"]["chars"])
+    first = heldout.protocol["vocabulary"]["first_char_id"]
+    trained = ["".join(heldout.protocol["vocabulary"]["chars"][i - first] for i in x)
+               for x in heldout.splits["train"].inputs]
+    assert set("".join(trained)) == seen and set(trained) < {r for r, _, _ in IMDB_TRAIN}
+    assert len({data.fingerprint, heldout.fingerprint, text(tmp_path).fingerprint}) == 3
+    with pytest.raises(DataError, match="no character is seen 9999 times"):
+        text(tmp_path, tokens="chars", min_char_count=9999)
+    with pytest.raises(UserError, match="bytes .* or chars"):
+        Text(tokens="words")
 
 
 def test_text_fingerprint_follows_the_files(tmp_path):

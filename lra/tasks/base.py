@@ -227,6 +227,10 @@ class TaskData(L.LightningDataModule):
         """
         return None
 
+    def restore(self, protocol):
+        """After the splits came from a cache, set from its recorded `protocol` what `load()`
+        would have set besides splits, fingerprint and protocol (Text's character vocab_size)."""
+
     def setup(self, stage=None):
         if self.splits is None:
             self.splits = self.load()

@@ -406,6 +406,7 @@ def setup(data):
     data.splits = splits
     data.fingerprint = manifest["fingerprint"]
     data.protocol = {**manifest["protocol"], "cache_key": manifest["key"]}
+    data.restore(data.protocol)
     data.majority_rate = majority_rate(splits["test"].targets)
 
 

@@ -30,6 +30,13 @@ SIDE = 32
 
 # tf.image.rgb_to_grayscale, as LRA applied it to uint8 images (Rec. 601 luma weights)
 GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)
+# state-spaces/s4's fixed CIFAR-10 normalisation (src/dataloaders/basic.py CIFAR10, the same at
+# 62a14bb and b5dae46) in levels 0-255: Normalize(122.6 / 255, 61.0 / 255) on grayscale and
+# Normalize((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)) on RGB, after ToTensor (/ 255)
+S4_CONSTANTS = {1: ([122.6], [61.0]),
+                3: ([0.4914 * 255, 0.4822 * 255, 0.4465 * 255], [0.247 * 255, 0.243 * 255,
+                                                                 0.261 * 255])}
+STATS = ("train_split", "s4_constants")
 # weight * level / 255 in float32 for every level: (3, 256), one row per channel
 _GRAY_TERMS = GRAY_WEIGHTS[:, None] * (np.arange(256, dtype=np.float32) * np.float32(1 / 255))
 
@@ -125,13 +132,31 @@ class CIFAR(TaskData):
 
     num_classes = len(CLASSES)
     seq_len = SIDE * SIDE
-    data_options = ("val_size", "split_seed")
+    data_options = ("val_size", "split_seed", "stats")
 
     def __init__(self, data_dir="data", seed=0, batch_size=50, num_workers=0, val_size=5000,
-                 split_seed=42):
+                 split_seed=42, stats="train_split"):
         super().__init__(data_dir, seed, batch_size, num_workers)
+        if stats not in STATS:
+            raise DataError(f"{self.name}: stats must be 'train_split' (the mean and std of the "
+                            f"training images) or 's4_constants' (state-spaces/s4's), not "
+                            f"{stats!r}")
         self.val_size = int(val_size)
         self.split_seed = int(split_seed)
+        self.stats = stats
+
+    def standardized(self, parts, channels):
+        """({split: Standardized}, the encoding's description) with mean and std per `stats`."""
+        if self.stats == "train_split":
+            mean, std = channel_stats(parts["train"][0])
+            source = "train split, " + ("gray levels 0-255" if channels == 1 else "levels 0-255")
+        else:
+            mean, std = map(np.array, S4_CONSTANTS[channels])
+            source = ("state-spaces/s4's constants (src/dataloaders/basic.py CIFAR10), "
+                      "levels 0-255")
+        splits = {split: Standardized(x, y, mean, std) for split, (x, y) in parts.items()}
+        return splits, {"kind": "real", "mean": mean.tolist(), "std": std.tolist(),
+                        "stats_from": source}
 
     def pixels(self, rgb):
         """uint8 (N, 3, 1024) RGB planes -> the uint8 pixels this task keeps."""
@@ -186,11 +211,11 @@ class Image(CIFAR):
     """LRA Image: grayscale CIFAR-10, 1024 pixels, as pixel tokens or standardised reals."""
 
     name = "image"
-    data_options = ("val_size", "split_seed", "encoding")
+    data_options = ("val_size", "split_seed", "stats", "encoding")
 
     def __init__(self, data_dir="data", seed=0, batch_size=50, num_workers=0, val_size=5000,
-                 split_seed=42, encoding="tokens"):
-        super().__init__(data_dir, seed, batch_size, num_workers, val_size, split_seed)
+                 split_seed=42, encoding="tokens", stats="train_split"):
+        super().__init__(data_dir, seed, batch_size, num_workers, val_size, split_seed, stats)
         if encoding not in ("tokens", "real"):
             raise DataError(f"image: encoding must be 'tokens' or 'real', not {encoding!r}")
         self.encoding = encoding
@@ -203,6 +228,8 @@ class Image(CIFAR):
         gray = "gray = trunc(255.5 * (0.2989 r + 0.587 g + 0.114 b) / 255) in float32"
         if self.encoding == "tokens":
             return f"image-v1: {gray}; token = gray + 1 (0 is padding)"
+        if self.stats == "s4_constants":
+            return f"image-v1: {gray}; (gray - 122.6) / 61.0, state-spaces/s4's constants"
         return f"image-v1: {gray}; (gray - mean) / std, mean and std of the train split"
 
     def pixels(self, rgb):
@@ -213,10 +240,7 @@ class Image(CIFAR):
             splits = {split: SequenceDataset(x.astype(np.int16) + 1, y)
                       for split, (x, y) in parts.items()}
             return splits, {"kind": "tokens", "token": "gray + 1", "vocab_size": self.vocab_size}
-        mean, std = channel_stats(parts["train"][0])
-        splits = {split: Standardized(x, y, mean, std) for split, (x, y) in parts.items()}
-        return splits, {"kind": "real", "mean": mean.tolist(), "std": std.tolist(),
-                        "stats_from": "train split, gray levels 0-255"}
+        return self.standardized(parts, channels=1)
 
 
 @register_task("scifar")
@@ -228,6 +252,9 @@ class SCIFAR(CIFAR):
     d_input = 3
 
     def tokenization(self):
+        if self.stats == "s4_constants":
+            return ("scifar-v1: pixel (r, g, b), (x - mean_c) / std_c, state-spaces/s4's constants "
+                    "255 (0.4914, 0.4822, 0.4465), 255 (0.247, 0.243, 0.261)")
         return ("scifar-v1: pixel (r, g, b), (x - mean_c) / std_c, "
                 "per-channel stats of the train split")
 
@@ -235,7 +262,5 @@ class SCIFAR(CIFAR):
         return np.ascontiguousarray(rgb.transpose(0, 2, 1))  # (N, 1024, 3)
 
     def encode(self, parts):
-        mean, std = channel_stats(parts["train"][0])
-        splits = {split: Standardized(x, y, mean, std) for split, (x, y) in parts.items()}
-        return splits, {"kind": "real", "channels": ["r", "g", "b"], "mean": mean.tolist(),
-                        "std": std.tolist(), "stats_from": "train split, levels 0-255"}
+        splits, encoding = self.standardized(parts, channels=3)
+        return splits, {**encoding, "channels": ["r", "g", "b"]}

@@ -6,7 +6,10 @@ as regenerated for the Long-Range Arena (Tay et al., ICLR 2021). A line of `basi
 
     ( ( ( [MAX 2 ) 9 ) ] )<TAB>9            MAX(2, 9) = 9
 
-The model sees the tokens with parentheses dropped: `[MAX 2 9 ]`. Make the files, then train:
+The model sees the tokens with parentheses dropped: `[MAX 2 9 ]`. Two options follow the
+references: `append_eos` ends every sequence with an end token (id 16, vocab 17; state-spaces/s4's
+ListOps, `append_eos: True`), and `keep_closing_brackets: false` drops `]` as well (LRA's
+alphanumeric-only tokenizer does: `[MAX 2 9 ]` -> `MAX 2 9`). Make the files, then train:
 
     lra data generate listops       # data/listops/basic_{train,val,test}.tsv
     lra train task=listops          # tokenised once into the cache (`lra data prepare listops`)
@@ -26,8 +29,9 @@ from lra.generators.listops import HEADER, OPERATORS, TreeSpec, samples
 from lra.registry import register_task
 from lra.tasks.base import DataError, SequenceDataset, TaskData, split_files
 
-# token id = index: pad 0, operators 1-4, ] 5, digit d 6 + d
+# token id = index: pad 0, operators 1-4, ] 5, digit d 6 + d; with append_eos, <eos> 16
 VOCAB = ("<pad>", *OPERATORS, "]", *"0123456789")
+CLOSE, EOS = VOCAB.index("]"), len(VOCAB)
 TOKENIZATION = "listops-v1: drop ( and ), keep ], split on whitespace; ids " + " ".join(VOCAB)
 
 _APPLY = {1: min, 2: max, 3: lambda args: int(np.median(args)), 4: lambda args: sum(args) % 10}
@@ -55,6 +59,17 @@ def tokenize(source):
     return np.frombuffer(ids, np.uint8)
 
 
+def finish(ids, max_len, append_eos=False, keep_closing_brackets=True):
+    """The ids a model sees, at most `max_len`: `]` (id 5) dropped unless kept, then cut at
+    max_len, or at max_len - 1 followed by EOS (16) when `append_eos` (the EOS counts in max_len,
+    as state-spaces/s4's `l_max`)."""
+    if not keep_closing_brackets:
+        ids = ids[ids != CLOSE]
+    if not append_eos:
+        return ids[:max_len]
+    return np.append(ids[:max_len - 1], np.uint8(EOS))
+
+
 def evaluate(ids):
     """The value of an expression given as token ids: `evaluate([4, 13, 14, 5]) == 5`
     ([SM 7 8 ])."""
@@ -73,9 +88,9 @@ def evaluate(ids):
 
 # --- reading the files --------------------------------------------------------------------
 
-def read_split(path, max_len, digest):
-    """Token arrays (truncated at max_len) and targets of one `basic_*.tsv`; its bytes go to
-    `digest`."""
+def read_split(path, max_len, digest, **options):
+    """Token arrays (`finish`ed with max_len and `options`) and targets of one `basic_*.tsv`; its
+    bytes go to `digest`."""
     tokens, targets = [], []
     with open(path, "rb") as f:
         header = f.readline()
@@ -95,7 +110,7 @@ def read_split(path, max_len, digest):
                 if fields[1].strip() not in _DIGITS:
                     target = fields[1].decode(errors="replace")
                     raise ValueError(f"target {target!r} is not an integer in 0-9")
-                tokens.append(tokenize(fields[0])[:max_len])
+                tokens.append(finish(tokenize(fields[0]), max_len, **options))
             except ValueError as err:
                 raise DataError(f"{path}:{lineno}: {err}") from None
             targets.append(int(fields[1]))
@@ -119,12 +134,28 @@ class ListOps(TaskData):
 
     name = "listops"
     num_classes = 10
-    vocab_size = len(VOCAB)
-    data_options = ("seq_len",)
+    data_options = ("seq_len", "append_eos", "keep_closing_brackets")
 
-    def __init__(self, data_dir="data", seed=0, batch_size=32, num_workers=0, max_len=2000):
+    def __init__(self, data_dir="data", seed=0, batch_size=32, num_workers=0, max_len=2000,
+                 append_eos=False, keep_closing_brackets=True):
         super().__init__(data_dir, seed, batch_size, num_workers)
+        if max_len < 1 + bool(append_eos):
+            raise DataError(f"listops: max_len={max_len} leaves no room for a token"
+                            + (" before the EOS (append_eos)" if append_eos else ""))
         self.seq_len = int(max_len)
+        self.append_eos = bool(append_eos)
+        self.keep_closing_brackets = bool(keep_closing_brackets)
+        self.vocab_size = len(VOCAB) + self.append_eos
+
+    def tokenization(self):
+        """TOKENIZATION and max_len, and each option only where it is not the default (so the
+        default's fingerprint is that of the files alone, as before the options)."""
+        text = f"{TOKENIZATION}; max_len={self.seq_len}"
+        if not self.keep_closing_brackets:
+            text += "; ] dropped as well"
+        if self.append_eos:
+            text += f"; <eos> {EOS} appended, counted in max_len"
+        return text
 
     def _files(self):
         """{split: path} of the three files beside the shallowest `basic_train.tsv`."""
@@ -136,14 +167,17 @@ class ListOps(TaskData):
         return list(self._files().values())
 
     def load(self):
-        digest = hashlib.sha256(f"{TOKENIZATION}; max_len={self.seq_len}\n".encode())
+        digest = hashlib.sha256(f"{self.tokenization()}\n".encode())
         splits, files = {}, {}
         for split, path in self._files().items():
-            tokens, targets = read_split(path, self.seq_len, digest)
+            tokens, targets = read_split(path, self.seq_len, digest, append_eos=self.append_eos,
+                                         keep_closing_brackets=self.keep_closing_brackets)
             splits[split], files[split] = SequenceDataset(tokens, targets), str(path)
         self.fingerprint = digest.hexdigest()
         self.protocol = {"source": "files", "files": files, "tokenization": TOKENIZATION,
-                         "max_len": self.seq_len, "shuffle_seed": self.seed,
+                         "max_len": self.seq_len, "append_eos": self.append_eos,
+                         "keep_closing_brackets": self.keep_closing_brackets,
+                         "vocab_size": self.vocab_size, "shuffle_seed": self.seed,
                          "sizes": {split: len(ds) for split, ds in splits.items()}}
         return splits
 

@@ -8,6 +8,11 @@ Long-Range Arena (Tay et al., ICLR 2021). Every byte b becomes token b + 1 (0 pa
 
     encode([b"Hi!"], 4096)[0].tolist() == [73, 106, 34]
 
+As state-spaces/s4 reads them, `append_eos=True` ends every document with token 257 (vocab 258;
+the EOS counts in max_len), and Text's `tokens="chars"` reads each review as Unicode characters:
+0 pads, 1 is <unk>, 2 <eos> (with append_eos), then the characters seen at least
+`min_char_count` times in the training split, most frequent first (ties by code point).
+
 Put the data under the data root (`LRA_DATA`, default ./data), then train:
 
     lra train task=text          # aclImdb/{train,test}/{pos,neg}/*.txt or plain_text/*.parquet
@@ -29,6 +34,8 @@ from lra.registry import register_task
 from lra.tasks.base import DataError, SequenceDataset, TaskData, find_file, split_files
 
 TOKENIZATION = "bytes-v1: raw bytes, token = byte + 1 (0 pads), vocab 257, cut at max_len"
+CHARS = ("chars-v1: Unicode characters; 0 pads, 1 <unk>, 2 <eos> if appended, then the "
+         "characters seen min_char_count times in the training split, by count then code point")
 LRA_RELEASE = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
 
 
@@ -44,6 +51,62 @@ def encode(docs, max_len):
         flat = flat.astype(np.int16)
     ends = np.cumsum([len(doc) for doc in cut])
     return np.split(flat + 1, ends[:-1])
+
+
+def append_token(arrays, token):
+    """Each array with `token` appended, in a wider dtype when the token does not fit theirs."""
+    if not arrays:
+        return arrays
+    dtype = np.result_type(arrays[0].dtype, np.min_scalar_type(token))
+    out = []
+    for x in arrays:
+        y = np.empty(len(x) + 1, dtype)
+        y[:-1], y[-1] = x, token
+        out.append(y)
+    return out
+
+
+def code_points(docs, max_chars):
+    """uint32 arrays of the Unicode code points of UTF-8 documents, each cut at `max_chars`."""
+    return [np.frombuffer(doc.decode().encode("utf-32-le"), np.uint32)[:max_chars]
+            for doc in docs]
+
+
+class CharVocabulary:
+    """Characters seen at least `min_count` times in `train` (code point arrays) -> ids.
+
+    Ids: 0 pads, 1 is <unk> (every other character), 2 is <eos> when `eos`, then the kept
+    characters by decreasing count, ties by code point (state-spaces/s4's torchtext vocabulary
+    orders them the same way; the order only permutes the embedding's rows).
+    """
+
+    def __init__(self, train, min_count, eos):
+        values, counts = np.unique(np.concatenate(train), return_counts=True)  # by code point
+        kept, counts = values[counts >= min_count], counts[counts >= min_count]
+        if not len(kept):
+            raise DataError(f"text: no character is seen {min_count} times in the training "
+                            "split; lower task.min_char_count")
+        order = np.lexsort((kept, -counts))  # id order: by decreasing count, then code point
+        self.eos = 2 if eos else None
+        self.first_id = 3 if eos else 2
+        self.chars = kept[order]
+        self.size = self.first_id + len(kept)
+        self.by_code = kept  # sorted, for searchsorted
+        self.id_by_code = np.empty(len(kept), np.int64)
+        self.id_by_code[order] = np.arange(len(kept)) + self.first_id
+        self.dtype = np.uint8 if self.size <= 256 else np.int32
+
+    def encode(self, codes):
+        """ids (of self.dtype) of one code point array, <eos> appended when the vocabulary has
+        one."""
+        pos = np.minimum(np.searchsorted(self.by_code, codes), len(self.by_code) - 1)
+        ids = np.where(self.by_code[pos] == codes, self.id_by_code[pos], 1).astype(self.dtype)
+        return ids if self.eos is None else np.append(ids, self.dtype(self.eos))
+
+    def describe(self):
+        """The vocabulary for the record: its size and its characters in id order."""
+        return {"vocab_size": self.size, "first_char_id": self.first_id,
+                "chars": "".join(map(chr, self.chars.tolist()))}
 
 
 # --- Text: IMDb reviews -------------------------------------------------------------------
@@ -124,15 +187,19 @@ class Text(TaskData):
 
     `protocol="heldout"` picks checkpoints on `val_fraction` of train drawn with `split_seed`;
     `protocol="published"` on the test set itself, as LRA did (for comparison only).
+    `tokens="chars"` builds the character vocabulary from the split trained on (train less the
+    held-out share under heldout); its size is known after setup (before it, as when `lra bench`
+    builds a task without data, vocab_size is the byte level's).
     """
 
     name = "text"
     num_classes = 2
-    vocab_size = 257
-    data_options = ("seq_len", "validation", "val_fraction", "split_seed")
+    data_options = ("seq_len", "validation", "val_fraction", "split_seed", "tokens",
+                    "min_char_count", "append_eos")
 
     def __init__(self, data_dir="data", seed=0, batch_size=32, num_workers=0, max_len=4096,
-                 protocol="heldout", val_fraction=0.1, split_seed=0):
+                 protocol="heldout", val_fraction=0.1, split_seed=0, tokens="bytes",
+                 min_char_count=1, append_eos=False):
         super().__init__(data_dir, seed, batch_size, num_workers)
         if protocol not in ("heldout", "published"):
             raise UserError(f"task.protocol={protocol!r}: choose heldout (validate on a seeded "
@@ -140,10 +207,39 @@ class Text(TaskData):
         if not 0 < val_fraction < 1:
             raise UserError(f"task.val_fraction={val_fraction}: give a share of train between "
                             "0 and 1")
+        if tokens not in ("bytes", "chars"):
+            raise UserError(f"task.tokens={tokens!r}: choose bytes (UTF-8 bytes, vocab 257, as "
+                            "LRA) or chars (a character vocabulary from train, as state-spaces/s4)")
+        if max_len < 1 + bool(append_eos):
+            raise UserError(f"task.max_len={max_len} leaves no room for a token"
+                            + (" before the EOS (append_eos)" if append_eos else ""))
         self.seq_len = int(max_len)
         self.validation = protocol
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
+        self.tokens = tokens
+        self.min_char_count = int(min_char_count)
+        self.append_eos = bool(append_eos)
+        self.vocab_size = 257 + self.append_eos
+
+    def restore(self, protocol):
+        if self.tokens == "chars":
+            self.vocab_size = protocol["vocabulary"]["vocab_size"]
+
+    def tokenize(self, texts):
+        """{split: documents} -> ({split: token arrays}, the vocabulary for the record); the
+        character vocabulary is counted on texts["train"]."""
+        room = self.seq_len - self.append_eos
+        if self.tokens == "bytes":
+            tokens = {split: encode(docs, room) for split, docs in texts.items()}
+            if self.append_eos:
+                tokens = {split: append_token(t, 257) for split, t in tokens.items()}
+            return tokens, {"vocab_size": self.vocab_size}
+        codes = {split: code_points(docs, room) for split, docs in texts.items()}
+        vocabulary = CharVocabulary(codes["train"], self.min_char_count, self.append_eos)
+        self.vocab_size = vocabulary.size
+        return ({split: [vocabulary.encode(c) for c in arrays] for split, arrays in codes.items()},
+                vocabulary.describe())
 
     def _source(self):
         """("aclImdb", its folder) or ("parquet", the plain_text folder): where the reviews are."""
@@ -176,6 +272,11 @@ class Text(TaskData):
                   "validation": self.validation}
         if self.validation == "heldout":
             recipe.update(val_fraction=self.val_fraction, split_seed=self.split_seed)
+        # each option only where it is not the default: the default's fingerprint is unchanged
+        if self.tokens == "chars":
+            recipe.update(tokenization=CHARS, min_char_count=self.min_char_count)
+        if self.append_eos:
+            recipe.update(append_eos=True)
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
         data = {}
         for split, (texts, labels) in raw.items():
@@ -185,19 +286,24 @@ class Text(TaskData):
             for body, label in zip(texts, labels):
                 digest.update(b"%d %d\n" % (label, len(body)))
                 digest.update(body)
-            data[split] = SequenceDataset(encode(texts, self.seq_len), labels)
+            data[split] = texts, labels
 
-        test = data["test"]
+        parts = {"test": data["test"]}
         if self.validation == "published":
-            splits = {"train": data["train"], "val": test, "test": test}
+            parts["train"] = data["train"]
         else:
-            full = data["train"]
-            perm = np.random.default_rng(self.split_seed).permutation(len(full))
-            n_val = round(self.val_fraction * len(full))
-            parts = {"train": np.sort(perm[n_val:]), "val": np.sort(perm[:n_val])}
-            splits = {split: SequenceDataset([full.inputs[i] for i in index], full.targets[index])
-                      for split, index in parts.items()}
-            splits["test"] = test
+            texts, labels = data["train"]
+            perm = np.random.default_rng(self.split_seed).permutation(len(texts))
+            n_val = round(self.val_fraction * len(texts))
+            for split, index in (("train", np.sort(perm[n_val:])), ("val", np.sort(perm[:n_val]))):
+                parts[split] = [texts[i] for i in index], labels[index]
+        tokens, vocabulary = self.tokenize({split: texts for split, (texts, _) in parts.items()})
+        splits = {split: SequenceDataset(tokens[split], labels)
+                  for split, (_, labels) in parts.items()}
+        if self.validation == "published":
+            splits["val"] = splits["test"]
+        splits = {split: splits[split] for split in ("train", "val", "test")}
+        recipe["vocabulary"] = vocabulary
         self.fingerprint = digest.hexdigest()
         self.protocol = {"source": kind, "files": files, **recipe,
                          "order": "each split sorted by (label, review bytes)",
@@ -256,17 +362,22 @@ def _missing_pairs(root):
 @register_task("retrieval")
 class Retrieval(TaskData):
     """Pairs of AAN papers, each as bytes: `new_aan_pairs.{train,eval,test}.tsv` (eval
-    validates)."""
+    validates); `append_eos` ends each document with token 257."""
 
     name = "retrieval"
     num_classes = 2
-    vocab_size = 257
     dual = True
-    data_options = ("seq_len",)
+    data_options = ("seq_len", "append_eos")
 
-    def __init__(self, data_dir="data", seed=0, batch_size=32, num_workers=0, max_len=4000):
+    def __init__(self, data_dir="data", seed=0, batch_size=32, num_workers=0, max_len=4000,
+                 append_eos=False):
         super().__init__(data_dir, seed, batch_size, num_workers)
+        if max_len < 1 + bool(append_eos):
+            raise UserError(f"task.max_len={max_len} leaves no room for a token"
+                            + (" before the EOS (append_eos)" if append_eos else ""))
         self.seq_len = int(max_len)
+        self.append_eos = bool(append_eos)
+        self.vocab_size = 257 + self.append_eos
 
     def _files(self):
         """{split: path} of the three files beside the shallowest `new_aan_pairs.train.tsv` (eval
@@ -280,14 +391,18 @@ class Retrieval(TaskData):
         return list(self._files().values())
 
     def load(self):
-        digest = hashlib.sha256(f"{TOKENIZATION}; max_len={self.seq_len}\n".encode())
+        eos = "; <eos> 257 appended, counted in max_len" if self.append_eos else ""
+        digest = hashlib.sha256(f"{TOKENIZATION}; max_len={self.seq_len}{eos}\n".encode())
         splits, files = {}, {}
         for split, path in self._files().items():
-            first, second, labels = read_pairs(path, self.seq_len, digest)
+            first, second, labels = read_pairs(path, self.seq_len - self.append_eos, digest)
+            if self.append_eos:
+                first, second = append_token(first, 257), append_token(second, 257)
             splits[split], files[split] = SequenceDataset(first, labels, inputs2=second), str(path)
         self.fingerprint = digest.hexdigest()
         self.protocol = {"source": "files", "files": files, "tokenization": TOKENIZATION,
-                         "max_len": self.seq_len, "validation": "eval file",
+                         "max_len": self.seq_len, "append_eos": self.append_eos,
+                         "vocab_size": self.vocab_size, "validation": "eval file",
                          "shuffle_seed": self.seed,
                          "sizes": {split: len(ds) for split, ds in splits.items()}}
         return splits
