@@ -53,11 +53,16 @@ SCHEDULES = ("cosine", "rsqrt")
 
 
 def warmup_cosine(step, total, warmup):
-    """Learning-rate factor: linear warmup to 1, then cosine decay to 0 at `total`."""
+    """Learning-rate factor: linear warmup to 1, then cosine decay to 0 at `total`,
+
+        factor(step) = (1 + cos(pi (step - warmup) / (total - warmup))) / 2
+
+    and, as transformers' get_cosine_schedule_with_warmup (the S4 references' scheduler), past
+    `total` the cosine turns back up."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def warmup_rsqrt(step, warmup):
@@ -73,12 +78,15 @@ def warmup_rsqrt(step, warmup):
 
 def schedule_factor(opt, total):
     """The factor(step) that multiplies optim.lr: `optim.schedule` (cosine, the default, or
-    rsqrt) over `optim.warmup_steps` steps of warmup, or warmup_ratio of `total` if that is
-    null. Configs saved before these keys existed read as cosine with warmup_ratio."""
+    rsqrt) over `optim.warmup_steps` steps of warmup, or warmup_ratio of the total if that is
+    null. The cosine's total is `optim.total_steps` (the references' num_training_steps), or
+    `total`, the run's steps, if that is null. Configs saved before these keys existed read as
+    cosine with warmup_ratio over the run."""
     schedule = opt.get("schedule", "cosine")
     if schedule not in SCHEDULES:
         raise ValueError(f"optim.schedule={schedule!r} is not known; use one of "
                          f"{', '.join(SCHEDULES)}")
+    total = opt.get("total_steps") or total
     warmup = opt.get("warmup_steps") or max(1, int(opt["warmup_ratio"] * total))
     if schedule == "rsqrt":
         return lambda step: warmup_rsqrt(step, warmup)

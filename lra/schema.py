@@ -118,6 +118,7 @@ class Optim:
     decay: Literal["matrices", "all"]
     warmup_ratio: Share
     warmup_steps: Positive | None
+    total_steps: Positive | None
     schedule: Literal["cosine", "rsqrt"]
     divergence_retries: Count
     divergence_lr_factor: Fraction
