@@ -150,6 +150,9 @@ class ListOpsMini(Task):
     leaf_prob: Probability
     min_length: Count
     max_length: Positive
+    max_len: Positive | None  # ListOps' token options, so a ListOps recipe runs here
+    append_eos: bool
+    keep_closing_brackets: bool
 
 
 @dataclass

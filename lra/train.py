@@ -35,6 +35,7 @@ result file is put back as it was. In a sweep, which goes on to its next job, su
 data line, a crash) leaves a `failed` record.
 """
 import csv
+import inspect
 import json
 import logging
 import platform
@@ -96,6 +97,21 @@ def input_checks():
         raise InputError(str(err)) from err
 
 
+def check_task_options(name, task_cls, options):
+    """Refuse, naming them and the task's own, options the task does not take: e.g. a recipe's
+    task keys (experiment=...) on another task (task=...)."""
+    parameters = inspect.signature(task_cls).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        known = sorted(set(parameters) - {"data_dir", "seed"})
+        raise InputError(f"task {name} has no option {', '.join(unknown)}; its options are "
+                         f"{', '.join(known)}. A recipe (experiment=<model>/<task>) sets the "
+                         "task keys of the task it was written for: with another task=, drop "
+                         "them with ~task.<key>.")
+
+
 def build_data(cfg):
     """The task's data module, set up so its shape is known: memory-mapped from its Arrow cache
     (built on first use), or generated in memory for a task that reads no files. Options the task
@@ -103,9 +119,10 @@ def build_data(cfg):
     from lra.tasks import cache
 
     task_cls = registry.task(cfg["task"]["name"])
+    options = lra.config.options(cfg["task"])
+    check_task_options(cfg["task"]["name"], task_cls, options)
     with input_checks():
-        data = task_cls(data_dir=cfg["data_dir"], seed=cfg["seed"],
-                        **lra.config.options(cfg["task"]))
+        data = task_cls(data_dir=cfg["data_dir"], seed=cfg["seed"], **options)
         files = data.sources()
     data.sources = lambda: files  # listed once (Pathfinder's are many)
     try:

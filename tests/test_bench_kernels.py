@@ -98,8 +98,8 @@ def test_bench_kernels_interpret_times_the_triton_attention(lra, tmp_path, monke
     assert triton["status"] == "ok" and triton["lra_kernels"] == "triton"
     B, L = row["shape"]["batch"], row["shape"]["length"]
     assert (B, L) == (1, 4) and not row["shape"]["padded"]
-    # recipe flash/image: one head of 32; a dense task: every key is real
-    assert row["flops"] == 2.5 * 4 * B * 1 * L * L * 32
+    # recipe flash/image: 8 heads of 8 (qkv_dim 64); a dense task: every key is real
+    assert row["flops"] == 2.5 * 4 * B * 8 * L * L * 8
     assert triton["tflop_per_s"] == pytest.approx(row["flops"] / (triton["ms"] / 1000) / 1e12)
     _check_ratios(row)
 

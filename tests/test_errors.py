@@ -128,6 +128,15 @@ def test_a_misspelt_lra_kernels_is_refused_before_the_run(lra, tmp_path, monkeyp
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_recipes_task_keys_on_another_task_are_named_before_anything_runs(lra, tmp_path):
+    result = lra("train", "experiment=s4d/text", "task=listops_mini", "trainer=debug")
+    one_paragraph(result, 2)
+    assert "task listops_mini has no option min_char_count, tokens; its options are" in result.err
+    assert "~task.<key>" in result.err
+    assert not any((tmp_path / "runs").rglob("*"))  # no run folder left behind
+    assert not any((tmp_path / "leaderboard").rglob("*.json"))  # and no result file
+
+
 @pytest.mark.parametrize("override, expected", [
     ("trainer.max_epochs=1.5", "trainer.max_epochs must be a whole number >= 1"),
     ("trainer.precision=bogus", "trainer.precision must be one of '32-true'"),

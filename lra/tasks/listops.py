@@ -186,33 +186,45 @@ class ListOps(TaskData):
 class ListOpsMini(TaskData):
     """A short, shallow ListOps generated in memory at setup from its own `data_seed`.
 
-    Same operators, format and tokens as ListOps; the defaults here are those of
-    conf/task/listops_mini.yaml, the harness's embedded default task. It reads no files, so
-    it is not cached: generating it (0.05 s) is quicker than reading a cache.
+    Same operators, format and tokens as ListOps, and ListOps' token options (max_len,
+    append_eos, keep_closing_brackets), so a ListOps recipe runs on it unchanged; the defaults
+    here are those of conf/task/listops_mini.yaml, the harness's embedded default task. It reads
+    no files, so it is not cached: generating it (0.05 s) is quicker than reading a cache.
     """
 
     name = "listops_mini"
     num_classes = 10
-    vocab_size = len(VOCAB)
 
     def __init__(self, data_dir="data", seed=0, batch_size=64, num_workers=0, n_train=8000,
                  n_val=1000, n_test=1000, data_seed=0, max_depth=4, min_args=2, max_args=5,
-                 leaf_prob=0.75, min_length=10, max_length=100):
+                 leaf_prob=0.75, min_length=10, max_length=100, max_len=None, append_eos=False,
+                 keep_closing_brackets=True):
         super().__init__(data_dir, seed, batch_size, num_workers)
         self.sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
         self.data_seed = int(data_seed)
         self.spec = TreeSpec(max_depth=max_depth, min_args=min_args, max_args=max_args,
                              leaf_prob=leaf_prob, min_length=min_length, max_length=max_length)
-        self.seq_len = max_length - 1
+        # the generator's sequences are shorter than max_length; the EOS may add one
+        self.seq_len = int(max_len) if max_len else max_length - 1 + bool(append_eos)
+        self.token_options = {"append_eos": bool(append_eos),
+                              "keep_closing_brackets": bool(keep_closing_brackets)}
+        # the options away from their defaults, in the fingerprint (the defaults keep the old one)
+        self.changed = {k: v for k, v in {"max_len": max_len, **self.token_options}.items()
+                        if v != {"max_len": None, "append_eos": False,
+                                 "keep_closing_brackets": True}[k]}
+        self.vocab_size = len(VOCAB) + bool(append_eos)
 
     def load(self):
         lines = list(itertools.islice(samples(self.spec, self.data_seed), sum(self.sizes.values())))
         recipe = {"generator": asdict(self.spec), "data_seed": self.data_seed, "sizes": self.sizes,
                   "tokenization": TOKENIZATION}
+        recipe.update(self.changed)
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
         digest.update(b"\n".join(lines))
         pairs = [line.split(b"\t") for line in lines]
-        tokens, targets = [tokenize(source) for source, _ in pairs], [int(t) for _, t in pairs]
+        tokens = [finish(tokenize(source), self.seq_len, **self.token_options)
+                  for source, _ in pairs]
+        targets = [int(t) for _, t in pairs]
         splits, start = {}, 0
         for split, n in self.sizes.items():
             splits[split] = SequenceDataset(tokens[start:start + n], targets[start:start + n])
