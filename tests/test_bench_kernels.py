@@ -105,13 +105,14 @@ def test_bench_kernels_interpret_times_the_triton_attention(lra, tmp_path, monke
 
 
 def test_bench_train_times_a_step_per_model_and_task(lra, tmp_path):
-    result = lra("bench", "train", "--models", "s4d", "transformer",
+    result = lra("bench", "train", "--models", "s4d", "transformer", "s4",
                  "--tasks", "listops", "retrieval", "--scale", "0.004", "--d-model", "16",
                  "--batch", "1", "--repeats", "1", "--out", "out")
     assert result.code == 0, result.err
     record = _record(tmp_path, "train")
     rows = {(row["case"], row["task"]): row for row in record["rows"]}
-    assert set(rows) == {(m, t) for m in ("s4d", "transformer") for t in ("listops", "retrieval")}
+    assert set(rows) == {(m, t) for m in ("s4d", "transformer", "s4")
+                         for t in ("listops", "retrieval")}
     for (model, task), row in rows.items():
         shape = row["shape"]
         # n_layers: 1 on a CPU
@@ -125,6 +126,8 @@ def test_bench_train_times_a_step_per_model_and_task(lra, tmp_path):
         _check_ratios(row)
     retrieval = rows[("s4d", "retrieval")]["shape"]
     assert retrieval["documents"] == 2 and retrieval["length"] == 16
+    s4 = rows[("s4", "listops")]["shape"]  # its C~ is built for the scaled length, not 2048
+    assert s4["max_len"] == s4["length"] + 1
     assert "no GPU" in result.out and "wrote" in result.out
 
 

@@ -90,6 +90,9 @@ def bench_model_task(model, task, scale, device, repeats, interpret, d_model=Non
     length = scaled_length(task, data.seq_len, scale)
     if cfg["model"].get("grid"):  # a 2-D model follows the scaled image
         cfg["model"]["grid"] = [math.isqrt(length)] * 2
+    if cfg["model"].get("max_len"):  # so does a length the model is built for (S4's C~, positions)
+        cfg["model"]["max_len"] = max(length + 1, round(cfg["model"]["max_len"] * scale))
+        data.seq_len = length  # what the batches below hold
     rows = batch or max(1, round(cfg["task"]["batch_size"] * scale))
     torch.manual_seed(0)
     classifier = build_classifier(cfg, data).to(device).train()
@@ -117,7 +120,8 @@ def bench_model_task(model, task, scale, device, repeats, interpret, d_model=Non
     row = {"case": model, "what": f"training step, recipe {cfg['recipe']}", "task": task,
            "shape": {"batch": rows, "documents": docs, "length": length,
                      "d_model": cfg["model"]["d_model"], "n_layers": cfg["model"]["n_layers"],
-                     "padded": TASKS[task][2], "precision": precision},
+                     "padded": TASKS[task][2], "precision": precision,
+                     "max_len": cfg["model"].get("max_len")},
            "params": sum(p.numel() for p in classifier.parameters()),
            "tokens": rows * length * docs, "candidates": timed}
     add_ratios(row, ())
