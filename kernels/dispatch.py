@@ -16,12 +16,18 @@ Unforced, a GPU run fails safe (`choose`):
 - a CUDA tensor that takes a reference path warns once per family and reason.
 `RAN` keeps what each family ran (`triton`, or `reference` with the reason); training writes it
 into the result record (`kernels`) and `lra doctor --kernels` prints it for the machine.
+
+Importing this module pins Triton's fused multiply-add on (`TRITON_DEFAULT_FP_FUSION=1`, unless
+set): the kernels' tolerances were measured with it, Triton's default up to 3.9, which 3.10
+turns off.
 """
 import importlib.util
 import os
 import warnings
 
 import torch
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 CHOICES = ("reference", "triton")
 NAMES = {"additive_recurrence": "the additive recurrence", "cauchy": "the S4 Cauchy product",

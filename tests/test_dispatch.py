@@ -1,4 +1,8 @@
 """LRA_KERNELS forces a kernel implementation, and a typo in it is an error."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from lra.kernels.dispatch import forced, refuse_triton
@@ -314,3 +318,16 @@ def test_the_result_record_lists_what_each_family_ran(lra, tmp_path, monkeypatch
     assert record["kernels"]["vandermonde"] == {"path": "reference",
                                                 "reason": "the tensors are on cpu"}
     reset()
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "1"), ("0", "0")])
+def test_importing_the_dispatch_pins_triton_fp_fusion_unless_set(setting, expected):
+    """The tolerances were measured with fused multiply-add on; Triton 3.10 turns it off by
+    default. A user's own setting is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_DEFAULT_FP_FUSION"}
+    if setting is not None:
+        env["TRITON_DEFAULT_FP_FUSION"] = setting
+    code = "import os, lra.kernels.dispatch; print(os.environ['TRITON_DEFAULT_FP_FUSION'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == expected

@@ -132,14 +132,19 @@ def test_bad_options_and_masks_fail_clearly():
         Flash(d_model=16, n_layers=1)(torch.randn(1, 3, 16), mask)
 
 
-def test_flash_trains_on_the_triton_kernel_with_dropout(triton_device, monkeypatch):
-    """LRA_KERNELS=triton: every dropout_p goes to our kernel; the torch seed reproduces a step."""
+def spy_on_kernel_rates(monkeypatch):
+    """The dropout_p of every call of our Triton attention kernel, appended as it runs."""
     import lra.kernels.attention.triton as kernels
 
-    seen = []
-    real = kernels.attention_triton
+    seen, real = [], kernels.attention_triton
     monkeypatch.setattr(kernels, "attention_triton",
                         lambda *a, **kw: seen.append(a[5]) or real(*a, **kw))
+    return seen
+
+
+def test_flash_trains_on_the_triton_kernel_with_dropout(triton_device, monkeypatch):
+    """LRA_KERNELS=triton: every dropout_p goes to our kernel; the torch seed reproduces a step."""
+    seen = spy_on_kernel_rates(monkeypatch)
     x, mask = padded_batch([20, 9], 20, 16)
     x, mask = x.float().to(triton_device), mask.to(triton_device)
     grads = []
@@ -199,12 +204,7 @@ def test_flash_sends_the_attention_dropout_rate_to_its_kernel(monkeypatch):
 
 def test_flash_trains_on_the_triton_kernel_with_attention_dropout(triton_device, monkeypatch):
     """LRA_KERNELS=triton: attention_dropout is the kernel's dropout_p, dropout stays off it."""
-    import lra.kernels.attention.triton as kernels
-
-    seen = []
-    real = kernels.attention_triton
-    monkeypatch.setattr(kernels, "attention_triton",
-                        lambda *a, **kw: seen.append(a[5]) or real(*a, **kw))
+    seen = spy_on_kernel_rates(monkeypatch)
     x, mask = padded_batch([20, 9], 20, 16)
     x, mask = x.float().to(triton_device), mask.to(triton_device)
     torch.manual_seed(0)
