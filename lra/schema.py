@@ -106,6 +106,7 @@ class Trainer:
     val_check_interval: Batches | None
     deterministic: bool | Literal["warn"]
     num_threads: Positive | None
+    float32_matmul: Literal["highest", "high", "medium"]
     progress: bool
 
 

@@ -180,12 +180,23 @@ def check_device(accelerator):
                         "machine).")
 
 
+class Float32Matmul(Callback):
+    """torch.set_float32_matmul_precision(`precision`) in every process that trains, ddp_spawn's
+    workers too: "high" lets float32 matmuls, and our kernels' float32 dots, round to TF32."""
+
+    def __init__(self, precision):
+        self.precision = precision
+
+    def setup(self, trainer, pl_module, stage):
+        torch.set_float32_matmul_precision(self.precision)
+
+
 def build_trainer(cfg, run_dir, checkpoint):
     t = cfg["trainer"]
     check_device(t["accelerator"])
     latest = ModelCheckpoint(dirpath=checkpoint.dirpath, filename="last", monitor=None,
                              enable_version_counter=False)  # every epoch, for resume
-    callbacks = [checkpoint, latest]
+    callbacks = [checkpoint, latest, Float32Matmul(t.get("float32_matmul", "highest"))]
     if t["progress"]:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     eval_limit = 1.0 if t["limit_eval_batches"] is None else t["limit_eval_batches"]

@@ -331,3 +331,22 @@ def test_importing_the_dispatch_pins_triton_fp_fusion_unless_set(setting, expect
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == expected
+
+
+def test_trainer_float32_matmul_reaches_the_kernels_dot_choice():
+    """trainer.float32_matmul=high, set in every training process by a callback, is what lets the
+    kernels' float32 dots round to TF32; highest keeps them exact."""
+    import pickle
+
+    import torch
+
+    from lra.kernels.dispatch import torch_allows_tf32
+    from lra.train import Float32Matmul
+
+    try:
+        pickle.loads(pickle.dumps(Float32Matmul("high"))).setup(None, None, "fit")  # ddp_spawn
+        assert torch_allows_tf32()
+        Float32Matmul("highest").setup(None, None, "fit")
+        assert not torch_allows_tf32()
+    finally:
+        torch.set_float32_matmul_precision("highest")

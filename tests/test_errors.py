@@ -143,6 +143,7 @@ def test_a_recipes_task_keys_on_another_task_are_named_before_anything_runs(lra,
     ("trainer.max_time=garbage", 'trainer.max_time must be a duration "DD:HH:MM:SS"'),
     ("optim.lr=nan", "optim.lr must be a finite number > 0 (default 0.003), got nan"),
     ("model.bidirectional=maybe", "model.bidirectional must be true or false (default true)"),
+    ("trainer.float32_matmul=tf32", "trainer.float32_matmul must be one of 'highest'"),
 ])
 def test_a_value_of_the_wrong_type_is_one_paragraph(lra, override, expected):
     result = lra("train", *TINY, override)
