@@ -38,10 +38,6 @@ def references():
 
 
 
-def our_value(cfg, key):
-    return OmegaConf.select(cfg, key)
-
-
 def same(ours, theirs):
     if isinstance(ours, (int, float)) and isinstance(theirs, (int, float)) \
             and not isinstance(ours, bool) and not isinstance(theirs, bool):
@@ -63,7 +59,7 @@ def traced(cfg):
                 rows.append(("model.ssm_lr", cfg.model.ssm_lr, theirs, their_key))
             if not key.startswith(RULE_PREFIXES):
                 continue
-        rows.append((key, our_value(cfg, key), theirs, their_key))
+        rows.append((key, OmegaConf.select(cfg, key), theirs, their_key))
     return rows
 
 

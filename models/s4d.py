@@ -55,15 +55,21 @@ from lra.models.blocks import (
 from lra.registry import register_model
 
 
+def legs_skew(N):
+    """r_n = sqrt(2n+1) (N,) and the skew-symmetric part M (N, N) of HiPPO-LegS's normal part
+    S = A + P P^T = -1/2 I + M, M_nk = sign(k-n) r_n r_k / 2, both float64."""
+    r = torch.arange(N, dtype=torch.float64).mul(2).add(1).sqrt()
+    n = torch.arange(N)
+    return r, 0.5 * torch.outer(r, r) * torch.sign(n[None, :] - n[:, None])
+
+
 def legs_imag(N):
     """Imaginary parts of the eigenvalues of the normal part of HiPPO-LegS, the N/2 positive ones.
 
     HiPPO-LegS: A_nk = -sqrt(2n+1) sqrt(2k+1) (n > k), -(n+1) (n = k), 0 (n < k); P_n = sqrt(n+1/2).
     S = A + P P^T = -1/2 I + M with M skew-symmetric, M_nk = sign(k-n) sqrt(2n+1) sqrt(2k+1) / 2.
     """
-    r = torch.arange(N, dtype=torch.float64).mul(2).add(1).sqrt()  # (N,)
-    n = torch.arange(N)
-    M = 0.5 * torch.outer(r, r) * torch.sign(n[None, :] - n[:, None])  # (N, N)
+    _, M = legs_skew(N)
     lam = torch.linalg.eigvalsh(-1j * M.to(torch.complex128))  # (N,) ascending; eig(M) = i lam
     return lam[N // 2:]  # (N/2,) the positive half
 
@@ -72,9 +78,7 @@ def legs_B(N):
     """|V^* B| for the N/2 positive eigenvalues of S (legs_imag's order), B_n = sqrt(2n+1): the
     LegS input matrix in S's eigenbasis. Only the magnitudes are kept: an eigenvector's phase is
     arbitrary, and C's complex normal init absorbs any phase."""
-    r = torch.arange(N, dtype=torch.float64).mul(2).add(1).sqrt()  # (N,) also B_LegS
-    n = torch.arange(N)
-    M = 0.5 * torch.outer(r, r) * torch.sign(n[None, :] - n[:, None])  # (N, N)
+    r, M = legs_skew(N)  # r is also B_LegS
     _, V = torch.linalg.eigh(-1j * M.to(torch.complex128))  # (N, N) columns: eigenvectors
     return (V[:, N // 2:].conj().T @ r.to(torch.complex128)).abs()  # (N/2,)
 

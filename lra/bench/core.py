@@ -243,12 +243,17 @@ class Recipe:
         return torch.bfloat16 if self.precision.startswith("bf16") else torch.float32
 
     def attention_head_dim(self):
-        """q, k, v width per head: qkv_dim (d_model when null) over n_heads."""
-        return (self.model.get("qkv_dim") or self.model["d_model"]) // self.model["n_heads"]
+        return attention_head_dim(self.model)
 
     def attention_dropout(self):
         rate = self.model.get("attention_dropout")
         return self.model["dropout"] if rate is None else rate
+
+
+def attention_head_dim(model):
+    """q, k, v width per head of a Transformer's options: qkv_dim (d_model when null) over
+    n_heads."""
+    return (model.get("qkv_dim") or model["d_model"]) // model["n_heads"]
 
 
 def recipes(model):

@@ -58,6 +58,7 @@ from lra.bench.core import (
     CPU_SCALE,
     TASKS,
     Shape,
+    attention_head_dim,
     error_text,
     minimal_s4d,
     prepare_device,
@@ -120,7 +121,7 @@ def attention_case(shape, interpret):
     from lra.kernels.attention import attention, attention_sdpa
 
     B, L, heads = shape.batch, shape.length, shape.model["n_heads"]
-    d = (shape.model.get("qkv_dim") or shape.model["d_model"]) // heads
+    d = attention_head_dim(shape.model)
     q, k, v = (torch.randn(B, heads, L, d, device=shape.device, dtype=shape.low,
                            requires_grad=True) for _ in range(3))
     n = shape.lengths()
