@@ -146,6 +146,7 @@ class Classifier(L.LightningModule):
                              f"{', '.join(POOLINGS)}")
         # LRA's CLS token starts at zero; its position tells it apart
         self.cls = nn.Parameter(torch.zeros(d_model)) if self.pooling == "cls" else None
+        self.dual_features = model.get("dual_features", "nli")
         self.head = self.make_head(task, d_model)
         self.optim_overrides = optim_overrides(self)
         self._counts = {}
@@ -159,7 +160,7 @@ class Classifier(L.LightningModule):
         hidden = model.get("head_hidden")
         hidden = [d_model] if hidden is None else list(hidden)
         act = model.get("head_act", "gelu")
-        dual = model.get("dual_features", "nli")
+        dual = self.dual_features
         if act not in HEAD_ACTIVATIONS or dual not in DUAL_FEATURES:
             raise ValueError(f"model.head_act={act!r}, model.dual_features={dual!r}: use head_act "
                              f"{' | '.join(HEAD_ACTIVATIONS)}, dual_features "
@@ -184,7 +185,7 @@ class Classifier(L.LightningModule):
         u = self.encode(batch["inputs"], batch["mask"])
         if self.hparams.task["dual"]:
             v = self.encode(batch["inputs2"], batch["mask2"])
-            nli = self.hparams.model.get("dual_features", "nli") == "nli"
+            nli = self.dual_features == "nli"
             u = torch.cat([u, v, u * v, u - v] if nli else [u, v], dim=-1)  # (B, 4D or 2D)
         return self.head(u)  # (B, classes)
 
