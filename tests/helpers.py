@@ -34,6 +34,22 @@ def padded_batch(lengths, L, D, seed=1, dtype=torch.float64):
 
 # --- tasks ---------------------------------------------------------------------------------
 
+SCAN_NAMES = ("x", "dt", "A", "B", "C", "D")
+
+
+def scan_inputs(b, d, n, L, device="cpu", dt_scale=1.0, seed=0, requires_grad=False):
+    """The selective scan's float64 x, dt, A, B, C, D on `device`; dt spans about 1e-3 to 2
+    times dt_scale, A is in [-n, 0)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, d, L, generator=g, dtype=torch.float64)
+    dt = dt_scale * torch.nn.functional.softplus(
+        2 * torch.randn(b, d, L, generator=g, dtype=torch.float64) - 2)
+    A = -n * torch.rand(d, n, generator=g, dtype=torch.float64) - 0.01
+    B, C = torch.randn(2, b, n, L, generator=g, dtype=torch.float64)
+    D = torch.randn(d, generator=g, dtype=torch.float64)
+    return [t.to(device).requires_grad_(requires_grad) for t in (x, dt, A, B, C, D)]
+
+
 def loaded(cls, root, **options):
     """The task module `cls` over the files under root, set up."""
     data = cls(data_dir=str(root), **options)

@@ -8,29 +8,13 @@ bidirectional Mamba with padding. Without CUDA the kernels run in Triton's inter
 """
 import pytest
 import torch
-from helpers import rel_err
-from torch.nn import functional as F
+from helpers import SCAN_NAMES, rel_err, scan_inputs
 
 from lra.kernels.selective_scan import selective_scan
 from lra.kernels.selective_scan.reference import selective_scan_reference
 from lra.models.mamba import Mamba
 
 pytestmark = pytest.mark.kernels
-
-NAMES = ("x", "dt", "A", "B", "C", "D")
-
-
-def scan_inputs(b, d, n, L, device, dt_scale=1.0, seed=0):
-    """float64 x, dt, A, B, C, D on device; dt spans about 1e-3 to 2 times dt_scale, A is in
-    [-n, 0)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, d, L, generator=g, dtype=torch.float64)
-    dt = dt_scale * F.softplus(2 * torch.randn(b, d, L, generator=g, dtype=torch.float64) - 2)
-    A = -n * torch.rand(d, n, generator=g, dtype=torch.float64) - 0.01
-    B, C = torch.randn(2, b, n, L, generator=g, dtype=torch.float64)
-    D = torch.randn(d, generator=g, dtype=torch.float64)
-    return [t.to(device) for t in (x, dt, A, B, C, D)]
-
 
 def leaves(tensors, dtype):
     return [t.detach().to(dtype).requires_grad_() for t in tensors]
@@ -50,7 +34,7 @@ def compare(inputs, dtype, chunk=None, return_grads=False):
     got_grads = torch.autograd.grad((got * g.to(dtype)).sum(), got_leaves)
     assert all(a.dtype == dtype and a.shape == w.shape for a, w in zip(got_grads, want_grads))
     errors = dict(y=rel_err(got, want), **{f"d{k}": rel_err(a, w)
-                                           for k, a, w in zip(NAMES, got_grads, want_grads)})
+                                           for k, a, w in zip(SCAN_NAMES, got_grads, want_grads)})
     print(", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     return (errors, got_grads) if return_grads else errors
 
@@ -126,7 +110,7 @@ def test_deterministic_backward_sums_block_partials_and_repeats_bit_for_bit(
     first, second = runs
     assert launches == [True, True]
     assert max(first[0].values()) < 2e-5, first[0]
-    for name, a, b in zip(NAMES, first[1], second[1]):
+    for name, a, b in zip(SCAN_NAMES, first[1], second[1]):
         assert torch.equal(a, b), name
 
 
@@ -142,7 +126,7 @@ def test_deterministic_backward_repeats_bit_for_bit_at_a_training_shape(
     g = torch.randn(2, 336, 4096, device=triton_device, dtype=torch.bfloat16)
     first, second = (torch.autograd.grad((selective_scan_triton(*inputs) * g).sum(), inputs)
                      for _ in range(2))
-    for name, a, b in zip(NAMES, first, second):
+    for name, a, b in zip(SCAN_NAMES, first, second):
         assert torch.equal(a, b), name
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import padded_batch, rel_err
+from helpers import SCAN_NAMES, padded_batch, rel_err, scan_inputs
 from torch.nn import functional as F
 
 from lra.kernels.selective_scan import (
@@ -17,26 +17,12 @@ from lra.kernels.selective_scan import (
 )
 from lra.models.mamba import Mamba, MambaLayer
 
-NAMES = ("x", "dt", "A", "B", "C", "D")
-
-
-def scan_inputs(b, d, n, L, dt_scale=1.0, seed=0):
-    """float64 x, dt, A, B, C, D (requiring grad); dt spans about 1e-3 to 2 times dt_scale,
-    A in [-n, 0)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, d, L, generator=g, dtype=torch.float64)
-    dt = dt_scale * F.softplus(2 * torch.randn(b, d, L, generator=g, dtype=torch.float64) - 2)
-    A = -n * torch.rand(d, n, generator=g, dtype=torch.float64) - 0.01
-    B, C = torch.randn(2, b, n, L, generator=g, dtype=torch.float64)
-    D = torch.randn(d, generator=g, dtype=torch.float64)
-    return [t.requires_grad_() for t in (x, dt, A, B, C, D)]
-
 
 @pytest.mark.parametrize("n", [1, 16])
 @pytest.mark.parametrize("b", [1, 3])
 @pytest.mark.parametrize("L", [37, 300])
 def test_chunked_scan_equals_sequential(L, b, n):
-    inputs = scan_inputs(b, 6, n, L)
+    inputs = scan_inputs(b, 6, n, L, requires_grad=True)
     g = torch.randn(b, 6, L, dtype=torch.float64)
     want = selective_scan_reference(*inputs)
     got = selective_scan_chunked(*inputs, chunk=16)  # 16 divides neither 37 nor 300
@@ -45,13 +31,13 @@ def test_chunked_scan_equals_sequential(L, b, n):
     assert rel_err(selective_scan(*inputs), want) < 1e-12
     grads_want = torch.autograd.grad((want * g).sum(), inputs)
     grads_got = torch.autograd.grad((got * g).sum(), inputs)
-    for name, a, w in zip(NAMES, grads_got, grads_want):
+    for name, a, w in zip(SCAN_NAMES, grads_got, grads_want):
         err = rel_err(a, w)
         assert err < 1e-10, f"d{name}: rel err {err:.1e}"  # float64 reaches ~1e-16
 
 
 def test_chunked_scan_in_float32():
-    inputs = scan_inputs(3, 6, 16, 300)
+    inputs = scan_inputs(3, 6, 16, 300, requires_grad=True)
     want = selective_scan_reference(*inputs)
     got = selective_scan_chunked(*(t.detach().float() for t in inputs))
     err = rel_err(got.double(), want)
@@ -60,13 +46,13 @@ def test_chunked_scan_in_float32():
 
 def test_large_steps_stay_exact():
     """dt |A| up to ~1e3 per step: decays underflow to 0 (a reset), nothing overflows."""
-    inputs = scan_inputs(2, 6, 16, 37, dt_scale=50.0)
+    inputs = scan_inputs(2, 6, 16, 37, dt_scale=50.0, requires_grad=True)
     want = selective_scan_reference(*inputs)
     got = selective_scan_chunked(*inputs, chunk=8)
     assert torch.isfinite(got).all()
     assert rel_err(got, want) < 1e-12
     grads = torch.autograd.grad(got.sum(), inputs)
-    for name, a, w in zip(NAMES, grads, torch.autograd.grad(want.sum(), inputs)):
+    for name, a, w in zip(SCAN_NAMES, grads, torch.autograd.grad(want.sum(), inputs)):
         assert torch.isfinite(a).all() and rel_err(a, w) < 1e-10, name
 
 
@@ -80,7 +66,7 @@ def test_zero_step_leaves_the_state_unchanged():
     torch.testing.assert_close(y, (h * C_t.unsqueeze(1)).sum(-1) + D * x_t)
     # in the scan: steps with dt = 0 in front (whatever x is there) leave every later output
     # as it was
-    x, dt, A, B, C, D = (t.detach() for t in scan_inputs(b, d, n, 37))
+    x, dt, A, B, C, D = scan_inputs(b, d, n, 37)
     k = 9
 
     def pre(z, fill):  # k steps in front of z, filled by fill(z[..., :k])
